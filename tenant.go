@@ -1,0 +1,72 @@
+package silo
+
+import (
+	"regexp"
+	"slices"
+	"time"
+)
+
+// TenantState is the state of a tenant in the catalog.
+type TenantState string
+
+// Tenant states. A tenant's data is reachable only while it is active.
+const (
+	TenantProvisioning TenantState = "provisioning" // its database is being made
+	TenantActive       TenantState = "active"
+	TenantSuspended    TenantState = "suspended" // role cannot log in until resumed
+	TenantDeleted      TenantState = "deleted"   // soft-deleted: data kept for the grace period
+	TenantPurged       TenantState = "purged"    // database and role dropped; the row is a tombstone
+)
+
+// Valid reports whether s is a known tenant state.
+func (s TenantState) Valid() bool {
+	switch s {
+	case TenantProvisioning, TenantActive, TenantSuspended, TenantDeleted, TenantPurged:
+		return true
+	}
+	return false
+}
+
+// Tenant is one customer of the application built on Silo, with its own
+// database on one shard.
+type Tenant struct {
+	ID            string
+	Shard         string
+	Database      string
+	Region        string
+	State         TenantState
+	SchemaVersion int64
+	// Epoch grows by one on every change of the tenant's row. Writers pass
+	// the epoch they read, so a change based on a stale read is refused, and
+	// routes cached with an older epoch are known to be stale.
+	Epoch     int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// MaxTenantIDLen keeps "t_" + id within PostgreSQL's 63-byte identifiers
+// with room to spare for suffixes used during moves.
+const MaxTenantIDLen = 48
+
+var tenantIDRE = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
+
+// reservedTenantIDs would confuse operators or collide with PostgreSQL's own
+// names once prefixed or shown.
+var reservedTenantIDs = []string{"admin", "postgres", "public", "silo", "system", "template", "root"}
+
+// ValidateTenantID checks a tenant id: 1 to MaxTenantIDLen lowercase letters,
+// digits and hyphens, starting with a letter, not ending with a hyphen, and
+// not a reserved name. It returns an EINVALID *Error naming the rule broken.
+func ValidateTenantID(id string) error {
+	switch {
+	case id == "":
+		return Errorf(EINVALID, "tenant id is required")
+	case len(id) > MaxTenantIDLen:
+		return Errorf(EINVALID, "tenant id is longer than %d characters", MaxTenantIDLen)
+	case !tenantIDRE.MatchString(id):
+		return Errorf(EINVALID, "tenant id %q must be lowercase letters, digits and hyphens, start with a letter and not end with a hyphen", id)
+	case slices.Contains(reservedTenantIDs, id):
+		return Errorf(EINVALID, "tenant id %q is reserved", id)
+	}
+	return nil
+}
