@@ -1,0 +1,228 @@
+package shardmap
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+)
+
+const shardColumns = `s.name, s.dsn, s.region, s.weight, s.state, s.created_at, s.updated_at,
+	(SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')`
+
+func scanShard(row pgx.Row) (silo.Shard, error) {
+	var sh silo.Shard
+	err := row.Scan(&sh.Name, &sh.DSN, &sh.Region, &sh.Weight, &sh.State, &sh.CreatedAt, &sh.UpdatedAt, &sh.TenantCount)
+	return sh, err
+}
+
+// CreateShard registers a shard after checking that its DSN connects and
+// that its role may create databases and roles. Region and weight default to
+// silo.DefaultRegion and silo.DefaultWeight; the state is always active.
+// It returns EINVALID for a bad name, region, weight or DSN and for a shard
+// that cannot be reached (the message says why), and ECONFLICT when the name
+// is taken. ctx bounds the whole call, including the probe.
+func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, error) {
+	if sh.Region == "" {
+		sh.Region = silo.DefaultRegion
+	}
+	if sh.Weight == 0 {
+		sh.Weight = silo.DefaultWeight
+	}
+	params := map[string]any{"name": sh.Name, "dsn": silo.RedactDSN(sh.DSN), "region": sh.Region, "weight": sh.Weight}
+	var created silo.Shard
+	err := s.mutate(ctx, "shard.create", "shard/"+sh.Name, params, func(tx pgx.Tx) error {
+		if err := validateShard(sh); err != nil {
+			return err
+		}
+		// Fail on a taken name before spending a probe on it.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE name = $1)`, sh.Name).Scan(&exists); err != nil {
+			return catalogError(err, "look up shard %q", sh.Name)
+		}
+		if exists {
+			return silo.Errorf(silo.ECONFLICT, "shard %q already exists", sh.Name)
+		}
+		if err := s.probe(ctx, sh.DSN); err != nil {
+			return err
+		}
+		row := tx.QueryRow(ctx, `
+			WITH s AS (
+				INSERT INTO shards (name, dsn, region, weight, state)
+				VALUES ($1, $2, $3, $4, 'active')
+				RETURNING *
+			)
+			SELECT s.name, s.dsn, s.region, s.weight, s.state, s.created_at, s.updated_at, 0 FROM s`,
+			sh.Name, sh.DSN, sh.Region, sh.Weight)
+		var err error
+		if created, err = scanShard(row); err != nil {
+			return catalogError(err, "register shard %q", sh.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("shard registered", "shard", created.Name, "dsn", silo.RedactDSN(created.DSN), "region", created.Region, "weight", created.Weight)
+	return &created, nil
+}
+
+func validateShard(sh silo.Shard) error {
+	if err := silo.ValidateShardName(sh.Name); err != nil {
+		return err
+	}
+	if err := silo.ValidateRegion(sh.Region); err != nil {
+		return err
+	}
+	if err := silo.ValidateWeight(sh.Weight); err != nil {
+		return err
+	}
+	if strings.TrimSpace(sh.DSN) == "" {
+		return silo.Errorf(silo.EINVALID, "dsn is required")
+	}
+	return nil
+}
+
+// probe connects to a shard and checks that its role can provision tenants.
+// Errors never include the DSN's password: pgx redacts it from its own.
+func (s *Store) probe(ctx context.Context, dsn string) error {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return silo.Errorf(silo.EINVALID, "dsn is not a valid PostgreSQL connection string: %s", redactErr(err, dsn))
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > s.probeTimeout {
+		cfg.ConnectTimeout = s.probeTimeout
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.probeTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(pctx, cfg)
+	if err != nil {
+		return silo.Errorf(silo.EINVALID, "cannot connect to shard: %s", redactErr(err, dsn))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var canProvision bool
+	var user string
+	err = conn.QueryRow(pctx, `
+		SELECT rolname, rolsuper OR (rolcreatedb AND rolcreaterole)
+		FROM pg_roles WHERE rolname = current_user`).Scan(&user, &canProvision)
+	if err != nil {
+		return silo.Errorf(silo.EINVALID, "cannot query shard: %s", redactErr(err, dsn))
+	}
+	if !canProvision {
+		return silo.Errorf(silo.EINVALID, "role %q on the shard must be a superuser or have CREATEDB and CREATEROLE", user)
+	}
+	return nil
+}
+
+// redactErr returns err's text without the DSN's password, should a driver
+// ever echo it.
+func redactErr(err error, dsn string) string {
+	msg := err.Error()
+	if cfg, perr := pgx.ParseConfig(dsn); perr == nil && cfg.Password != "" {
+		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
+	}
+	return msg
+}
+
+// GetShard returns the shard with the given name, or ENOTFOUND.
+func (s *Store) GetShard(ctx context.Context, name string) (*silo.Shard, error) {
+	sh, err := scanShard(s.pool.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
+		}
+		return nil, catalogError(err, "get shard %q", name)
+	}
+	return &sh, nil
+}
+
+// ListShards returns one page of shards ordered by name. It returns EINVALID
+// for a bad limit or cursor.
+func (s *Store) ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Shard], error) {
+	limit, after, err := page(p)
+	if err != nil {
+		return silo.List[silo.Shard]{}, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name > $1 ORDER BY s.name LIMIT $2`, after, limit+1)
+	if err != nil {
+		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
+	}
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.Shard, error) { return scanShard(r) })
+	if err != nil {
+		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
+	}
+	return collectPage(items, limit, func(sh silo.Shard) string { return sh.Name }), nil
+}
+
+// SetShardState changes a shard's state: draining stops new placements and
+// marks the shard for emptying, disabled keeps it out of placement and
+// moves, active returns it to service. It returns ENOTFOUND for an unknown
+// shard and EINVALID for an unknown state. Setting the current state again
+// succeeds and changes nothing but the audit log.
+func (s *Store) SetShardState(ctx context.Context, name string, state silo.ShardState) (*silo.Shard, error) {
+	action := map[silo.ShardState]string{
+		silo.ShardActive: "shard.activate", silo.ShardDraining: "shard.drain", silo.ShardDisabled: "shard.disable",
+	}[state]
+	if action == "" {
+		action = "shard.set-state"
+	}
+	var out silo.Shard
+	err := s.mutate(ctx, action, "shard/"+name, map[string]any{"state": state}, func(tx pgx.Tx) error {
+		if !state.Valid() {
+			return silo.Errorf(silo.EINVALID, "state %q must be one of active, draining, disabled", state)
+		}
+		// Zero rows updated means unknown or already in that state: the
+		// read below tells which.
+		_, err := tx.Exec(ctx, `
+			UPDATE shards SET state = $2, updated_at = now()
+			WHERE name = $1 AND state <> $2`, name, state)
+		if err != nil {
+			return catalogError(err, "set state of shard %q", name)
+		}
+		out, err = scanShard(tx.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
+		}
+		return catalogError(err, "get shard %q", name)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("shard state set", "shard", name, "state", state)
+	return &out, nil
+}
+
+// DeleteShard removes a shard from the catalog. It returns ENOTFOUND for an
+// unknown shard and ECONFLICT while the shard holds tenants that are not
+// purged. The shard's PostgreSQL server is left as it is.
+func (s *Store) DeleteShard(ctx context.Context, name string) error {
+	err := s.mutate(ctx, "shard.remove", "shard/"+name, nil, func(tx pgx.Tx) error {
+		// The row lock conflicts with the key-share lock that a tenant
+		// insert takes through its foreign key, so no tenant lands on the
+		// shard between the count and the delete.
+		var live int
+		err := tx.QueryRow(ctx, `
+			SELECT (SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')
+			FROM shards s WHERE s.name = $1 FOR UPDATE`, name).Scan(&live)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
+		}
+		if err != nil {
+			return catalogError(err, "remove shard %q", name)
+		}
+		if live > 0 {
+			return silo.Errorf(silo.ECONFLICT, "shard %q still holds %d tenants: drain it first", name, live)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM shards WHERE name = $1`, name); err != nil {
+			return catalogError(err, "remove shard %q", name)
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("shard removed", "shard", name)
+	}
+	return err
+}
