@@ -1,0 +1,324 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// Catalog is what the API needs of the tenant directory.
+type Catalog interface {
+	Ping(ctx context.Context) error
+	CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, error)
+	GetShard(ctx context.Context, name string) (*silo.Shard, error)
+	ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Shard], error)
+	SetShardState(ctx context.Context, name string, state silo.ShardState) (*silo.Shard, error)
+	DeleteShard(ctx context.Context, name string) error
+	ListAudit(ctx context.Context, f shardmap.AuditFilter, p silo.Page) (silo.List[silo.AuditEntry], error)
+}
+
+// Defaults of Config.
+const (
+	DefaultBodyLimit      = 1 << 20 // 1 MiB
+	MaxBodyLimit          = 10 << 20
+	DefaultRequestTimeout = 30 * time.Second
+)
+
+// Config configures a Server.
+type Config struct {
+	Catalog    Catalog
+	AdminToken string // required; compared in constant time
+	Logger     *slog.Logger
+	// Registry receives the API's metrics and the Go runtime's, and is
+	// served at /metrics. Default: a new registry.
+	Registry *prometheus.Registry
+	// BodyLimit caps request bodies, in bytes: 1 MiB by default, 10 MiB at
+	// most.
+	BodyLimit int64
+	// RequestTimeout bounds each request's work, database calls included.
+	RequestTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.BodyLimit == 0 {
+		c.BodyLimit = DefaultBodyLimit
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Catalog == nil:
+		return errors.New("api: Config.Catalog is required")
+	case len(c.AdminToken) < 16:
+		return errors.New("api: the admin token must be at least 16 characters")
+	case c.BodyLimit < 1 || c.BodyLimit > MaxBodyLimit:
+		return fmt.Errorf("api: body limit %d must be between 1 and %d bytes", c.BodyLimit, MaxBodyLimit)
+	case c.RequestTimeout < 0:
+		return errors.New("api: request timeout must be positive")
+	}
+	return nil
+}
+
+// Server serves the HTTP API. Create it with New; it is safe for concurrent
+// use.
+type Server struct {
+	catalog        Catalog
+	log            *slog.Logger
+	tokenHash      [32]byte
+	requestTimeout time.Duration
+	registry       *prometheus.Registry
+	public         map[string]bool
+	routes         map[string]bool // registered patterns, the only route labels
+	bodyLimit      int64
+	echo           *echo.Echo
+
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// Context keys set on echo contexts.
+const (
+	ctxRequestID = "silo.requestID"
+	ctxErrorCode = "silo.errorCode"
+)
+
+// New builds a Server from cfg. It returns an error for an invalid Config.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	doc, err := LoadSpec()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		catalog:        cfg.Catalog,
+		log:            cfg.Logger,
+		tokenHash:      sha256.Sum256([]byte(cfg.AdminToken)),
+		requestTimeout: cfg.RequestTimeout,
+		bodyLimit:      cfg.BodyLimit,
+		registry:       cfg.Registry,
+		public:         publicRoutes(doc),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_http_requests_total",
+			Help: "HTTP requests answered, by route pattern, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "silo_http_request_duration_seconds",
+			Help:    "Time to answer HTTP requests, by route pattern, method and status.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms to 16 s
+		}, []string{"route", "method", "status"}),
+	}
+	for _, c := range []prometheus.Collector{
+		s.requests, s.latency,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := cfg.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("api: register metrics: %w", err)
+		}
+	}
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Pre(s.requestIDMiddleware)
+	e.Use(s.observeMiddleware, s.bodyLimitMiddleware, s.authMiddleware, s.timeoutMiddleware)
+	RegisterHandlers(e, s)
+	s.routes = map[string]bool{}
+	for _, r := range e.Routes() {
+		s.routes[r.Path] = true
+	}
+	s.echo = e
+	return s, nil
+}
+
+// ServeHTTP makes the Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// Serve answers requests on ln until ctx is done, then shuts down
+// gracefully, giving requests in flight up to shutdownTimeout to finish.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, shutdownTimeout time.Duration) error {
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       s.requestTimeout + 10*time.Second,
+		WriteTimeout:      s.requestTimeout + 10*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	return err
+}
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// requestIDMiddleware keeps a caller's X-Request-Id when it is safe to log,
+// or makes one, and echoes it in the response.
+func (s *Server) requestIDMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id := c.Request().Header.Get(echo.HeaderXRequestID)
+		if !requestIDRE.MatchString(id) {
+			var b [12]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		c.Set(ctxRequestID, id)
+		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		return next(c)
+	}
+}
+
+func requestID(c echo.Context) string {
+	id, _ := c.Get(ctxRequestID).(string)
+	return id
+}
+
+// observeMiddleware logs every request and counts it by route pattern, so
+// metrics never carry ids from paths.
+func (s *Server) observeMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err) // writes the problem response, so the status is known
+		}
+		route := c.Path()
+		if !s.routes[route] {
+			route = "unmatched" // never a raw path: ids would explode the label set
+		}
+		status := c.Response().Status
+		elapsed := time.Since(start)
+		labels := prometheus.Labels{"route": route, "method": c.Request().Method, "status": strconv.Itoa(status)}
+		s.requests.With(labels).Inc()
+		s.latency.With(labels).Observe(elapsed.Seconds())
+		attrs := []any{
+			"request_id", requestID(c), "method", c.Request().Method, "route", route,
+			"path", c.Request().URL.Path, "status", status, "duration_ms", float64(elapsed.Microseconds()) / 1000,
+			"bytes_out", c.Response().Size, "remote", c.RealIP(),
+		}
+		if code, ok := c.Get(ctxErrorCode).(string); ok {
+			attrs = append(attrs, "code", code)
+		}
+		s.log.Info("http request", attrs...)
+		return nil
+	}
+}
+
+// bodyLimitMiddleware refuses bodies over the limit, whether announced by
+// Content-Length or found while reading.
+func (s *Server) bodyLimitMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		req := c.Request()
+		if req.ContentLength > s.bodyLimit {
+			return silo.Errorf(silo.ETOOLARGE, "the request body is over the limit of %d bytes", s.bodyLimit)
+		}
+		req.Body = http.MaxBytesReader(c.Response(), req.Body, s.bodyLimit)
+		return next(c)
+	}
+}
+
+// authMiddleware lets the spec's public routes through and asks every other
+// request for the admin token. It runs after routing, so c.Path() is the
+// route pattern.
+func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if s.public[c.Request().Method+" "+c.Path()] {
+			return next(c)
+		}
+		auth := c.Request().Header.Get(echo.HeaderAuthorization)
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || token == "" {
+			return silo.Errorf(silo.EUNAUTHORIZED, "an admin token is required: send Authorization: Bearer TOKEN")
+		}
+		// Comparing hashes keeps the comparison constant-time whatever the
+		// length of the token sent.
+		got := sha256.Sum256([]byte(token))
+		if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) != 1 {
+			return silo.Errorf(silo.EUNAUTHORIZED, "the token is not valid")
+		}
+		ctx := silo.WithActor(c.Request().Context(), silo.Actor{Name: "admin", RequestID: requestID(c)})
+		c.SetRequest(c.Request().WithContext(ctx))
+		return next(c)
+	}
+}
+
+// timeoutMiddleware bounds each request's work; database calls take the
+// request's context.
+func (s *Server) timeoutMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), s.requestTimeout)
+		defer cancel()
+		c.SetRequest(c.Request().WithContext(ctx))
+		return next(c)
+	}
+}
+
+// GetHealth answers 200 while the process is up.
+func (s *Server) GetHealth(c echo.Context) error {
+	return c.JSON(http.StatusOK, Health{Status: "ok"})
+}
+
+// GetReady answers 200 when the catalog answers within two seconds.
+func (s *Server) GetReady(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if err := s.catalog.Ping(ctx); err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is not reachable")
+	}
+	return c.JSON(http.StatusOK, Health{Status: "ok"})
+}
+
+// GetMetrics serves the registry in the Prometheus text format.
+func (s *Server) GetMetrics(c echo.Context) error {
+	promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}).ServeHTTP(c.Response(), c.Request())
+	return nil
+}
+
+// GetOpenAPI serves the contract.
+func (s *Server) GetOpenAPI(c echo.Context) error {
+	return c.Blob(http.StatusOK, "application/yaml", Spec)
+}
