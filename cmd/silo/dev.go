@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// devMarker marks a directory made by `silo dev`, so --reset never removes
+// anything else.
+const devMarker = ".silo-dev"
+
+type devOptions struct {
+	serve  serveOptions
+	dir    string
+	shards int
+	reset  bool
+}
+
+func newDevCmd(g *globals) *cobra.Command {
+	var o devOptions
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run Silo locally: a catalog and shard PostgreSQL clusters, and the API",
+		Long: "Run Silo with local PostgreSQL clusters under --dir: one for the catalog and --shards\n" +
+			"for tenant databases, all on loopback ports. It keeps an admin token and a secret key\n" +
+			"in the directory, writes DIR/env for the CLI, and runs in the foreground: Ctrl-C or\n" +
+			"SIGTERM stops the API and every cluster it started. A second run reuses the data;\n" +
+			"--reset starts over. As root, the clusters run as the postgres system user.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(g.stderr, o.serve.logLevel)
+			if err != nil {
+				return err
+			}
+			return runDev(cmd.Context(), o, g.stdout, log)
+		},
+	}
+	addServeFlags(cmd, &o.serve)
+	f := cmd.Flags()
+	f.StringVar(&o.dir, "dir", ".silo", "directory for the clusters, token, key and env file")
+	f.IntVar(&o.shards, "shards", 2, "number of shard clusters")
+	f.BoolVar(&o.reset, "reset", false, "delete the directory's clusters and data first")
+	envNames(cmd, map[string]string{"dir": "SILO_DEV_DIR", "shards": "SILO_DEV_SHARDS"})
+	return cmd
+}
+
+// runDev starts the clusters, serves the API until ctx is done, then stops
+// every cluster it started, whatever happened.
+func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) (err error) {
+	if o.shards < 1 || o.shards > 16 {
+		return fmt.Errorf("--shards %d must be between 1 and 16", o.shards)
+	}
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	if o.reset {
+		if err := resetDevDir(dir); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %v", dir, err)
+	}
+	// The clusters' data directories belong to the postgres user when run
+	// as root; it must be able to reach them.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, devMarker), []byte("made by silo dev\n"), 0o644); err != nil {
+		return err
+	}
+	if o.serve.adminToken == "" {
+		if o.serve.adminToken, err = keepSecret(filepath.Join(dir, "admin-token")); err != nil {
+			return err
+		}
+	}
+	if _, err := keepSecret(filepath.Join(dir, "secret-key")); err != nil {
+		return err
+	}
+
+	binDir, err := pgcluster.EnsureBinDir(ctx, out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Starting PostgreSQL (%s): a catalog and %d shards in %s\n", binDir, o.shards, dir)
+	names := []string{"catalog"}
+	for i := 1; i <= o.shards; i++ {
+		names = append(names, fmt.Sprintf("shard-%d", i))
+	}
+	clusters, err := startClusters(ctx, binDir, dir, names)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, c := range clusters {
+			if c != nil {
+				if serr := c.Stop(sctx); serr != nil && err == nil {
+					err = fmt.Errorf("stop cluster in %s: %v", c.Dir(), serr)
+				}
+			}
+		}
+		fmt.Fprintln(out, "Stopped Silo and its PostgreSQL clusters.")
+	}()
+	if err != nil {
+		return err
+	}
+	catalog := clusters[0]
+	if err := ensureDatabase(ctx, catalog.DSN("postgres"), "silo"); err != nil {
+		return err
+	}
+
+	so := o.serve
+	so.catalogDSN = catalog.DSN("silo")
+	setup := func(ctx context.Context, store *shardmap.Store) error {
+		ctx = silo.WithActor(ctx, silo.Actor{Name: "silo-dev"})
+		for i, c := range clusters[1:] {
+			name := names[i+1]
+			sh, err := store.GetShard(ctx, name)
+			switch {
+			case silo.ErrorCode(err) == silo.ENOTFOUND:
+				_, err = store.CreateShard(ctx, silo.Shard{Name: name, DSN: c.DSN("postgres"), Region: "local"})
+			case err == nil && sh.DSN != c.DSN("postgres"):
+				err = fmt.Errorf("shard %q is registered with %s, not this cluster: run silo dev --reset", name, silo.RedactDSN(sh.DSN))
+			}
+			if err != nil {
+				return fmt.Errorf("register shard %s: %w", name, err)
+			}
+		}
+		return nil
+	}
+	ready := func(addr net.Addr) {
+		url := "http://" + addr.String()
+		envFile := filepath.Join(dir, "env")
+		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s\n", url, so.adminToken)
+		if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
+			fmt.Fprintf(out, "warning: cannot write %s: %v\n", envFile, err)
+		}
+		fmt.Fprintf(out, "\nSilo is running at %s\n\n", url)
+		for i, c := range clusters {
+			db := "postgres"
+			if i == 0 {
+				db = "silo"
+			}
+			fmt.Fprintf(out, "  %-9s %s\n", names[i], silo.RedactDSN(c.DSN(db)))
+		}
+		rel := envFile
+		if wd, err := os.Getwd(); err == nil {
+			if r, err := filepath.Rel(wd, envFile); err == nil && !strings.HasPrefix(r, "..") {
+				rel = r
+			}
+		}
+		fmt.Fprintf(out, "\nTry, in another terminal:\n\n"+
+			"  source %s\n"+
+			"  bin/silo shard list\n"+
+			"  curl -s -H \"Authorization: Bearer $SILO_TOKEN\" $SILO_URL/v1/shards\n\n"+
+			"Ctrl-C stops Silo and the clusters; the data stays in %s for the next run.\n", rel, dir)
+	}
+	return runServer(ctx, so, log, setup, ready)
+}
+
+// startClusters starts one cluster per name under dir, concurrently. On
+// error it returns the clusters that did start, so the caller stops them.
+func startClusters(ctx context.Context, binDir, dir string, names []string) ([]*pgcluster.Cluster, error) {
+	clusters := make([]*pgcluster.Cluster, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			clusters[i], errs[i] = pgcluster.Start(ctx, pgcluster.Config{
+				Dir:    filepath.Join(dir, name),
+				BinDir: binDir,
+			})
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("start %s cluster: %w", name, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return clusters, errors.Join(errs...)
+}
+
+// keepSecret returns the secret stored in path, making a random one the
+// first time.
+func keepSecret(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	secret := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %v", path, err)
+	}
+	return secret, nil
+}
+
+// resetDevDir removes a directory made by silo dev, and refuses any other.
+func resetDevDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, devMarker)); err != nil && len(entries) > 0 {
+		return fmt.Errorf("--reset refuses to delete %s: it was not made by silo dev", dir)
+	}
+	return os.RemoveAll(dir)
+}
+
+// ensureDatabase creates database name on the server at dsn unless it exists.
+func ensureDatabase(ctx context.Context, dsn, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect to the catalog cluster: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	return err
+}

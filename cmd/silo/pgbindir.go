@@ -1,0 +1,29 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/silo-db/silo/pgcluster"
+)
+
+// newPGBinDirCmd finds (or, as root on Debian, installs) the PostgreSQL
+// server binaries and prints their directory. The Makefile runs it once
+// before the tests, so parallel test binaries never race to install.
+func newPGBinDirCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "pg-bindir",
+		Short:  "Print the directory of the PostgreSQL server binaries, installing them as root on Debian",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := pgcluster.EnsureBinDir(cmd.Context(), g.stderr)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(g.stdout, dir)
+			return err
+		},
+	}
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/silo-db/silo/api"
+)
+
+func newShardCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "shard",
+		Short: "Manage shards: the PostgreSQL servers that hold tenant databases",
+	}
+	cmd.AddCommand(newShardAddCmd(g), newShardListCmd(g), newShardGetCmd(g),
+		newShardStateCmd(g, "drain", "Stop placing tenants on a shard, to empty it"),
+		newShardStateCmd(g, "activate", "Return a draining or disabled shard to service"),
+		newShardStateCmd(g, "disable", "Keep a shard out of placement and moves"),
+		newShardRemoveCmd(g))
+	return cmd
+}
+
+func newShardAddCmd(g *globals) *cobra.Command {
+	var dsn, region string
+	var weight int
+	cmd := &cobra.Command{
+		Use:   "add NAME --dsn DSN",
+		Short: "Register a shard (Silo connects to it first)",
+		Long: "Register a PostgreSQL server as a shard. The DSN's role must be a superuser or have\n" +
+			"CREATEDB and CREATEROLE. Pass --dsn - to read the DSN from standard input, keeping its\n" +
+			"password out of the process list.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dsn == "-" {
+				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if err != nil && err != io.EOF {
+					return fmt.Errorf("read the DSN from standard input: %v", err)
+				}
+				dsn = strings.TrimSpace(line)
+			}
+			if dsn == "" {
+				return fmt.Errorf("--dsn is required")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			body := api.ShardCreate{Name: args[0], Dsn: dsn}
+			if cmd.Flags().Changed("region") {
+				body.Region = &region
+			}
+			if cmd.Flags().Changed("weight") {
+				body.Weight = &weight
+			}
+			resp, err := c.CreateShardWithResponse(cmd.Context(), body)
+			if err != nil {
+				return g.requestError(err)
+			}
+			if resp.JSON201 == nil {
+				return apiError(resp.StatusCode(), resp.Body)
+			}
+			return g.printShards([]api.Shard{*resp.JSON201}, false)
+		},
+	}
+	cmd.Flags().StringVar(&dsn, "dsn", "", "PostgreSQL connection string of the shard, or - for standard input")
+	cmd.Flags().StringVar(&region, "region", "", "data-residency region (default \"default\")")
+	cmd.Flags().IntVar(&weight, "weight", 100, "relative capacity, 1 to 10000")
+	return cmd
+}
+
+func newShardListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List shards with their state and tenant count",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var all []api.Shard
+			var cursor *string
+			for {
+				resp, err := c.ListShardsWithResponse(cmd.Context(), &api.ListShardsParams{Cursor: cursor})
+				if err != nil {
+					return g.requestError(err)
+				}
+				if resp.JSON200 == nil {
+					return apiError(resp.StatusCode(), resp.Body)
+				}
+				all = append(all, resp.JSON200.Items...)
+				if cursor = resp.JSON200.NextCursor; cursor == nil {
+					break
+				}
+			}
+			return g.printShards(all, true)
+		},
+	}
+}
+
+func newShardGetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show one shard",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.GetShardWithResponse(cmd.Context(), args[0])
+			if err != nil {
+				return g.requestError(err)
+			}
+			if resp.JSON200 == nil {
+				return apiError(resp.StatusCode(), resp.Body)
+			}
+			return g.printShards([]api.Shard{*resp.JSON200}, false)
+		},
+	}
+}
+
+func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " NAME",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			call := map[string]func() (*http.Response, error){
+				"drain":    func() (*http.Response, error) { return c.DrainShard(cmd.Context(), args[0]) },
+				"activate": func() (*http.Response, error) { return c.ActivateShard(cmd.Context(), args[0]) },
+				"disable":  func() (*http.Response, error) { return c.DisableShard(cmd.Context(), args[0]) },
+			}[verb]
+			raw, err := call()
+			if err != nil {
+				return g.requestError(err)
+			}
+			resp, err := api.ParseGetShardResponse(raw) // same shape: a Shard or a problem
+			if err != nil {
+				return g.requestError(err)
+			}
+			if resp.JSON200 == nil {
+				return apiError(resp.StatusCode(), resp.Body)
+			}
+			return g.printShards([]api.Shard{*resp.JSON200}, false)
+		},
+	}
+}
+
+func newShardRemoveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a shard that holds no tenants from the catalog",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.DeleteShardWithResponse(cmd.Context(), args[0])
+			if err != nil {
+				return g.requestError(err)
+			}
+			if resp.StatusCode() != http.StatusNoContent {
+				return apiError(resp.StatusCode(), resp.Body)
+			}
+			if g.output == "json" {
+				return g.printJSON(map[string]string{"removed": args[0]})
+			}
+			_, err = fmt.Fprintf(g.stdout, "shard %s removed\n", args[0])
+			return err
+		},
+	}
+}
+
+// printShards prints shards as a table, or as JSON: an array for lists and
+// the object itself for single shards.
+func (g *globals) printShards(shards []api.Shard, list bool) error {
+	if g.output == "json" {
+		if list {
+			if shards == nil {
+				shards = []api.Shard{}
+			}
+			return g.printJSON(shards)
+		}
+		return g.printJSON(shards[0])
+	}
+	rows := make([][]string, 0, len(shards))
+	for _, s := range shards {
+		rows = append(rows, []string{s.Name, string(s.State), s.Region, strconv.Itoa(s.Weight), strconv.Itoa(s.TenantCount), s.Dsn})
+	}
+	return g.printTable([]string{"NAME", "STATE", "REGION", "WEIGHT", "TENANTS", "DSN"}, rows)
+}
