@@ -70,3 +70,19 @@ func TestCheckReachable(t *testing.T) {
 	owner.uid = os.Geteuid()
 	require.NoError(t, owner.checkReachable(private), "the owner may search its 0700 directory")
 }
+
+func TestCheckReachableExported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		require.NoError(t, CheckReachable("/root/private/x"), "only root hands the server to another user")
+		return
+	}
+	private, err := os.MkdirTemp("", "pgcluster-private-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(private) })
+	require.NoError(t, os.Chmod(private, 0o700))
+	err = CheckReachable(filepath.Join(private, "not", "made", "yet"))
+	require.ErrorContains(t, err, private+" has mode 0700")
+
+	require.NoError(t, os.Chmod(private, 0o755))
+	require.NoError(t, CheckReachable(filepath.Join(private, "not", "made", "yet")))
+}

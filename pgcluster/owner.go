@@ -131,3 +131,26 @@ func mkdirAll(dir string, perm fs.FileMode) error {
 	}
 	return nil
 }
+
+// CheckReachable returns nil when the user PostgreSQL runs as can reach dir:
+// always when the process is not root, and as root when the postgres system
+// user can search every directory on the way. Parts of dir that do not exist
+// yet are not checked (Start creates them searchable). The error says which
+// directory is in the way.
+func CheckReachable(dir string) error {
+	su, err := lookupServerUser()
+	if err != nil || su == nil {
+		return err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := os.Stat(abs); err == nil || abs == filepath.Dir(abs) {
+			break
+		}
+		abs = filepath.Dir(abs)
+	}
+	return su.checkReachable(abs)
+}

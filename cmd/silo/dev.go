@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -101,12 +102,16 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Starting PostgreSQL (%s): a catalog and %d shards in %s\n", binDir, o.shards, dir)
+	clusterDir, err := devClusterDir(dir, out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Starting PostgreSQL (%s): a catalog and %d shards in %s\n", binDir, o.shards, clusterDir)
 	names := []string{"catalog"}
 	for i := 1; i <= o.shards; i++ {
 		names = append(names, fmt.Sprintf("shard-%d", i))
 	}
-	clusters, err := startClusters(ctx, binDir, dir, names)
+	clusters, err := startClusters(ctx, binDir, clusterDir, names)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -197,6 +202,36 @@ func startClusters(ctx context.Context, binDir, dir string, names []string) ([]*
 	return clusters, errors.Join(errs...)
 }
 
+// devClusterDir returns the directory for the clusters: DIR/clusters, or,
+// when running as root and the postgres user cannot reach DIR (a checkout
+// under /root, say), a directory under /var/tmp that DIR/clusters links to.
+func devClusterDir(dir string, out io.Writer) (string, error) {
+	link := filepath.Join(dir, "clusters")
+	reachErr := pgcluster.CheckReachable(dir)
+	if reachErr == nil {
+		if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return filepath.EvalSymlinks(link) // set up by an earlier run; keep its data
+		}
+		return link, nil
+	}
+	sum := sha256.Sum256([]byte(dir))
+	target := filepath.Join("/var/tmp", "silo-dev-"+hex.EncodeToString(sum[:6]))
+	if err := pgcluster.CheckReachable(target); err != nil {
+		return "", fmt.Errorf("%v; and neither can it reach %s", reachErr, target)
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", err
+	}
+	if cur, err := os.Readlink(link); err != nil || cur != target {
+		_ = os.Remove(link)
+		if err := os.Symlink(target, link); err != nil {
+			return "", fmt.Errorf("link %s to %s: %v", link, target, err)
+		}
+	}
+	fmt.Fprintf(out, "The postgres user cannot reach %s, so the clusters live in %s (linked from %s).\n", dir, target, link)
+	return target, nil
+}
+
 // keepSecret returns the secret stored in path, making a random one the
 // first time.
 func keepSecret(path string) (string, error) {
@@ -225,6 +260,12 @@ func resetDevDir(dir string) error {
 	}
 	if _, err := os.Stat(filepath.Join(dir, devMarker)); err != nil && len(entries) > 0 {
 		return fmt.Errorf("--reset refuses to delete %s: it was not made by silo dev", dir)
+	}
+	// Clusters kept outside DIR (see devClusterDir) go too.
+	if target, err := os.Readlink(filepath.Join(dir, "clusters")); err == nil && strings.HasPrefix(target, "/var/tmp/silo-dev-") {
+		if err := os.RemoveAll(target); err != nil {
+			return err
+		}
 	}
 	return os.RemoveAll(dir)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -126,7 +127,7 @@ func TestDev(t *testing.T) {
 	require.Contains(t, out.String(), "Silo is running at "+url)
 	require.Contains(t, out.String(), "source ")
 	for _, secret := range []string{"password", "admin-token"} {
-		b, err := os.ReadFile(filepath.Join(dir, "shard-1", secret))
+		b, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", secret))
 		if err == nil {
 			require.NotContains(t, out.String()+errOut.String(), strings.TrimSpace(string(b)), "secrets stay out of the output")
 		}
@@ -153,9 +154,9 @@ func TestDev(t *testing.T) {
 
 	// Register shard-1's server again under another name, the DSN read from
 	// standard input; then walk it through its states and remove it.
-	password, err := os.ReadFile(filepath.Join(dir, "shard-1", "password"))
+	password, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "password"))
 	require.NoError(t, err)
-	port, err := os.ReadFile(filepath.Join(dir, "shard-1", "port"))
+	port, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "port"))
 	require.NoError(t, err)
 	dsn := "postgres://silo:" + strings.TrimSpace(string(password)) + "@127.0.0.1:" + strings.TrimSpace(string(port)) + "/postgres"
 	got, err = runSilo(t, ctx, dsn+"\n", append([]string{"shard", "add", "extra", "--dsn", "-", "--region", "eu", "--weight", "7", "-o", "json"}, client...)...)
@@ -297,4 +298,38 @@ func TestVersion(t *testing.T) {
 	var v map[string]string
 	require.NoError(t, json.Unmarshal([]byte(got), &v))
 	require.Equal(t, version, v["version"])
+}
+
+// As root, a directory the postgres user cannot reach (a checkout under
+// /root) gets its clusters under /var/tmp, linked from DIR/clusters, and
+// --reset removes both.
+func TestDevClusterDirUnreachable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root hands the clusters to the postgres user")
+	}
+	private, err := os.MkdirTemp("", "silo-private-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(private) })
+	require.NoError(t, os.Chmod(private, 0o700))
+	dir := filepath.Join(private, ".silo")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, devMarker), nil, 0o644))
+
+	var out bytes.Buffer
+	got, err := devClusterDir(dir, &out)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(got) })
+	require.True(t, strings.HasPrefix(got, "/var/tmp/silo-dev-"), got)
+	require.Contains(t, out.String(), "cannot reach")
+	link, err := os.Readlink(filepath.Join(dir, "clusters"))
+	require.NoError(t, err)
+	require.Equal(t, got, link)
+
+	again, err := devClusterDir(dir, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, got, again, "a second run finds the same clusters")
+
+	require.NoError(t, resetDevDir(dir))
+	require.NoDirExists(t, got)
+	require.NoDirExists(t, dir)
 }
