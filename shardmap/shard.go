@@ -3,6 +3,7 @@ package shardmap
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -117,14 +118,22 @@ func (s *Store) probe(ctx context.Context, dsn string) error {
 	return nil
 }
 
-// redactErr returns err's text without the DSN's password, should a driver
-// ever echo it.
+// redactErr returns err's text on one line without the DSN's password,
+// should a driver ever echo it. pgx reports each connection attempt (with
+// and without TLS) on a line of its own, often the same line twice; the
+// repeats are dropped.
 func redactErr(err error, dsn string) string {
 	msg := err.Error()
 	if cfg, perr := pgx.ParseConfig(dsn); perr == nil && cfg.Password != "" {
 		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
 	}
-	return msg
+	var lines []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.Join(strings.Fields(l), " "); l != "" && !slices.Contains(lines, l) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, " ")
 }
 
 // GetShard returns the shard with the given name, or ENOTFOUND.

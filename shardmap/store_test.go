@@ -165,6 +165,7 @@ func TestCreateShardBadInput(t *testing.T) {
 			requireCode(t, err, silo.EINVALID)
 			msg := silo.ErrorMessage(err)
 			require.Contains(t, msg, tc.message)
+			require.NotContains(t, msg, "\n", "one line")
 			for _, secret := range []string{"secret-pw-1", "not-the-password-1234", "weak-password"} {
 				require.NotContains(t, msg, secret)
 			}
