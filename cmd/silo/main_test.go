@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo/api"
@@ -332,4 +334,28 @@ func TestDevClusterDirUnreachable(t *testing.T) {
 	require.NoError(t, resetDevDir(dir))
 	require.NoDirExists(t, got)
 	require.NoDirExists(t, dir)
+}
+
+// The README's configuration table lists every setting's variable.
+func TestReadmeListsEverySetting(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	var walk func(*cobra.Command)
+	seen := 0
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if env := f.Annotations["env"]; len(env) > 0 {
+					seen++
+					require.Contains(t, string(readme), "`"+env[0]+"`", "README lacks %s (--%s of %s)", env[0], f.Name, c.CommandPath())
+					require.Contains(t, string(readme), "`--"+f.Name+"`", "README lacks --%s", f.Name)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd(io.Discard, io.Discard))
+	require.Greater(t, seen, 10)
 }

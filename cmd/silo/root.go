@@ -46,10 +46,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.url, "url", "http://127.0.0.1:8080", "Silo API base URL (env SILO_URL)")
-	pf.StringVar(&g.token, "token", "", "admin token (env SILO_TOKEN)")
+	pf.StringVar(&g.url, "url", "http://127.0.0.1:8080", "Silo API base URL")
+	pf.StringVar(&g.token, "token", "", "admin token")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	pf.DurationVar(&g.timeout, "timeout", time.Minute, "how long a client command waits for the API (env SILO_CLIENT_TIMEOUT)")
+	pf.DurationVar(&g.timeout, "timeout", time.Minute, "how long a client command waits for the API")
 	envNames(root, map[string]string{"url": "SILO_URL", "token": "SILO_TOKEN", "timeout": "SILO_CLIENT_TIMEOUT"})
 
 	root.AddCommand(
@@ -78,6 +78,7 @@ func envNames(cmd *cobra.Command, names map[string]string) {
 			f.Annotations = map[string][]string{}
 		}
 		f.Annotations["env"] = []string{env}
+		f.Usage += " (env " + env + ")"
 	}
 }
 
