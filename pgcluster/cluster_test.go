@@ -366,3 +366,20 @@ func processGone(pid int) bool {
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	return len(fields) == 0 || fields[0] == "Z" || fields[0] == "X"
 }
+
+// StartAll starts what it can and names what it could not, so the caller
+// can stop the rest.
+func TestStartAllPartialFailure(t *testing.T) {
+	t.Parallel()
+	good := pgcluster.Config{Dir: clusterDir(t), Fast: true}
+	bad := pgcluster.Config{Dir: filepath.Join(filepath.Dir(good.Dir), "broken"), Settings: map[string]string{"port": "1"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	clusters, err := pgcluster.StartAll(ctx, good, bad)
+	require.Len(t, clusters, 2)
+	require.NotNil(t, clusters[0])
+	require.Nil(t, clusters[1])
+	require.ErrorContains(t, err, "start the broken cluster")
+	require.True(t, clusters[0].Running())
+	require.NoError(t, clusters[0].Stop(ctx))
+}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -111,7 +110,11 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 	for i := 1; i <= o.shards; i++ {
 		names = append(names, fmt.Sprintf("shard-%d", i))
 	}
-	clusters, err := startClusters(ctx, binDir, clusterDir, names)
+	var cfgs []pgcluster.Config
+	for _, name := range names {
+		cfgs = append(cfgs, pgcluster.Config{Dir: filepath.Join(clusterDir, name), BinDir: binDir})
+	}
+	clusters, err := pgcluster.StartAll(ctx, cfgs...)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -179,27 +182,6 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 			"Ctrl-C stops Silo and the clusters; the data stays in %s for the next run.\n", rel, dir)
 	}
 	return runServer(ctx, so, log, setup, ready)
-}
-
-// startClusters starts one cluster per name under dir, concurrently. On
-// error it returns the clusters that did start, so the caller stops them.
-func startClusters(ctx context.Context, binDir, dir string, names []string) ([]*pgcluster.Cluster, error) {
-	clusters := make([]*pgcluster.Cluster, len(names))
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Go(func() {
-			clusters[i], errs[i] = pgcluster.Start(ctx, pgcluster.Config{
-				Dir:    filepath.Join(dir, name),
-				BinDir: binDir,
-			})
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("start %s cluster: %w", name, errs[i])
-			}
-		})
-	}
-	wg.Wait()
-	return clusters, errors.Join(errs...)
 }
 
 // devClusterDir returns the directory for the clusters: DIR/clusters, or,

@@ -106,30 +106,22 @@ func startFleet() (*Fleet, error) {
 
 	ctx, cancel = context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	names := []string{"catalog", "shard0", "shard1"}
-	clusters := make([]*pgcluster.Cluster, len(names))
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Go(func() {
-			clusters[i], errs[i] = pgcluster.Start(ctx, pgcluster.Config{
-				Dir:            filepath.Join(dir, name),
-				BinDir:         binDir,
-				Fast:           true,
-				MaxConnections: maxConnections,
-			})
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("start %s cluster: %w", name, errs[i])
-			}
+	var cfgs []pgcluster.Config
+	for _, name := range []string{"catalog", "shard0", "shard1"} {
+		cfgs = append(cfgs, pgcluster.Config{
+			Dir:            filepath.Join(dir, name),
+			BinDir:         binDir,
+			Fast:           true,
+			MaxConnections: maxConnections,
 		})
 	}
-	wg.Wait()
+	clusters, err := pgcluster.StartAll(ctx, cfgs...)
 	for _, c := range clusters {
 		if c != nil {
 			started = append(started, c)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return &Fleet{Catalog: clusters[0], Shards: clusters[1:]}, nil
