@@ -3,6 +3,7 @@ package silo
 import (
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -42,6 +43,10 @@ type Tenant struct {
 	Epoch     int64
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// DeletedAt is when a soft delete happened, and PurgeAfter when the
+	// grace period ends and the database is dropped.
+	DeletedAt  *time.Time
+	PurgeAfter *time.Time
 }
 
 // MaxTenantIDLen keeps "t_" + id within PostgreSQL's 63-byte identifiers
@@ -69,4 +74,12 @@ func ValidateTenantID(id string) error {
 		return Errorf(EINVALID, "tenant id %q is reserved", id)
 	}
 	return nil
+}
+
+// DatabaseName returns the name of the tenant's database and login role on
+// its shard: "t_" and the id with hyphens as underscores. Ids hold no
+// underscores, so distinct ids never share a name, and the name needs no
+// quoting in psql (Silo quotes it anyway).
+func DatabaseName(id string) string {
+	return "t_" + strings.ReplaceAll(id, "-", "_")
 }

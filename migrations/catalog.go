@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivermigrate"
 )
 
 //go:embed catalog/*.sql
@@ -65,5 +67,36 @@ func ApplyCatalog(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (in
 	if err != nil {
 		return 0, fmt.Errorf("catalog version: %w", err)
 	}
+	if err := applyRiver(ctx, pool, log); err != nil {
+		return 0, err
+	}
 	return v, nil
+}
+
+// applyRiver brings River's job tables in the catalog up to date, under the
+// same advisory lock as the catalog's migrations, held on one connection.
+func applyRiver(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("river migrations: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", catalogLockID); err != nil {
+		return fmt.Errorf("river migrations lock: %w", err)
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", catalogLockID)
+	}()
+	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: log})
+	if err != nil {
+		return fmt.Errorf("river migrations: %w", err)
+	}
+	res, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil)
+	if err != nil {
+		return fmt.Errorf("apply river migrations: %w", err)
+	}
+	for _, v := range res.Versions {
+		log.Info("river migration applied", "version", v.Version, "duration", v.Duration)
+	}
+	return nil
 }

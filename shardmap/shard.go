@@ -35,7 +35,7 @@ func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, er
 	}
 	params := map[string]any{"name": sh.Name, "dsn": silo.RedactDSN(sh.DSN), "region": sh.Region, "weight": sh.Weight}
 	var created silo.Shard
-	err := s.mutate(ctx, "shard.create", "shard/"+sh.Name, params, func(tx pgx.Tx) error {
+	err := s.Mutate(ctx, "shard.create", "shard/"+sh.Name, params, func(tx pgx.Tx) error {
 		if err := validateShard(sh); err != nil {
 			return err
 		}
@@ -179,7 +179,7 @@ func (s *Store) SetShardState(ctx context.Context, name string, state silo.Shard
 		action = "shard.set-state"
 	}
 	var out silo.Shard
-	err := s.mutate(ctx, action, "shard/"+name, map[string]any{"state": state}, func(tx pgx.Tx) error {
+	err := s.Mutate(ctx, action, "shard/"+name, map[string]any{"state": state}, func(tx pgx.Tx) error {
 		if !state.Valid() {
 			return silo.Errorf(silo.EINVALID, "state %q must be one of active, draining, disabled", state)
 		}
@@ -208,7 +208,7 @@ func (s *Store) SetShardState(ctx context.Context, name string, state silo.Shard
 // unknown shard and ECONFLICT while the shard holds tenants that are not
 // purged. The shard's PostgreSQL server is left as it is.
 func (s *Store) DeleteShard(ctx context.Context, name string) error {
-	err := s.mutate(ctx, "shard.remove", "shard/"+name, nil, func(tx pgx.Tx) error {
+	err := s.Mutate(ctx, "shard.remove", "shard/"+name, nil, func(tx pgx.Tx) error {
 		// The row lock conflicts with the key-share lock that a tenant
 		// insert takes through its foreign key, so no tenant lands on the
 		// shard between the count and the delete.

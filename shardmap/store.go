@@ -91,10 +91,12 @@ func OpenCatalog(ctx context.Context, dsn string, maxConns int32, connectTimeout
 	return pool, nil
 }
 
-// mutate runs fn in a transaction and writes the audit entry for it: in the
+// Mutate runs fn in a transaction and writes the audit entry for it: in the
 // same transaction when fn succeeds, on its own when it fails, so every
 // attempt is recorded and a success is never recorded without its change.
-func (s *Store) mutate(ctx context.Context, action, target string, params map[string]any, fn func(tx pgx.Tx) error) error {
+// The actor comes from ctx (silo.WithActor). Every change to the catalog
+// made on a user's behalf goes through Mutate.
+func (s *Store) Mutate(ctx context.Context, action, target string, params map[string]any, fn func(tx pgx.Tx) error) error {
 	actor := silo.ActorFrom(ctx)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := fn(tx); err != nil {
@@ -118,6 +120,13 @@ const maxAuditTarget = 200
 
 type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// querier is a pool or a transaction.
+type querier interface {
+	execer
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 func insertAudit(ctx context.Context, db execer, actor silo.Actor, action, target string, params map[string]any, cause error) error {

@@ -1,0 +1,54 @@
+package silo
+
+import "time"
+
+// OperationKind names a durable lifecycle operation.
+type OperationKind string
+
+// Operation kinds.
+const (
+	OpCreate  OperationKind = "create"
+	OpSuspend OperationKind = "suspend"
+	OpResume  OperationKind = "resume"
+	OpDelete  OperationKind = "delete"
+	OpPurge   OperationKind = "purge"
+)
+
+// OperationState is where an operation stands.
+type OperationState string
+
+// Operation states. A running operation is finished by the server that
+// started it or, if that server dies, resumed by another.
+const (
+	OpRunning   OperationState = "running"
+	OpSucceeded OperationState = "succeeded"
+	OpFailed    OperationState = "failed"
+)
+
+// Operation is a durable, resumable change to a tenant, made of idempotent
+// steps, recorded in the catalog as it runs.
+type Operation struct {
+	ID         string
+	Kind       OperationKind
+	TenantID   string
+	State      OperationState
+	Steps      []OperationStep
+	ErrorCode  string // when failed
+	Error      string // when failed: the user-facing message
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	FinishedAt *time.Time
+}
+
+// OperationStep is one idempotent step of an operation.
+type OperationStep struct {
+	Name       string         `json:"name"`
+	State      OperationState `json:"state"`
+	Attempts   int            `json:"attempts"`
+	StartedAt  time.Time      `json:"startedAt"`
+	FinishedAt *time.Time     `json:"finishedAt,omitempty"`
+	Error      string         `json:"error,omitempty"`
+}
+
+// Done reports whether the operation has finished, either way.
+func (o *Operation) Done() bool { return o.State != OpRunning }

@@ -1,0 +1,411 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// MaxIdempotencyKeyLen bounds Idempotency-Key values.
+const MaxIdempotencyKeyLen = 128
+
+func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.Duration) (Result, error) {
+	if err := silo.ValidateTenantID(req.ID); err != nil {
+		return Result{}, err
+	}
+	if len(req.IdempotencyKey) > MaxIdempotencyKeyLen {
+		return Result{}, silo.Errorf(silo.EINVALID, "the idempotency key is longer than %d characters", MaxIdempotencyKeyLen)
+	}
+	hash := requestHash("create", req.ID, req.Shard, req.Region)
+	if req.IdempotencyKey != "" {
+		if res, ok, err := p.replay(ctx, req.IdempotencyKey, hash, wait); ok || err != nil {
+			return res, err
+		}
+	}
+	shard, err := p.place(ctx, req)
+	if err != nil {
+		return Result{}, err
+	}
+	password := rand.Text() + rand.Text() // 52 base32 characters, 260 bits
+	opID := newUUID()
+	params := map[string]any{"shard": shard.Name, "region": shard.Region, "operation": opID}
+	if req.Region != "" {
+		params["region"] = req.Region
+	}
+	err = p.store.Mutate(ctx, "tenant.create", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
+		region := shard.Region
+		if _, err := p.store.InsertTenant(ctx, tx, silo.Tenant{
+			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: region,
+			State: silo.TenantProvisioning,
+		}, p.sealer.Seal([]byte(password), req.ID)); err != nil {
+			return err
+		}
+		return p.insertOperation(ctx, tx, shardmap.NewOperation{
+			ID: opID, Kind: silo.OpCreate, TenantID: req.ID,
+			IdempotencyKey: req.IdempotencyKey, RequestHash: hash,
+		})
+	})
+	if err != nil {
+		if req.IdempotencyKey != "" && silo.ErrorCode(err) == silo.ECONFLICT {
+			// A concurrent request with the same key won the race.
+			if res, ok, rerr := p.replay(ctx, req.IdempotencyKey, hash, wait); ok || rerr != nil {
+				return res, rerr
+			}
+		}
+		return Result{}, err
+	}
+	return p.await(ctx, opID, p.launch(ctx, opID), wait)
+}
+
+// replay answers a request whose idempotency key was seen before with the
+// first request's operation. ok is false when the key is new.
+func (p *Provisioner) replay(ctx context.Context, key, hash string, wait time.Duration) (Result, bool, error) {
+	op, firstHash, err := p.store.OperationByKey(ctx, key)
+	if silo.ErrorCode(err) == silo.ENOTFOUND {
+		return Result{}, false, nil
+	}
+	if err != nil {
+		return Result{}, true, err
+	}
+	if firstHash != hash {
+		return Result{}, true, silo.Errorf(silo.ECONFLICT, "idempotency key %q was used for a different request", key)
+	}
+	res, err := p.await(ctx, op.ID, nil, wait)
+	return res, true, err
+}
+
+// insertOperation records an operation and its recovery job in tx.
+func (p *Provisioner) insertOperation(ctx context.Context, tx pgx.Tx, n shardmap.NewOperation) error {
+	job, err := p.river.InsertTx(ctx, tx, operationArgs{OperationID: n.ID}, &river.InsertOpts{
+		ScheduledAt: time.Now().Add(p.cfg.RecoveryDelay),
+		MaxAttempts: 100, // retried with backoff until the shard is back
+	})
+	if err != nil {
+		return fmt.Errorf("enqueue recovery job: %w", err)
+	}
+	n.RecoveryJobID = job.Job.ID
+	_, err = p.store.InsertOperation(ctx, tx, n)
+	return err
+}
+
+// place chooses the shard of a new tenant.
+func (p *Provisioner) place(ctx context.Context, req CreateRequest) (*silo.Shard, error) {
+	if req.Region != "" {
+		if err := silo.ValidateRegion(req.Region); err != nil {
+			return nil, err
+		}
+	}
+	if req.Shard != "" {
+		sh, err := p.store.GetShard(ctx, req.Shard)
+		if silo.ErrorCode(err) == silo.ENOTFOUND {
+			return nil, silo.Errorf(silo.EINVALID, "shard %q does not exist", req.Shard)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if sh.State != silo.ShardActive {
+			return nil, silo.Errorf(silo.EINVALID, "shard %q is %s and takes no new tenants", sh.Name, sh.State)
+		}
+		if req.Region != "" && sh.Region != req.Region {
+			return nil, silo.Errorf(silo.EINVALID, "shard %q is in region %q, not %q", sh.Name, sh.Region, req.Region)
+		}
+		return sh, nil
+	}
+	if req.Region != "" {
+		ok, err := p.store.RegionExists(ctx, req.Region)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, silo.Errorf(silo.EINVALID, "no shard serves region %q", req.Region)
+		}
+	}
+	return p.store.ShardFor(ctx, req.Region)
+}
+
+func requestHash(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(sum[:])
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// templates remembers, per shard, that the template is at the latest
+// version, so creates skip the check.
+type templates struct {
+	mu      sync.Mutex
+	current map[string]bool
+}
+
+// createPlan makes the tenant's role and database and hands the database to
+// the role; its undo removes everything the forward steps may have made.
+func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (plan, error) {
+	id := op.TenantID
+	name := silo.DatabaseName(id)
+	var t *silo.Tenant
+	var sc *shardConn
+	load := func(ctx context.Context) error {
+		if sc != nil {
+			return nil
+		}
+		var err error
+		if t, err = p.store.GetTenant(ctx, id); err != nil {
+			return err
+		}
+		sc, err = p.shard(ctx, t.Shard)
+		return err
+	}
+	warm, _ := params["warmDatabase"].(string)
+	version := int64(0)
+	if v, ok := params["schemaVersion"].(float64); ok {
+		version = int64(v)
+	}
+	return plan{
+		forward: []step{
+			{"role", func(ctx context.Context) error {
+				if err := load(ctx); err != nil {
+					return err
+				}
+				return p.ensureRole(ctx, sc, t.Shard, id, name)
+			}},
+			{"database", func(ctx context.Context) error {
+				if err := load(ctx); err != nil {
+					return err
+				}
+				v, claimed, err := p.ensureDatabase(ctx, sc, t.Shard, op.ID, name, warm)
+				if err != nil {
+					return err
+				}
+				version, warm = v, claimed
+				return p.store.SetOperationParam(ctx, nil, op.ID, "schemaVersion", v)
+			}},
+			{"ownership", func(ctx context.Context) error {
+				if err := load(ctx); err != nil {
+					return err
+				}
+				return p.handOver(ctx, sc, t.Shard, name)
+			}},
+			{"activate", func(ctx context.Context) error {
+				if err := load(ctx); err != nil {
+					return err
+				}
+				cur, err := p.store.GetTenant(ctx, id)
+				if err != nil {
+					return err
+				}
+				if cur.State == silo.TenantActive {
+					return nil
+				}
+				cur.State, cur.SchemaVersion = silo.TenantActive, version
+				_, err = p.store.UpdateTenantTx(ctx, nil, *cur)
+				return err
+			}},
+		},
+		undo: []step{
+			{"undo:drop-database", func(ctx context.Context) error {
+				if err := load(ctx); err != nil {
+					if silo.ErrorCode(err) == silo.ENOTFOUND {
+						return nil // the tenant row is already gone
+					}
+					return err
+				}
+				names := []string{name}
+				if warm != "" {
+					names = append(names, warm)
+				}
+				for _, db := range names {
+					if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(db)+" WITH (FORCE)"); err != nil {
+						return shardError(err, t.Shard)
+					}
+				}
+				return nil
+			}},
+			{"undo:drop-role", func(ctx context.Context) error {
+				if sc == nil {
+					return nil
+				}
+				if _, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
+					return shardError(err, t.Shard)
+				}
+				return nil
+			}},
+			{"undo:forget-tenant", func(ctx context.Context) error {
+				return p.store.DeleteProvisioningTenant(ctx, id)
+			}},
+		},
+	}, nil
+}
+
+// ensureRole creates the tenant's login role, or brings an existing one
+// (left by an interrupted run) to the same attributes and password.
+func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, name string) error {
+	sealed, err := p.store.TenantSecret(ctx, id)
+	if err != nil {
+		return err
+	}
+	password, err := p.sealer.Open(sealed, id)
+	if err != nil {
+		return err
+	}
+	verifier, err := scramVerifier(string(password))
+	if err != nil {
+		return err
+	}
+	// The verifier is base64 and '$:' only, but quote it as a literal all
+	// the same: DDL takes no parameters.
+	attrs := " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD " + quoteLiteral(verifier)
+	_, err = sc.pool.Exec(ctx, "CREATE ROLE "+ident(name)+attrs)
+	if sqlState(err) == "42710" { // duplicate_object: made by an earlier attempt
+		_, err = sc.pool.Exec(ctx, "ALTER ROLE "+ident(name)+attrs)
+	}
+	if err != nil {
+		return shardError(err, shard)
+	}
+	if !sc.superuser {
+		// A CREATEROLE admin must be a member to give the role a database.
+		if _, err := sc.pool.Exec(ctx, "GRANT "+ident(name)+" TO CURRENT_USER"); err != nil {
+			return shardError(err, shard)
+		}
+	}
+	return nil
+}
+
+// ensureDatabase makes the tenant's database: the warm database already
+// claimed by this operation, a newly claimed one, or a fresh clone of the
+// template. It returns the database's schema version and the warm database
+// used ("" for a clone).
+func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, shard, opID, name, warm string) (int64, string, error) {
+	var exists bool
+	if err := sc.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return 0, "", shardError(err, shard)
+	}
+	if exists {
+		// Made by an earlier attempt of this operation.
+		v, err := p.databaseVersion(ctx, sc, shard, name)
+		return v, warm, err
+	}
+	version, err := p.templateVersion(ctx, shard)
+	if err != nil {
+		return 0, "", err
+	}
+	if warm == "" && p.cfg.WarmPoolSize > 0 {
+		if warm, err = p.store.ClaimWarmDatabase(ctx, shard, version, opID); err != nil {
+			return 0, "", err
+		}
+		if warm != "" {
+			p.refillSoon(ctx, shard)
+		}
+	}
+	if warm != "" {
+		_, err := sc.pool.Exec(ctx, "ALTER DATABASE "+ident(warm)+" RENAME TO "+ident(name))
+		if err == nil {
+			return version, warm, nil
+		}
+		if sqlState(err) != "3D000" { // invalid_catalog_name: the warm database is gone
+			return 0, "", shardError(err, shard)
+		}
+		p.log.Warn("claimed warm database is missing; cloning the template", "shard", shard, "database", warm)
+		warm = ""
+	}
+	return version, "", p.cloneTemplate(ctx, sc, shard, name)
+}
+
+// cloneTemplate creates a database from the shard's template, waiting out a
+// template migration in progress (clones fail while anyone is connected).
+func (p *Provisioner) cloneTemplate(ctx context.Context, sc *shardConn, shard, name string) error {
+	backoff := 50 * time.Millisecond
+	for {
+		_, err := sc.pool.Exec(ctx, "CREATE DATABASE "+ident(name)+" TEMPLATE "+ident(templateDB))
+		if err == nil || sqlState(err) == "42P04" { // duplicate_database: made meanwhile
+			return nil
+		}
+		if sqlState(err) != "55006" { // object_in_use: the template is busy
+			return shardError(err, shard)
+		}
+		select {
+		case <-ctx.Done():
+			return shardError(ctx.Err(), shard)
+		case <-time.After(backoff):
+			backoff = min(2*backoff, time.Second)
+		}
+	}
+}
+
+// handOver gives the database and everything in it to the tenant's role,
+// and shuts every other role out of it.
+func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name string) error {
+	for _, stmt := range []string{
+		"ALTER DATABASE " + ident(name) + " OWNER TO " + ident(name),
+		"REVOKE ALL ON DATABASE " + ident(name) + " FROM PUBLIC",
+	} {
+		if _, err := sc.pool.Exec(ctx, stmt); err != nil {
+			return shardError(err, shard)
+		}
+	}
+	conn, err := p.connectDB(ctx, sc, shard, name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "REASSIGN OWNED BY "+ident(ownerRole)+" TO "+ident(name)); err != nil {
+		return shardError(err, shard)
+	}
+	return nil
+}
+
+// databaseVersion reads the tenant schema version of a database.
+func (p *Provisioner) databaseVersion(ctx context.Context, sc *shardConn, shard, db string) (int64, error) {
+	conn, err := p.connectDB(ctx, sc, shard, db)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var v int64
+	err = conn.QueryRow(ctx, `SELECT coalesce(max(version_id), 0) FROM silo_schema_migrations WHERE is_applied`).Scan(&v)
+	return v, shardError(err, shard)
+}
+
+// templateVersion returns the version of the shard's template, making or
+// migrating it first if this server has not seen it current.
+func (p *Provisioner) templateVersion(ctx context.Context, shard string) (int64, error) {
+	p.tmpl.mu.Lock()
+	current := p.tmpl.current[shard]
+	p.tmpl.mu.Unlock()
+	if current {
+		return p.latestVersion, nil
+	}
+	v, err := p.ensureTemplate(ctx, shard)
+	if err != nil {
+		return 0, err
+	}
+	if v == p.latestVersion {
+		p.tmpl.mu.Lock()
+		p.tmpl.current[shard] = true
+		p.tmpl.mu.Unlock()
+	}
+	return v, nil
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}

@@ -1,0 +1,232 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+)
+
+// step is one idempotent part of an operation: running it again after a
+// crash, or after it succeeded, is safe.
+type step struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// plan is how an operation is carried out. When a forward step fails, the
+// undo steps run; if there are none, or they fail too, the operation stays
+// running and its recovery job tries again later.
+type plan struct {
+	forward []step
+	undo    []step
+}
+
+// lockClass is the first key of the advisory locks that keep two servers
+// from running one operation at once.
+const lockClass = 0x51_10_0B
+
+// errLocked means another server is running the operation right now.
+var errLocked = errors.New("operation is being run by another server")
+
+// execute runs an operation to its end, if this server can take its lock.
+// It returns the operation as it stands afterwards: done, or still running
+// when neither its steps nor their undo could finish (the recovery job will
+// try again). It returns errLocked when another server holds the lock.
+func (p *Provisioner) execute(ctx context.Context, opID string) (*silo.Operation, error) {
+	conn, err := p.catalog.Acquire(ctx)
+	if err != nil {
+		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	defer conn.Release()
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, lockClass, opID).Scan(&locked); err != nil {
+		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	if !locked {
+		return nil, errLocked
+	}
+	// A lock held by a connection dies with it, so a crashed server's
+	// operations are free for the recovery job at once.
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext($2))`, lockClass, opID)
+	}()
+
+	op, err := p.store.GetOperation(ctx, opID)
+	if err != nil || op.Done() {
+		return op, err
+	}
+	params, err := p.store.OperationParams(ctx, opID)
+	if err != nil {
+		return nil, err
+	}
+	pl, err := p.plan(op, params)
+	if err != nil {
+		return p.finish(ctx, op, err)
+	}
+	r := &recorder{p: p, op: op}
+	ferr := r.run(ctx, pl.forward)
+	if ferr == nil {
+		return p.finish(ctx, op, nil)
+	}
+	if len(pl.undo) == 0 {
+		p.log.Warn("operation step failed; it will be retried", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID, "err", ferr)
+		return op, nil
+	}
+	if uerr := r.run(ctx, pl.undo); uerr != nil {
+		p.log.Warn("operation failed and its undo did not finish; both will be retried",
+			"operation", op.ID, "kind", op.Kind, "tenant", op.TenantID, "err", ferr, "undo_err", uerr)
+		return op, nil
+	}
+	return p.finish(ctx, op, ferr)
+}
+
+// finish records the end of an operation, its metrics and, when it failed,
+// an audit entry, and cancels its recovery job.
+func (p *Provisioner) finish(ctx context.Context, op *silo.Operation, cause error) (*silo.Operation, error) {
+	ctx = context.WithoutCancel(ctx)
+	done, err := p.store.FinishOperation(ctx, nil, op.ID, op.Steps, cause)
+	if err != nil {
+		return nil, err
+	}
+	outcome := "succeeded"
+	if cause != nil {
+		outcome = "failed"
+		// The request was audited when it was accepted; its failure is too.
+		_ = p.store.Mutate(ctx, "tenant."+string(op.Kind), "tenant/"+op.TenantID,
+			map[string]any{"operation": op.ID}, func(pgx.Tx) error { return cause })
+	}
+	p.metrics.operations.WithLabelValues(string(op.Kind), outcome).Inc()
+	if op.Kind == silo.OpCreate {
+		source := "template"
+		if params, err := p.store.OperationParams(ctx, op.ID); err == nil && params["warmDatabase"] != nil {
+			source = "warm_pool"
+		}
+		p.metrics.provision.WithLabelValues(source, outcome).Observe(time.Since(op.CreatedAt).Seconds())
+	}
+	if jobID, err := p.store.RecoveryJobID(ctx, op.ID); err == nil && jobID != 0 {
+		// Best effort: a job that still runs finds the operation done.
+		_, _ = p.river.JobCancel(ctx, jobID)
+	}
+	p.log.Info("operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
+		"outcome", outcome, "duration_ms", time.Since(op.CreatedAt).Milliseconds(), "code", silo.ErrorCode(cause))
+	return done, nil
+}
+
+// recorder runs steps and records each in the operation as it starts and
+// ends, counting attempts across resumed runs.
+type recorder struct {
+	p  *Provisioner
+	op *silo.Operation
+}
+
+func (r *recorder) run(ctx context.Context, steps []step) error {
+	for _, s := range steps {
+		i := r.index(s.name)
+		st := &r.op.Steps[i]
+		st.State, st.Attempts, st.StartedAt, st.FinishedAt, st.Error = silo.OpRunning, st.Attempts+1, time.Now().UTC(), nil, ""
+		if err := r.p.store.SaveSteps(ctx, r.op.ID, r.op.Steps); err != nil {
+			return err
+		}
+		sctx, cancel := context.WithTimeout(ctx, r.p.cfg.StepTimeout)
+		err := s.run(sctx)
+		cancel()
+		now := time.Now().UTC()
+		st.FinishedAt = &now
+		if err != nil {
+			st.State, st.Error = silo.OpFailed, silo.ErrorMessage(err)
+			if silo.ErrorCode(err) == silo.EINTERNAL {
+				r.p.log.Error("operation step failed", "operation", r.op.ID, "step", s.name, "err", err)
+			}
+		} else {
+			st.State = silo.OpSucceeded
+		}
+		if serr := r.p.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); serr != nil && err == nil {
+			err = serr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *recorder) index(name string) int {
+	for i, s := range r.op.Steps {
+		if s.Name == name {
+			return i
+		}
+	}
+	r.op.Steps = append(r.op.Steps, silo.OperationStep{Name: name})
+	return len(r.op.Steps) - 1
+}
+
+// launch runs an operation in the background, detached from the request
+// that started it, and returns a channel closed when this server is done
+// with it (finished, or left for the recovery job).
+func (p *Provisioner) launch(ctx context.Context, opID string) <-chan struct{} {
+	done := make(chan struct{})
+	p.inflight.Add(1)
+	go func() {
+		defer p.inflight.Done()
+		defer close(done)
+		// The request may end; the operation goes on, with the actor of
+		// the request for its audit entries.
+		ctx := context.WithoutCancel(ctx)
+		select {
+		case p.slots <- struct{}{}:
+			defer func() { <-p.slots }()
+		case <-p.stopping:
+			return // the recovery job takes it
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		if _, err := p.execute(ctx, opID); err != nil && !errors.Is(err, errLocked) {
+			p.log.Error("operation did not run; it will be resumed", "operation", opID, "err", err)
+		}
+	}()
+	return done
+}
+
+// await waits up to wait for an operation this server launched (done) or
+// that runs elsewhere (done nil), then returns it with its tenant. A failed
+// operation is returned with its error.
+func (p *Provisioner) await(ctx context.Context, opID string, done <-chan struct{}, wait time.Duration) (Result, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var poll <-chan time.Time
+	if done == nil {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		poll = t.C
+	}
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		case <-poll:
+			op, err := p.store.GetOperation(ctx, opID)
+			finished = err == nil && op.Done()
+		case <-timer.C:
+			finished = true
+		case <-ctx.Done():
+			finished = true
+		}
+	}
+	rctx := context.WithoutCancel(ctx)
+	op, err := p.store.GetOperation(rctx, opID)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Operation: op}
+	if t, err := p.store.GetTenant(rctx, op.TenantID); err == nil {
+		res.Tenant = t
+	}
+	if op.State == silo.OpFailed {
+		return res, &silo.Error{Code: op.ErrorCode, Message: op.Error}
+	}
+	return res, nil
+}

@@ -1,0 +1,59 @@
+package provisioner
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+)
+
+func (p *Provisioner) export(ctx context.Context, id string, w io.Writer) error {
+	t, err := p.store.GetTenant(ctx, id)
+	if err != nil {
+		return err
+	}
+	if t.State == silo.TenantPurged {
+		return silo.Errorf(silo.ENOTFOUND, "tenant %q was purged", id)
+	}
+	if t.State == silo.TenantProvisioning {
+		return silo.Errorf(silo.ECONFLICT, "tenant %q is still being created", id)
+	}
+	sc, err := p.shard(ctx, t.Shard)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgx.ParseConfig(sc.dsn)
+	if err != nil {
+		return silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", t.Shard)
+	}
+	// The password travels in the environment, never on the command line.
+	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
+		cfg.Host, cfg.Port, quoteConninfo(cfg.User), quoteConninfo(t.Database), int(p.cfg.ConnectTimeout.Seconds()))
+	if cfg.TLSConfig == nil {
+		conninfo += " sslmode=disable"
+	}
+	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--dbname="+conninfo)
+	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.Join(strings.Fields(stderr.String()), " ")
+		if errors.Is(err, exec.ErrNotFound) {
+			return silo.Errorf(silo.EINTERNAL, "pg_dump was not found (%s): install the PostgreSQL client", p.cfg.PgDump)
+		}
+		return silo.WrapError(err, silo.EUNAVAILABLE, "export of tenant %q failed: %s", id, msg)
+	}
+	return nil
+}
+
+// quoteConninfo quotes a libpq keyword value.
+func quoteConninfo(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}

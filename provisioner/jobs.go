@@ -1,0 +1,110 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/silo-db/silo"
+)
+
+// operationArgs is the recovery job of one operation.
+type operationArgs struct {
+	OperationID string `json:"operation_id"`
+}
+
+func (operationArgs) Kind() string { return "silo_operation" }
+
+type operationWorker struct {
+	river.WorkerDefaults[operationArgs]
+	p *Provisioner
+}
+
+// Work resumes an operation whose server did not finish it. Another server
+// still running it is left alone (the job snoozes); an operation that cannot
+// finish yet returns an error, so River retries it with backoff.
+func (w *operationWorker) Work(ctx context.Context, job *river.Job[operationArgs]) error {
+	ctx = silo.WithActor(ctx, silo.Actor{Name: "system"})
+	op, err := w.p.execute(ctx, job.Args.OperationID)
+	if errors.Is(err, errLocked) {
+		return river.JobSnooze(w.p.cfg.RecoveryDelay)
+	}
+	if err != nil {
+		return err
+	}
+	if !op.Done() {
+		return errors.New("operation not finished yet; retrying")
+	}
+	return nil
+}
+
+func (w *operationWorker) Timeout(*river.Job[operationArgs]) time.Duration { return 10 * time.Minute }
+
+// maintainArgs asks for template and warm pool upkeep: of one shard, or of
+// every active shard when Shard is "".
+type maintainArgs struct {
+	Shard string `json:"shard,omitempty"`
+}
+
+func (maintainArgs) Kind() string { return "silo_maintain_shards" }
+
+type maintainWorker struct {
+	river.WorkerDefaults[maintainArgs]
+	p *Provisioner
+}
+
+func (w *maintainWorker) Work(ctx context.Context, job *river.Job[maintainArgs]) error {
+	return w.p.maintain(ctx, job.Args.Shard)
+}
+
+// purgeSweepArgs asks for the purge of deleted tenants past their grace
+// period.
+type purgeSweepArgs struct{}
+
+func (purgeSweepArgs) Kind() string { return "silo_purge_expired" }
+
+type purgeSweepWorker struct {
+	river.WorkerDefaults[purgeSweepArgs]
+	p *Provisioner
+}
+
+func (w *purgeSweepWorker) Work(ctx context.Context, _ *river.Job[purgeSweepArgs]) error {
+	return w.p.PurgeExpired(silo.WithActor(ctx, silo.Actor{Name: "system"}))
+}
+
+// uniqueOpts keeps one pending job per kind and arguments.
+func uniqueOpts() *river.InsertOpts {
+	return &river.InsertOpts{UniqueOpts: river.UniqueOpts{
+		ByArgs: true,
+		ByState: []rivertype.JobState{
+			rivertype.JobStateAvailable, rivertype.JobStatePending,
+			rivertype.JobStateRunning, rivertype.JobStateScheduled,
+		},
+	}}
+}
+
+// refillSoon asks for a shard's warm pool to be topped up after a claim.
+func (p *Provisioner) refillSoon(ctx context.Context, shard string) {
+	if _, err := p.river.Insert(context.WithoutCancel(ctx), maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
+		p.log.Warn("cannot schedule a warm pool refill", "shard", shard, "err", err)
+	}
+}
+
+// PurgeExpired purges deleted tenants whose grace period is over. It runs
+// every minute on one server; it is exported for tests and operators.
+func (p *Provisioner) PurgeExpired(ctx context.Context) error {
+	ids, err := p.store.ExpiredTenants(ctx, time.Now(), 100)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids {
+		if _, err := p.lifecycle(ctx, id, silo.OpPurge, time.Minute); err != nil && silo.ErrorCode(err) != silo.ECONFLICT {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,116 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/silo-db/silo"
+)
+
+// maintain brings templates to the latest schema and warm pools to their
+// size, for one shard or every active shard. A shard that fails is logged
+// and does not stop the others.
+func (p *Provisioner) maintain(ctx context.Context, shard string) error {
+	var shards []string
+	if shard != "" {
+		shards = []string{shard}
+	} else {
+		list, err := p.store.ListShards(ctx, silo.Page{Limit: silo.MaxPageLimit})
+		if err != nil {
+			return err
+		}
+		for _, sh := range list.Items {
+			if sh.State == silo.ShardActive {
+				shards = append(shards, sh.Name)
+			}
+		}
+	}
+	var errs []error
+	for _, name := range shards {
+		if err := p.maintainShard(ctx, name); err != nil {
+			p.log.Warn("shard upkeep failed", "shard", name, "err", err)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// staleCreating is how old a warm database still 'creating' must be before
+// it counts as left by a server that died.
+const staleCreating = 10 * time.Minute
+
+func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
+	sh, err := p.store.GetShard(ctx, shard)
+	if err != nil || sh.State != silo.ShardActive {
+		return err
+	}
+	// One upkeep per shard at a time, fleet-wide; a busy shard is skipped,
+	// as its upkeep is under way.
+	lock, err := p.catalog.Acquire(ctx)
+	if err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	defer lock.Release()
+	var mine bool
+	if err := lock.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext('maintain:' || $2))`, lockClass, shard).Scan(&mine); err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	if !mine {
+		return nil
+	}
+	defer func() {
+		_, _ = lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext('maintain:' || $2))`, lockClass, shard)
+	}()
+	version, err := p.templateVersion(ctx, shard)
+	if err != nil {
+		return err
+	}
+	sc, err := p.shard(ctx, shard)
+	if err != nil {
+		return err
+	}
+	warm, err := p.store.WarmDatabases(ctx, shard)
+	if err != nil {
+		return err
+	}
+	ready, claimable := 0, 0
+	for _, w := range warm {
+		stale := w.SchemaVersion != version || (!w.Ready && time.Since(w.CreatedAt) > staleCreating)
+		if !stale {
+			ready++ // or about to be: another upkeep run is making it
+			if w.Ready {
+				claimable++
+			}
+			continue
+		}
+		if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(w.Name)+" WITH (FORCE)"); err != nil {
+			return shardError(err, shard)
+		}
+		if err := p.store.RemoveWarmDatabase(ctx, shard, w.Name); err != nil {
+			return err
+		}
+	}
+	for ; ready < p.cfg.WarmPoolSize; ready++ {
+		name := warmPrefix + strings.ToLower(rand.Text()[:16])
+		// Recorded first: a crash mid-create leaves a row to clean up, not a
+		// database nobody knows.
+		if err := p.store.AddWarmDatabase(ctx, shard, name, version); err != nil {
+			return err
+		}
+		if err := p.cloneTemplate(ctx, sc, shard, name); err != nil {
+			return err
+		}
+		if _, err := sc.pool.Exec(ctx, "REVOKE ALL ON DATABASE "+ident(name)+" FROM PUBLIC"); err != nil {
+			return shardError(err, shard)
+		}
+		if err := p.store.WarmDatabaseReady(ctx, shard, name); err != nil {
+			return err
+		}
+		claimable++
+	}
+	p.metrics.warmPool.WithLabelValues(shard).Set(float64(claimable))
+	return nil
+}

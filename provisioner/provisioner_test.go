@@ -1,0 +1,457 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/pgtest"
+	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/shardmap"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// ids makes tenant ids unique across the tests of this binary, which share
+// the shard clusters.
+var idSeq atomic.Int64
+
+func newID(prefix string) string { return fmt.Sprintf("%s-%d", prefix, idSeq.Add(1)) }
+
+type bundle struct {
+	ctx   context.Context
+	store *shardmap.Store
+	fleet *pgtest.Fleet
+	pool  *pgxpool.Pool
+}
+
+// setup returns a started Provisioner over a fresh catalog with both test
+// shards registered (as a and b).
+func setup(t *testing.T, cfg Config) (*Provisioner, *bundle) {
+	t.Helper()
+	fleet := pgtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 20, 5*time.Second, 30*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	_, err = migrations.ApplyCatalog(ctx, pool, log)
+	require.NoError(t, err)
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log})
+	require.NoError(t, err)
+	for i, name := range []string{"a", "b"} {
+		_, err := store.CreateShard(ctx, silo.Shard{Name: name, DSN: fleet.Shards[i].DSN("postgres"), Region: "eu"})
+		require.NoError(t, err)
+	}
+	cfg.Catalog, cfg.Store, cfg.SecretKey, cfg.Logger = pool, store, testKey, log
+	if cfg.WarmPoolSize == 0 {
+		cfg.WarmPoolSize = -1 // tests that want a pool say so
+	}
+	if cfg.MaintenanceInterval == 0 {
+		cfg.MaintenanceInterval = time.Hour // run by hand in tests
+	}
+	p, err := New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		require.NoError(t, p.Stop(sctx))
+	})
+	ctx = silo.WithActor(ctx, silo.Actor{Name: "tester"})
+	return p, &bundle{ctx: ctx, store: store, fleet: fleet, pool: pool}
+}
+
+func (b *bundle) shardDSN(t *testing.T, shard, db string) string {
+	t.Helper()
+	i := map[string]int{"a": 0, "b": 1}[shard]
+	return b.fleet.Shards[i].DSN(db)
+}
+
+// tenantDSN connects as the tenant's own role, with the password from the
+// catalog.
+func (b *bundle) tenantDSN(t *testing.T, p *Provisioner, tn *silo.Tenant) string {
+	t.Helper()
+	sealed, err := b.store.TenantSecret(b.ctx, tn.ID)
+	require.NoError(t, err)
+	pw, err := p.sealer.Open(sealed, tn.ID)
+	require.NoError(t, err)
+	c := b.fleet.Shards[map[string]int{"a": 0, "b": 1}[tn.Shard]]
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", tn.Database, pw, c.Port(), tn.Database)
+}
+
+func requireCode(t *testing.T, err error, code string) {
+	t.Helper()
+	require.Error(t, err)
+	require.Equal(t, code, silo.ErrorCode(err), "error: %v", err)
+}
+
+// shardHas reports whether a database and a role of that name exist on shard.
+func (b *bundle) shardHas(t *testing.T, shard, name string) (db, role bool) {
+	t.Helper()
+	conn, err := pgx.Connect(b.ctx, b.shardDSN(t, shard, "postgres"))
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&db))
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&role))
+	return db, role
+}
+
+func TestCreateAndIsolation(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	ida, idb := newID("iso-a"), newID("iso-b")
+	ra, err := p.Create(b.ctx, CreateRequest{ID: ida, Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, ra.Operation.State)
+	ta := ra.Tenant
+	require.Equal(t, silo.TenantActive, ta.State)
+	require.Equal(t, "a", ta.Shard)
+	require.Equal(t, "eu", ta.Region)
+	require.Equal(t, silo.DatabaseName(ida), ta.Database)
+	require.Equal(t, int64(1), ta.SchemaVersion)
+	var names []string
+	for _, s := range ra.Operation.Steps {
+		require.Equal(t, silo.OpSucceeded, s.State)
+		names = append(names, s.Name)
+	}
+	require.Equal(t, []string{"role", "database", "ownership", "activate"}, names)
+
+	rb, err := p.Create(b.ctx, CreateRequest{ID: idb, Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+
+	// The tenant's role owns its database and schema, and is no more than
+	// a login.
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, ta))
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	var user string
+	var super, createdb, createrole bool
+	require.NoError(t, conn.QueryRow(b.ctx, `
+		SELECT current_user, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user`).Scan(&user, &super, &createdb, &createrole))
+	require.Equal(t, ta.Database, user)
+	require.False(t, super || createdb || createrole)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('hello')`)
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `CREATE TABLE mine (x int)`)
+	require.NoError(t, err, "the tenant owns its schema")
+	var owner string
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT tableowner FROM pg_tables WHERE tablename = 'notes'`).Scan(&owner))
+	require.Equal(t, ta.Database, owner)
+
+	// Tenant A's role cannot connect to tenant B's database.
+	cfg, err := pgx.ParseConfig(b.tenantDSN(t, p, ta))
+	require.NoError(t, err)
+	cfg.Database = rb.Tenant.Database
+	_, err = pgx.ConnectConfig(b.ctx, cfg)
+	require.ErrorContains(t, err, "permission denied for database")
+	// Nor to the template, nor to the postgres database's objects of others.
+	cfg.Database = templateDB
+	_, err = pgx.ConnectConfig(b.ctx, cfg)
+	require.ErrorContains(t, err, "permission denied for database")
+
+	// The password is sealed in the catalog, bound to its tenant.
+	sealed, err := b.store.TenantSecret(b.ctx, ida)
+	require.NoError(t, err)
+	_, err = p.sealer.Open(sealed, idb)
+	require.Error(t, err, "a sealed password does not open for another tenant")
+
+	audit, err := b.store.ListAudit(b.ctx, shardmap.AuditFilter{Target: "tenant/" + ida}, silo.Page{})
+	require.NoError(t, err)
+	require.Len(t, audit.Items, 1)
+	require.Equal(t, "tenant.create", audit.Items[0].Action)
+	require.Equal(t, "tester", audit.Items[0].Actor)
+	require.Equal(t, ra.Operation.ID, audit.Items[0].Params["operation"])
+}
+
+func TestCreateBadInput(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	_, err := b.store.SetShardState(b.ctx, "b", silo.ShardDraining)
+	require.NoError(t, err)
+	before := func() int {
+		conn, err := pgx.Connect(b.ctx, b.shardDSN(t, "a", "postgres"))
+		require.NoError(t, err)
+		defer conn.Close(b.ctx)
+		var n int
+		require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_database`).Scan(&n))
+		return n
+	}
+	dbs := before()
+	for _, tc := range []struct {
+		req  CreateRequest
+		code string
+		rule string
+	}{
+		{CreateRequest{ID: "Acme"}, silo.EINVALID, "lowercase"},
+		{CreateRequest{ID: "acme'"}, silo.EINVALID, "lowercase"},
+		{CreateRequest{ID: "acme;drop"}, silo.EINVALID, "lowercase"},
+		{CreateRequest{ID: "ac me"}, silo.EINVALID, "lowercase"},
+		{CreateRequest{ID: "../acme"}, silo.EINVALID, "lowercase"},
+		{CreateRequest{ID: strings.Repeat("a", 49)}, silo.EINVALID, "longer than 48"},
+		{CreateRequest{ID: "postgres"}, silo.EINVALID, "reserved"},
+		{CreateRequest{ID: "ok-1", Shard: "nope"}, silo.EINVALID, "does not exist"},
+		{CreateRequest{ID: "ok-1", Shard: "b"}, silo.EINVALID, "draining"},
+		{CreateRequest{ID: "ok-1", Region: "mars"}, silo.EINVALID, "no shard serves region"},
+		{CreateRequest{ID: "ok-1", Region: "Mars!"}, silo.EINVALID, "region"},
+		{CreateRequest{ID: "ok-1", Shard: "a", Region: "us"}, silo.EINVALID, "not \"us\""},
+		{CreateRequest{ID: "ok-1", IdempotencyKey: strings.Repeat("k", 129)}, silo.EINVALID, "idempotency key"},
+	} {
+		_, err := p.Create(b.ctx, tc.req, time.Minute)
+		requireCode(t, err, tc.code)
+		require.Contains(t, silo.ErrorMessage(err), tc.rule, "%+v", tc.req)
+	}
+	require.Equal(t, dbs, before(), "nothing was created on the shard")
+	list, err := b.store.ListTenants(b.ctx, shardmap.TenantFilter{}, silo.Page{})
+	require.NoError(t, err)
+	require.Empty(t, list.Items)
+
+	_, err = b.store.SetShardState(b.ctx, "a", silo.ShardDisabled)
+	require.NoError(t, err)
+	_, err = p.Create(b.ctx, CreateRequest{ID: newID("none")}, time.Minute)
+	requireCode(t, err, silo.EUNAVAILABLE)
+	require.Contains(t, silo.ErrorMessage(err), "no active shard")
+}
+
+func TestPlacement(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	sh, err := b.store.GetShard(b.ctx, "b")
+	require.NoError(t, err)
+	// b has three times a's capacity.
+	_, err = b.pool.Exec(b.ctx, `UPDATE shards SET weight = 300 WHERE name = 'b'`)
+	require.NoError(t, err)
+	_ = sh
+	counts := map[string]int{}
+	for range 4 {
+		r, err := p.Create(b.ctx, CreateRequest{ID: newID("place")}, time.Minute)
+		require.NoError(t, err)
+		counts[r.Tenant.Shard]++
+	}
+	require.Equal(t, map[string]int{"a": 1, "b": 3}, counts)
+
+	// A region pins placement to its shards.
+	_, err = b.pool.Exec(b.ctx, `UPDATE shards SET region = 'us' WHERE name = 'a'`)
+	require.NoError(t, err)
+	r, err := p.Create(b.ctx, CreateRequest{ID: newID("place-us"), Region: "us"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, "a", r.Tenant.Shard)
+	require.Equal(t, "us", r.Tenant.Region)
+}
+
+func TestConcurrentCreates(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{MaxConcurrentOps: 8})
+	const n = 50
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	prefix := newID("many")
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = p.Create(b.ctx, CreateRequest{ID: fmt.Sprintf("%s-%d", prefix, i)}, time.Minute)
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	list, err := b.store.ListTenants(b.ctx, shardmap.TenantFilter{State: silo.TenantActive}, silo.Page{Limit: 100})
+	require.NoError(t, err)
+	require.Len(t, list.Items, n)
+
+	// Ten creates of one id: one database, one success, nine conflicts.
+	id := newID("same")
+	var ok, conflict atomic.Int64
+	for range 10 {
+		wg.Go(func() {
+			_, err := p.Create(b.ctx, CreateRequest{ID: id}, time.Minute)
+			switch silo.ErrorCode(err) {
+			case "":
+				ok.Add(1)
+			case silo.ECONFLICT:
+				conflict.Add(1)
+			default:
+				t.Errorf("unexpected error: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int64(1), ok.Load())
+	require.Equal(t, int64(9), conflict.Load())
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	db, role := b.shardHas(t, tn.Shard, tn.Database)
+	require.True(t, db && role)
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	id := newID("idem")
+	key := "key-" + id
+	first, err := p.Create(b.ctx, CreateRequest{ID: id, IdempotencyKey: key}, time.Minute)
+	require.NoError(t, err)
+	again, err := p.Create(b.ctx, CreateRequest{ID: id, IdempotencyKey: key}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, first.Operation.ID, again.Operation.ID, "a retry returns the first result")
+	require.Equal(t, first.Tenant.ID, again.Tenant.ID)
+
+	_, err = p.Create(b.ctx, CreateRequest{ID: newID("other"), IdempotencyKey: key}, time.Minute)
+	requireCode(t, err, silo.ECONFLICT)
+	require.Contains(t, silo.ErrorMessage(err), "different request")
+
+	// Concurrent first uses of one key start one operation.
+	id2, key2 := newID("idem-race"), "race-"+id
+	ops := make([]string, 8)
+	var wg sync.WaitGroup
+	for i := range ops {
+		wg.Go(func() {
+			r, err := p.Create(b.ctx, CreateRequest{ID: id2, IdempotencyKey: key2}, time.Minute)
+			if err == nil {
+				ops[i] = r.Operation.ID
+			} else {
+				t.Errorf("create with a shared key: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, op := range ops {
+		require.Equal(t, ops[0], op)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{GracePeriod: time.Hour})
+	r, err := p.Create(b.ctx, CreateRequest{ID: newID("life"), Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	tn := r.Tenant
+	dsn := b.tenantDSN(t, p, tn)
+
+	// A session open at suspension is ended, and no new one starts.
+	conn, err := pgx.Connect(b.ctx, dsn)
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	r, err = p.Suspend(b.ctx, tn.ID, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantSuspended, r.Tenant.State)
+	require.Greater(t, r.Tenant.Epoch, tn.Epoch)
+	_, err = conn.Exec(b.ctx, "SELECT 1")
+	require.Error(t, err, "the open session was terminated")
+	_, err = pgx.Connect(b.ctx, dsn)
+	require.ErrorContains(t, err, "not permitted to log in")
+	_, err = p.Suspend(b.ctx, tn.ID, time.Minute)
+	require.NoError(t, err, "suspending twice is fine")
+
+	r, err = p.Resume(b.ctx, tn.ID, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantActive, r.Tenant.State)
+	c2, err := pgx.Connect(b.ctx, dsn)
+	require.NoError(t, err)
+	c2.Close(b.ctx)
+
+	r, err = p.Delete(b.ctx, tn.ID, false, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantDeleted, r.Tenant.State)
+	require.NotNil(t, r.Tenant.PurgeAfter)
+	require.WithinDuration(t, time.Now().Add(time.Hour), *r.Tenant.PurgeAfter, time.Minute)
+	_, err = pgx.Connect(b.ctx, dsn)
+	require.ErrorContains(t, err, "not permitted to log in")
+	db, role := b.shardHas(t, "b", tn.Database)
+	require.True(t, db && role, "a soft delete keeps the data")
+	for _, f := range []func() (Result, error){
+		func() (Result, error) { return p.Suspend(b.ctx, tn.ID, time.Minute) },
+		func() (Result, error) { return p.Resume(b.ctx, tn.ID, time.Minute) },
+		func() (Result, error) { return p.Delete(b.ctx, tn.ID, false, time.Minute) },
+	} {
+		_, err := f()
+		requireCode(t, err, silo.ECONFLICT)
+	}
+
+	r, err = p.Delete(b.ctx, tn.ID, true, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantPurged, r.Tenant.State)
+	db, role = b.shardHas(t, "b", tn.Database)
+	require.False(t, db || role, "a purge drops the database and the role")
+	_, err = b.store.TenantSecret(b.ctx, tn.ID)
+	requireCode(t, err, silo.ENOTFOUND)
+	_, err = p.Resume(b.ctx, tn.ID, time.Minute)
+	requireCode(t, err, silo.ENOTFOUND)
+	_, err = p.Create(b.ctx, CreateRequest{ID: tn.ID}, time.Minute)
+	requireCode(t, err, silo.ECONFLICT) // tombstones keep their ids
+
+	audit, err := b.store.ListAudit(b.ctx, shardmap.AuditFilter{Target: "tenant/" + tn.ID}, silo.Page{})
+	require.NoError(t, err)
+	var actions []string
+	for _, e := range audit.Items {
+		actions = append(actions, e.Action+":"+e.Result)
+	}
+	require.Equal(t, "tenant.create:ECONFLICT", actions[0], "the refused re-create is recorded")
+	require.Contains(t, actions, "tenant.purge:ok")
+	require.Contains(t, actions, "tenant.suspend:ok")
+	require.Contains(t, actions, "tenant.delete:ok")
+}
+
+func TestPurgeAfterGracePeriod(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{GracePeriod: time.Millisecond})
+	r, err := p.Create(b.ctx, CreateRequest{ID: newID("grace")}, time.Minute)
+	require.NoError(t, err)
+	_, err = p.Delete(b.ctx, r.Tenant.ID, false, time.Minute)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, p.PurgeExpired(b.ctx))
+	tn, err := b.store.GetTenant(b.ctx, r.Tenant.ID)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantPurged, tn.State)
+	db, role := b.shardHas(t, tn.Shard, tn.Database)
+	require.False(t, db || role)
+}
+
+func TestWarmPool(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{WarmPoolSize: 2})
+	require.NoError(t, p.maintain(b.ctx, ""))
+	for _, shard := range []string{"a", "b"} {
+		warm, err := b.store.WarmDatabases(b.ctx, shard)
+		require.NoError(t, err)
+		require.Len(t, warm, 2)
+		for _, w := range warm {
+			require.True(t, w.Ready)
+			db, _ := b.shardHas(t, shard, w.Name)
+			require.True(t, db)
+		}
+	}
+	r, err := p.Create(b.ctx, CreateRequest{ID: newID("warm"), Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+	params, err := b.store.OperationParams(b.ctx, r.Operation.ID)
+	require.NoError(t, err)
+	claimed, _ := params["warmDatabase"].(string)
+	require.True(t, strings.HasPrefix(claimed, warmPrefix), "the create took a warm database: %v", params)
+	db, _ := b.shardHas(t, "a", claimed)
+	require.False(t, db, "renamed to the tenant's")
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, r.Tenant))
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('from the pool')`)
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+
+	require.Eventually(t, func() bool {
+		warm, err := b.store.WarmDatabases(b.ctx, "a")
+		return err == nil && len(warm) == 2 && warm[0].Ready && warm[1].Ready
+	}, 30*time.Second, 100*time.Millisecond, "the pool is refilled")
+}

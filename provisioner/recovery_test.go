@@ -1,0 +1,146 @@
+package provisioner
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// startWithoutRunning does what Create does up to the moment the operation
+// would run, as if the server died right after accepting the request.
+func startWithoutRunning(t *testing.T, p *Provisioner, b *bundle, req CreateRequest) string {
+	t.Helper()
+	shard, err := p.place(b.ctx, req)
+	require.NoError(t, err)
+	opID := newUUID()
+	err = b.store.Mutate(b.ctx, "tenant.create", "tenant/"+req.ID, nil, func(tx pgx.Tx) error {
+		if _, err := b.store.InsertTenant(b.ctx, tx, silo.Tenant{
+			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: shard.Region, State: silo.TenantProvisioning,
+		}, p.sealer.Seal([]byte("a-password-of-the-dead-server"), req.ID)); err != nil {
+			return err
+		}
+		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpCreate, TenantID: req.ID})
+	})
+	require.NoError(t, err)
+	return opID
+}
+
+// A server that dies after accepting a create, and after its first step,
+// has its operation finished by River on another server.
+func TestCrashedCreateIsResumedByRiver(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{RecoveryDelay: time.Second})
+	id := newID("crash")
+	opID := startWithoutRunning(t, p, b, CreateRequest{ID: id, Shard: "a"})
+
+	// The dead server had made the role, and nothing else.
+	op, err := b.store.GetOperation(b.ctx, opID)
+	require.NoError(t, err)
+	pl, err := p.plan(op, nil)
+	require.NoError(t, err)
+	require.NoError(t, (&recorder{p: p, op: op}).run(b.ctx, pl.forward[:1]))
+	_, role := b.shardHas(t, "a", silo.DatabaseName(id))
+	require.True(t, role)
+
+	require.Eventually(t, func() bool {
+		op, err := b.store.GetOperation(b.ctx, opID)
+		return err == nil && op.State == silo.OpSucceeded
+	}, 20*time.Second, 100*time.Millisecond, "the recovery job finishes the operation")
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantActive, tn.State)
+	op, err = b.store.GetOperation(b.ctx, opID)
+	require.NoError(t, err)
+	require.Equal(t, 2, op.Steps[0].Attempts, "the role step ran again, harmlessly")
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+}
+
+// An operation another server is running is not run twice.
+func TestOperationLock(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	opID := startWithoutRunning(t, p, b, CreateRequest{ID: newID("locked")})
+	conn, err := b.pool.Acquire(b.ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	_, err = conn.Exec(b.ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, lockClass, opID)
+	require.NoError(t, err)
+	_, err = p.execute(b.ctx, opID)
+	require.ErrorIs(t, err, errLocked)
+	_, err = conn.Exec(b.ctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, lockClass, opID)
+	require.NoError(t, err)
+	op, err := p.execute(b.ctx, opID)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, op.State)
+}
+
+// A shard that hangs mid-create (SIGSTOP) fails the step in StepTimeout; the
+// rollback cannot reach it either, so the operation stays running, the
+// tenant stays provisioning (known to the catalog), and once the shard is
+// back the operation finishes. Not parallel: it freezes a shared shard.
+func TestCreateOnHungShard(t *testing.T) {
+	p, b := setup(t, Config{ConnectTimeout: 2 * time.Second})
+	// Warm the shard connection and template first, as a running server has;
+	// under a loaded test machine that can take longer than the short step
+	// timeout the rest of the test uses.
+	_, err := p.Create(b.ctx, CreateRequest{ID: newID("before-hang"), Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	p.cfg.StepTimeout = 2 * time.Second
+
+	require.NoError(t, b.fleet.Shards[1].Pause())
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = b.fleet.Shards[1].Resume()
+		}
+	}()
+	id := newID("hung")
+	start := time.Now()
+	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "b"}, 30*time.Second)
+	require.NoError(t, err, "not failed: left running for recovery")
+	require.Less(t, time.Since(start), 15*time.Second, "a hung shard fails fast")
+	require.Equal(t, silo.OpRunning, res.Operation.State)
+	require.Equal(t, silo.TenantProvisioning, res.Tenant.State)
+	require.Contains(t, res.Operation.Steps[0].Error, "did not answer in time")
+
+	require.NoError(t, b.fleet.Shards[1].Resume())
+	resumed = true
+	op, err := p.execute(b.ctx, res.Operation.ID) // what the recovery job does
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, op.State)
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantActive, tn.State)
+}
+
+// A create that fails for good is rolled back: no database, no role, no
+// catalog row, and the id can be used again.
+func TestFailedCreateRollsBack(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	id := newID("rollback")
+	name := silo.DatabaseName(id)
+	opID := startWithoutRunning(t, p, b, CreateRequest{ID: id, Shard: "a"})
+	// Break the sealed password so the role step cannot open it.
+	_, err := b.pool.Exec(b.ctx, `UPDATE tenants SET password_sealed = '\x01deadbeef' WHERE id = $1`, id)
+	require.NoError(t, err)
+	op, err := p.execute(b.ctx, opID)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpFailed, op.State)
+	require.Equal(t, silo.EINTERNAL, op.ErrorCode)
+	db, role := b.shardHas(t, "a", name)
+	require.False(t, db || role)
+	_, err = b.store.GetTenant(b.ctx, id)
+	requireCode(t, err, silo.ENOTFOUND)
+
+	r, err := p.Create(b.ctx, CreateRequest{ID: id}, time.Minute)
+	require.NoError(t, err, "the id is free again")
+	require.Equal(t, silo.TenantActive, r.Tenant.State)
+}

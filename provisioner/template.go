@@ -1,0 +1,115 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/migrations"
+)
+
+// Names Silo keeps on every shard.
+const (
+	templateDB = "silo_template"
+	ownerRole  = "silo_owner" // owns the template's objects until a tenant takes them
+	warmPrefix = "silo_warm_"
+)
+
+// ensureTemplate makes sure the shard's template database exists and is at
+// the latest tenant schema, and returns that version. It is idempotent and
+// safe across servers: they take turns under an advisory lock on the shard.
+func (p *Provisioner) ensureTemplate(ctx context.Context, shard string) (int64, error) {
+	sc, err := p.shard(ctx, shard)
+	if err != nil {
+		return 0, err
+	}
+	// One server at a time sets up a shard's template: concurrent DDL on
+	// the same catalog rows fails ("tuple concurrently updated").
+	conn, err := sc.pool.Acquire(ctx)
+	if err != nil {
+		return 0, shardError(err, shard)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext('silo_template'))`, lockClass); err != nil {
+		return 0, shardError(err, shard)
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext('silo_template'))`, lockClass)
+	}()
+
+	var hasRole, exists bool
+	if err := conn.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+		       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, ownerRole, templateDB).Scan(&hasRole, &exists); err != nil {
+		return 0, shardError(err, shard)
+	}
+	var stmts []string
+	if !hasRole {
+		stmts = append(stmts, "CREATE ROLE "+ident(ownerRole)+" NOLOGIN")
+	}
+	if !sc.superuser {
+		// A CREATEROLE admin needs membership to act as silo_owner.
+		stmts = append(stmts, "GRANT "+ident(ownerRole)+" TO CURRENT_USER")
+	}
+	if !exists {
+		stmts = append(stmts, "CREATE DATABASE "+ident(templateDB))
+	}
+	stmts = append(stmts,
+		"REVOKE ALL ON DATABASE "+ident(templateDB)+" FROM PUBLIC", // nobody but Silo connects
+		"GRANT CREATE ON DATABASE "+ident(templateDB)+" TO "+ident(ownerRole))
+	for _, stmt := range stmts {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return 0, shardError(err, shard)
+		}
+	}
+	if !exists {
+		p.log.Info("template database created", "shard", shard)
+	}
+	tconn, err := p.connectDB(ctx, sc, shard, templateDB)
+	if err != nil {
+		return 0, err
+	}
+	// silo_owner makes every object, starting with owning the schema.
+	_, err = tconn.Exec(ctx, "ALTER SCHEMA public OWNER TO "+ident(ownerRole))
+	tconn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return 0, shardError(err, shard)
+	}
+	return p.migrateTemplate(ctx, sc, shard)
+}
+
+// migrateTemplate applies pending tenant migrations to the template as
+// silo_owner, so that every object it makes can be handed to a tenant.
+func (p *Provisioner) migrateTemplate(ctx context.Context, sc *shardConn, shard string) (int64, error) {
+	cfg, err := pgxpool.ParseConfig(sc.dsn)
+	if err != nil {
+		return 0, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
+	}
+	cfg.ConnConfig.Database = templateDB
+	cfg.ConnConfig.ConnectTimeout = p.cfg.ConnectTimeout
+	cfg.MaxConns = 2
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "SET ROLE "+ident(ownerRole))
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return 0, shardError(err, shard)
+	}
+	// Clones fail while anyone is connected to the template: close at once.
+	defer pool.Close()
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	v, err := migrations.MigrateTenant(mctx, pool, p.cfg.TenantMigrations)
+	if err != nil {
+		if sqlState(err) != "" {
+			return 0, silo.WrapError(err, silo.EINTERNAL, "migrate the template on shard %q: %v", shard, err)
+		}
+		return 0, shardError(fmt.Errorf("migrate the template: %w", err), shard)
+	}
+	return v, nil
+}

@@ -1,0 +1,116 @@
+package shardmap
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+)
+
+// WarmDatabase is a database made ahead of time on a shard from its
+// template, waiting for a tenant.
+type WarmDatabase struct {
+	Shard         string
+	Name          string
+	SchemaVersion int64
+	Ready         bool // false while it is being created (or was, by a server that died)
+	CreatedAt     time.Time
+}
+
+// AddWarmDatabase records a warm database about to be created.
+func (s *Store) AddWarmDatabase(ctx context.Context, shard, name string, version int64) error {
+	_, err := s.pool.Exec(ctx, `
+		INSERT INTO warm_databases (shard, name, schema_version, state) VALUES ($1, $2, $3, 'creating')`,
+		shard, name, version)
+	return catalogError(err, "record warm database %q on shard %q", name, shard)
+}
+
+// WarmDatabaseReady marks a warm database created and claimable.
+func (s *Store) WarmDatabaseReady(ctx context.Context, shard, name string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE warm_databases SET state = 'ready' WHERE shard = $1 AND name = $2`, shard, name)
+	return catalogError(err, "mark warm database %q ready", name)
+}
+
+// RemoveWarmDatabase forgets a warm database (after dropping it).
+func (s *Store) RemoveWarmDatabase(ctx context.Context, shard, name string) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM warm_databases WHERE shard = $1 AND name = $2`, shard, name)
+	return catalogError(err, "forget warm database %q", name)
+}
+
+// WarmDatabases lists a shard's warm databases.
+func (s *Store) WarmDatabases(ctx context.Context, shard string) ([]WarmDatabase, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT shard, name, schema_version, state = 'ready', created_at
+		FROM warm_databases WHERE shard = $1 ORDER BY created_at`, shard)
+	if err != nil {
+		return nil, catalogError(err, "list warm databases of shard %q", shard)
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[WarmDatabase])
+	return dbs, catalogError(err, "list warm databases of shard %q", shard)
+}
+
+// ClaimWarmDatabase takes a ready warm database of the given schema version
+// on shard for an operation, recording its name in the operation's
+// parameters in the same transaction, so that a resumed operation finds it
+// and no database is ever lost between the two. It returns "" when none is
+// ready. Concurrent claims never get the same database.
+func (s *Store) ClaimWarmDatabase(ctx context.Context, shard string, version int64, operationID string) (string, error) {
+	var name string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// SKIP LOCKED lets concurrent creates take different databases
+		// instead of queueing on the same row.
+		err := tx.QueryRow(ctx, `
+			DELETE FROM warm_databases
+			WHERE (shard, name) = (
+				SELECT shard, name FROM warm_databases
+				WHERE shard = $1 AND schema_version = $2 AND state = 'ready'
+				ORDER BY created_at
+				LIMIT 1 FOR UPDATE SKIP LOCKED)
+			RETURNING name`, shard, version).Scan(&name)
+		if errors.Is(err, pgx.ErrNoRows) {
+			name = ""
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return s.SetOperationParam(ctx, tx, operationID, "warmDatabase", name)
+	})
+	if err != nil {
+		return "", catalogError(err, "claim a warm database on shard %q", shard)
+	}
+	return name, nil
+}
+
+// ShardFor is the placement rule: among the active shards (of region, when
+// given), the one with the fewest live tenants per unit of weight. It
+// returns EUNAVAILABLE when there is none, saying why.
+func (s *Store) ShardFor(ctx context.Context, region string) (*silo.Shard, error) {
+	// Counting per shard uses tenants_shard_state_id_idx; the fleet holds
+	// tens of shards, not thousands.
+	sh, err := scanShard(s.pool.QueryRow(ctx, `
+		SELECT `+shardColumns+` FROM shards s
+		WHERE s.state = 'active' AND ($1 = '' OR s.region = $1)
+		ORDER BY (SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')::float8 / s.weight, s.name
+		LIMIT 1`, region))
+	if errors.Is(err, pgx.ErrNoRows) {
+		if region != "" {
+			return nil, silo.Errorf(silo.EUNAVAILABLE, "no active shard in region %q can take a tenant", region)
+		}
+		return nil, silo.Errorf(silo.EUNAVAILABLE, "no active shard can take a tenant: add one, or activate a drained one")
+	}
+	if err != nil {
+		return nil, catalogError(err, "choose a shard")
+	}
+	return &sh, nil
+}
+
+// RegionExists reports whether any shard, in any state, serves region.
+func (s *Store) RegionExists(ctx context.Context, region string) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE region = $1)`, region).Scan(&ok)
+	return ok, catalogError(err, "look up region %q", region)
+}
