@@ -81,6 +81,9 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		Instance:  ptr(c.Request().URL.Path),
 		RequestId: ptr(requestID(c)),
 	}
+	if id, ok := c.Get(ctxOperationID).(string); ok {
+		p.OperationId = &id
+	}
 	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)

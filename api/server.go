@@ -33,6 +33,8 @@ type Catalog interface {
 	ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Shard], error)
 	SetShardState(ctx context.Context, name string, state silo.ShardState) (*silo.Shard, error)
 	DeleteShard(ctx context.Context, name string) error
+	GetTenant(ctx context.Context, id string) (*silo.Tenant, error)
+	ListTenants(ctx context.Context, f shardmap.TenantFilter, p silo.Page) (silo.List[silo.Tenant], error)
 	ListAudit(ctx context.Context, f shardmap.AuditFilter, p silo.Page) (silo.List[silo.AuditEntry], error)
 }
 
@@ -45,9 +47,10 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	Catalog    Catalog
-	AdminToken string // required; compared in constant time
-	Logger     *slog.Logger
+	Catalog     Catalog
+	Provisioner Provisioner // required
+	AdminToken  string      // required; compared in constant time
+	Logger      *slog.Logger
 	// Registry receives the API's metrics and the Go runtime's, and is
 	// served at /metrics. Default: a new registry.
 	Registry *prometheus.Registry
@@ -78,6 +81,8 @@ func (c Config) validate() error {
 	switch {
 	case c.Catalog == nil:
 		return errors.New("api: Config.Catalog is required")
+	case c.Provisioner == nil:
+		return errors.New("api: Config.Provisioner is required")
 	case len(c.AdminToken) < 16:
 		return errors.New("api: the admin token must be at least 16 characters")
 	case c.BodyLimit < 1 || c.BodyLimit > MaxBodyLimit:
@@ -92,6 +97,7 @@ func (c Config) validate() error {
 // use.
 type Server struct {
 	catalog        Catalog
+	provisioner    Provisioner
 	log            *slog.Logger
 	tokenHash      [32]byte
 	requestTimeout time.Duration
@@ -107,9 +113,14 @@ type Server struct {
 
 // Context keys set on echo contexts.
 const (
-	ctxRequestID = "silo.requestID"
-	ctxErrorCode = "silo.errorCode"
+	ctxRequestID   = "silo.requestID"
+	ctxErrorCode   = "silo.errorCode"
+	ctxOperationID = "silo.operationID" // of a failed operation, for its problem
 )
+
+// untimedRoutes are exempt from the request timeout: they stream for as long
+// as their data takes, and bound each write instead.
+var untimedRoutes = map[string]bool{"/v1/tenants/:id/export": true}
 
 // New builds a Server from cfg. It returns an error for an invalid Config.
 func New(cfg Config) (*Server, error) {
@@ -123,6 +134,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		catalog:        cfg.Catalog,
+		provisioner:    cfg.Provisioner,
 		log:            cfg.Logger,
 		tokenHash:      sha256.Sum256([]byte(cfg.AdminToken)),
 		requestTimeout: cfg.RequestTimeout,
@@ -290,6 +302,9 @@ func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 // request's context.
 func (s *Server) timeoutMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
+		if untimedRoutes[c.Path()] {
+			return next(c)
+		}
 		ctx, cancel := context.WithTimeout(c.Request().Context(), s.requestTimeout)
 		defer cancel()
 		c.SetRequest(c.Request().WithContext(ctx))

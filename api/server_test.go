@@ -3,11 +3,13 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,8 @@ import (
 	"github.com/silo-db/silo/api"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -46,30 +50,36 @@ type bundle struct {
 }
 
 type serverOpts struct {
-	bodyLimit int64
-	catalog   api.Catalog
+	bodyLimit   int64
+	catalog     api.Catalog
+	provisioner api.Provisioner
 }
 
-// setup serves the API over a fresh catalog database.
+// setup serves the API over a fresh catalog database, with a running
+// provisioner over the test binary's shard clusters.
 func setup(t *testing.T, opts ...serverOpts) *bundle {
 	t.Helper()
 	fleet := pgtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 4, 5*time.Second, 10*time.Second)
+	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 16, 5*time.Second, 10*time.Second)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	_, err = migrations.ApplyCatalog(ctx, pool, log)
 	require.NoError(t, err)
 	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: 2 * time.Second})
 	require.NoError(t, err)
+	prov := newProvisioner(t, pool, store, log)
 
-	cfg := api.Config{Catalog: store, AdminToken: token, Logger: log}
+	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log}
 	for _, o := range opts {
 		cfg.BodyLimit = o.bodyLimit
 		if o.catalog != nil {
 			cfg.Catalog = o.catalog
+		}
+		if o.provisioner != nil {
+			cfg.Provisioner = o.provisioner
 		}
 	}
 	srv, err := api.New(cfg)
@@ -83,6 +93,28 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	router, err := legacy.NewRouter(doc)
 	require.NoError(t, err)
 	return &bundle{store: store, fleet: fleet, url: ts.URL, router: router, ctx: ctx}
+}
+
+// newProvisioner starts a provisioner over the catalog in pool; it stops
+// before the pool closes.
+func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger) *provisioner.Provisioner {
+	t.Helper()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	key := make([]byte, shardmap.SecretKeyLen)
+	_, _ = rand.Read(key)
+	prov, err := provisioner.New(provisioner.Config{
+		Catalog: pool, Store: store, SecretKey: key, Logger: log,
+		PgDump: filepath.Join(binDir, "pg_dump"),
+	})
+	require.NoError(t, err)
+	require.NoError(t, prov.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		require.NoError(t, prov.Stop(ctx))
+	})
+	return prov
 }
 
 type response struct {
@@ -112,8 +144,19 @@ func (b *bundle) do(t *testing.T, method, path, body string, header ...string) r
 
 func (b *bundle) doAuth(t *testing.T, auth, method, path, body string, header ...string) response {
 	t.Helper()
-	req, err := http.NewRequestWithContext(b.ctx, method, b.url+path, strings.NewReader(body))
+	r, err := b.send(auth, method, path, body, header...)
 	require.NoError(t, err)
+	b.validate(t, method, path, body, r, header...)
+	return r
+}
+
+// send sends a request and reads the whole response; unlike do, it may run
+// on any goroutine. Validate its response with b.validate.
+func (b *bundle) send(auth, method, path, body string, header ...string) (response, error) {
+	req, err := http.NewRequestWithContext(b.ctx, method, b.url+path, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -124,21 +167,26 @@ func (b *bundle) doAuth(t *testing.T, auth, method, path, body string, header ..
 		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return response{}, err
+	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	r := response{status: resp.StatusCode, header: resp.Header, body: raw}
-	b.validate(t, method, path, body, r)
-	return r
+	if err != nil {
+		return response{}, err
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: raw}, nil
 }
 
-func (b *bundle) validate(t *testing.T, method, path, body string, r response) {
+func (b *bundle) validate(t *testing.T, method, path, body string, r response, header ...string) {
 	t.Helper()
 	req, err := http.NewRequest(method, b.url+path, strings.NewReader(body))
 	require.NoError(t, err)
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	route, params, err := b.router.FindRoute(req)
 	if err != nil {

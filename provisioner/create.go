@@ -33,20 +33,17 @@ func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.D
 			return res, err
 		}
 	}
-	shard, err := p.place(ctx, req)
-	if err != nil {
-		return Result{}, err
-	}
 	password := rand.Text() + rand.Text() // 52 base32 characters, 260 bits
 	opID := newUUID()
-	params := map[string]any{"shard": shard.Name, "region": shard.Region, "operation": opID}
-	if req.Region != "" {
-		params["region"] = req.Region
-	}
-	err = p.store.Mutate(ctx, "tenant.create", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
-		region := shard.Region
+	params := map[string]any{"shard": req.Shard, "region": req.Region, "operation": opID}
+	err := p.store.Mutate(ctx, "tenant.create", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
+		shard, err := p.place(ctx, tx, req)
+		if err != nil {
+			return err
+		}
+		params["shard"], params["region"] = shard.Name, shard.Region
 		if _, err := p.store.InsertTenant(ctx, tx, silo.Tenant{
-			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: region,
+			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: shard.Region,
 			State: silo.TenantProvisioning,
 		}, p.sealer.Seal([]byte(password), req.ID)); err != nil {
 			return err
@@ -99,8 +96,9 @@ func (p *Provisioner) insertOperation(ctx context.Context, tx pgx.Tx, n shardmap
 	return err
 }
 
-// place chooses the shard of a new tenant.
-func (p *Provisioner) place(ctx context.Context, req CreateRequest) (*silo.Shard, error) {
+// place chooses the shard of a new tenant, within the transaction that
+// records it.
+func (p *Provisioner) place(ctx context.Context, tx pgx.Tx, req CreateRequest) (*silo.Shard, error) {
 	if req.Region != "" {
 		if err := silo.ValidateRegion(req.Region); err != nil {
 			return nil, err
@@ -131,7 +129,7 @@ func (p *Provisioner) place(ctx context.Context, req CreateRequest) (*silo.Shard
 			return nil, silo.Errorf(silo.EINVALID, "no shard serves region %q", req.Region)
 		}
 	}
-	return p.store.ShardFor(ctx, req.Region)
+	return p.store.ShardFor(ctx, tx, req.Region)
 }
 
 func requestHash(parts ...string) string {
@@ -158,6 +156,10 @@ type templates struct {
 
 // createPlan makes the tenant's role and database and hands the database to
 // the role; its undo removes everything the forward steps may have made.
+//
+// With a warm unit (a prepared role and database), the steps rename both;
+// otherwise they create the role and clone the template, and hand the
+// template's objects over to the role.
 func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (plan, error) {
 	id := op.TenantID
 	name := silo.DatabaseName(id)
@@ -175,6 +177,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 		return err
 	}
 	warm, _ := params["warmDatabase"].(string)
+	cloned, _ := params["cloned"].(bool)
 	version := int64(0)
 	if v, ok := params["schemaVersion"].(float64); ok {
 		version = int64(v)
@@ -185,29 +188,40 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				if err := load(ctx); err != nil {
 					return err
 				}
-				return p.ensureRole(ctx, sc, t.Shard, id, name)
+				if warm == "" && p.cfg.WarmPoolSize > 0 {
+					v, err := p.templateVersion(ctx, t.Shard)
+					if err != nil {
+						return err
+					}
+					if warm, err = p.store.ClaimWarmDatabase(ctx, t.Shard, v, op.ID); err != nil {
+						return err
+					}
+					if warm != "" {
+						p.refillSoon(ctx, t.Shard)
+					}
+				}
+				return p.ensureRole(ctx, sc, t.Shard, id, name, warm)
 			}},
 			{"database", func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
-				v, claimed, err := p.ensureDatabase(ctx, sc, t.Shard, op.ID, name, warm)
+				v, clone, err := p.ensureDatabase(ctx, sc, t.Shard, name, warm)
 				if err != nil {
 					return err
 				}
-				version, warm = v, claimed
-				return p.store.SetOperationParam(ctx, nil, op.ID, "schemaVersion", v)
+				version, cloned = v, cloned || clone
+				return p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"schemaVersion": v, "cloned": cloned})
 			}},
 			{"ownership", func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
-				return p.handOver(ctx, sc, t.Shard, name)
+				// A warm database already belongs, with its objects, to the
+				// role that is now the tenant's.
+				return p.handOver(ctx, sc, t.Shard, name, cloned)
 			}},
 			{"activate", func(ctx context.Context) error {
-				if err := load(ctx); err != nil {
-					return err
-				}
 				cur, err := p.store.GetTenant(ctx, id)
 				if err != nil {
 					return err
@@ -221,32 +235,19 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 			}},
 		},
 		undo: []step{
-			{"undo:drop-database", func(ctx context.Context) error {
+			{"undo:drop", func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					if silo.ErrorCode(err) == silo.ENOTFOUND {
 						return nil // the tenant row is already gone
 					}
 					return err
 				}
-				names := []string{name}
 				if warm != "" {
-					names = append(names, warm)
-				}
-				for _, db := range names {
-					if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(db)+" WITH (FORCE)"); err != nil {
-						return shardError(err, t.Shard)
+					if err := p.dropDatabaseAndRole(ctx, sc, t.Shard, warm); err != nil {
+						return err
 					}
 				}
-				return nil
-			}},
-			{"undo:drop-role", func(ctx context.Context) error {
-				if sc == nil {
-					return nil
-				}
-				if _, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
-					return shardError(err, t.Shard)
-				}
-				return nil
+				return p.dropDatabaseAndRole(ctx, sc, t.Shard, name)
 			}},
 			{"undo:forget-tenant", func(ctx context.Context) error {
 				return p.store.DeleteProvisioningTenant(ctx, id)
@@ -255,9 +256,10 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 	}, nil
 }
 
-// ensureRole creates the tenant's login role, or brings an existing one
-// (left by an interrupted run) to the same attributes and password.
-func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, name string) error {
+// ensureRole makes the tenant's login role: by renaming the claimed warm
+// role, by creating it, or, when an interrupted run made it already, by
+// bringing it to the same attributes and password.
+func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, name, warm string) error {
 	sealed, err := p.store.TenantSecret(ctx, id)
 	if err != nil {
 		return err
@@ -270,63 +272,64 @@ func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, 
 	if err != nil {
 		return err
 	}
+	var have, haveWarm bool
+	if err := sc.pool.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+		       EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)`, name, warm).Scan(&have, &haveWarm); err != nil {
+		return shardError(err, shard)
+	}
 	// The verifier is base64 and '$:' only, but quote it as a literal all
 	// the same: DDL takes no parameters.
 	attrs := " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD " + quoteLiteral(verifier)
-	_, err = sc.pool.Exec(ctx, "CREATE ROLE "+ident(name)+attrs)
-	if sqlState(err) == "42710" { // duplicate_object: made by an earlier attempt
-		_, err = sc.pool.Exec(ctx, "ALTER ROLE "+ident(name)+attrs)
+	var stmts []string
+	switch {
+	case have:
+		stmts = []string{"ALTER ROLE " + ident(name) + attrs}
+	case warm != "" && haveWarm:
+		stmts = []string{"ALTER ROLE " + ident(warm) + " RENAME TO " + ident(name), "ALTER ROLE " + ident(name) + attrs}
+	default:
+		stmts = []string{"CREATE ROLE " + ident(name) + attrs}
+		if !sc.superuser {
+			// A CREATEROLE admin must be a member to give the role a database.
+			stmts = append(stmts, "GRANT "+ident(name)+" TO CURRENT_USER")
+		}
 	}
-	if err != nil {
-		return shardError(err, shard)
-	}
-	if !sc.superuser {
-		// A CREATEROLE admin must be a member to give the role a database.
-		if _, err := sc.pool.Exec(ctx, "GRANT "+ident(name)+" TO CURRENT_USER"); err != nil {
+	for _, stmt := range stmts {
+		if _, err := sc.pool.Exec(ctx, stmt); err != nil {
 			return shardError(err, shard)
 		}
 	}
 	return nil
 }
 
-// ensureDatabase makes the tenant's database: the warm database already
-// claimed by this operation, a newly claimed one, or a fresh clone of the
-// template. It returns the database's schema version and the warm database
-// used ("" for a clone).
-func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, shard, opID, name, warm string) (int64, string, error) {
+// ensureDatabase makes the tenant's database by renaming the claimed warm
+// database or cloning the template, and returns its schema version and
+// whether it was cloned (its objects then still belong to silo_owner).
+func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, shard, name, warm string) (int64, bool, error) {
 	var exists bool
 	if err := sc.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return 0, "", shardError(err, shard)
+		return 0, false, shardError(err, shard)
 	}
 	if exists {
 		// Made by an earlier attempt of this operation.
 		v, err := p.databaseVersion(ctx, sc, shard, name)
-		return v, warm, err
+		return v, warm == "", err
 	}
 	version, err := p.templateVersion(ctx, shard)
 	if err != nil {
-		return 0, "", err
-	}
-	if warm == "" && p.cfg.WarmPoolSize > 0 {
-		if warm, err = p.store.ClaimWarmDatabase(ctx, shard, version, opID); err != nil {
-			return 0, "", err
-		}
-		if warm != "" {
-			p.refillSoon(ctx, shard)
-		}
+		return 0, false, err
 	}
 	if warm != "" {
 		_, err := sc.pool.Exec(ctx, "ALTER DATABASE "+ident(warm)+" RENAME TO "+ident(name))
 		if err == nil {
-			return version, warm, nil
+			return version, false, nil
 		}
 		if sqlState(err) != "3D000" { // invalid_catalog_name: the warm database is gone
-			return 0, "", shardError(err, shard)
+			return 0, false, shardError(err, shard)
 		}
 		p.log.Warn("claimed warm database is missing; cloning the template", "shard", shard, "database", warm)
-		warm = ""
 	}
-	return version, "", p.cloneTemplate(ctx, sc, shard, name)
+	return version, true, p.cloneTemplate(ctx, sc, shard, name)
 }
 
 // cloneTemplate creates a database from the shard's template, waiting out a
@@ -350,9 +353,9 @@ func (p *Provisioner) cloneTemplate(ctx context.Context, sc *shardConn, shard, n
 	}
 }
 
-// handOver gives the database and everything in it to the tenant's role,
-// and shuts every other role out of it.
-func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name string) error {
+// handOver gives database name and, when reassign is set, everything in it
+// to the role of the same name, and shuts every other role out of it.
+func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name string, reassign bool) error {
 	for _, stmt := range []string{
 		"ALTER DATABASE " + ident(name) + " OWNER TO " + ident(name),
 		"REVOKE ALL ON DATABASE " + ident(name) + " FROM PUBLIC",
@@ -360,6 +363,9 @@ func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name s
 		if _, err := sc.pool.Exec(ctx, stmt); err != nil {
 			return shardError(err, shard)
 		}
+	}
+	if !reassign {
+		return nil
 	}
 	conn, err := p.connectDB(ctx, sc, shard, name)
 	if err != nil {

@@ -102,22 +102,22 @@ func (p *Provisioner) finish(ctx context.Context, op *silo.Operation, cause erro
 	p.metrics.operations.WithLabelValues(string(op.Kind), outcome).Inc()
 	if op.Kind == silo.OpCreate {
 		source := "template"
-		if params, err := p.store.OperationParams(ctx, op.ID); err == nil && params["warmDatabase"] != nil {
+		if cloned, _ := done.Params["cloned"].(bool); !cloned && done.Params["warmDatabase"] != nil {
 			source = "warm_pool"
 		}
 		p.metrics.provision.WithLabelValues(source, outcome).Observe(time.Since(op.CreatedAt).Seconds())
 	}
-	if jobID, err := p.store.RecoveryJobID(ctx, op.ID); err == nil && jobID != 0 {
+	if done.RecoveryJobID != 0 {
 		// Best effort: a job that still runs finds the operation done.
-		_, _ = p.river.JobCancel(ctx, jobID)
+		_, _ = p.river.JobCancel(ctx, done.RecoveryJobID)
 	}
 	p.log.Info("operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
 		"outcome", outcome, "duration_ms", time.Since(op.CreatedAt).Milliseconds(), "code", silo.ErrorCode(cause))
-	return done, nil
+	return &done.Operation, nil
 }
 
-// recorder runs steps and records each in the operation as it starts and
-// ends, counting attempts across resumed runs.
+// recorder runs steps and records each in the operation as it ends,
+// counting attempts across resumed runs.
 type recorder struct {
 	p  *Provisioner
 	op *silo.Operation
@@ -127,10 +127,9 @@ func (r *recorder) run(ctx context.Context, steps []step) error {
 	for _, s := range steps {
 		i := r.index(s.name)
 		st := &r.op.Steps[i]
+		// A step is recorded when it ends: most take milliseconds, and a
+		// write before each would double the catalog round trips of a create.
 		st.State, st.Attempts, st.StartedAt, st.FinishedAt, st.Error = silo.OpRunning, st.Attempts+1, time.Now().UTC(), nil, ""
-		if err := r.p.store.SaveSteps(ctx, r.op.ID, r.op.Steps); err != nil {
-			return err
-		}
 		sctx, cancel := context.WithTimeout(ctx, r.p.cfg.StepTimeout)
 		err := s.run(sctx)
 		cancel()

@@ -86,11 +86,18 @@ func uniqueOpts() *river.InsertOpts {
 	}}
 }
 
-// refillSoon asks for a shard's warm pool to be topped up after a claim.
+// refillSoon asks, off the request's path, for a shard's warm pool to be
+// topped up after a claim.
 func (p *Provisioner) refillSoon(ctx context.Context, shard string) {
-	if _, err := p.river.Insert(context.WithoutCancel(ctx), maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
-		p.log.Warn("cannot schedule a warm pool refill", "shard", shard, "err", err)
-	}
+	p.inflight.Add(1)
+	go func() {
+		defer p.inflight.Done()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
+			p.log.Warn("cannot schedule a warm pool refill", "shard", shard, "err", err)
+		}
+	}()
 }
 
 // PurgeExpired purges deleted tenants whose grace period is over. It runs

@@ -86,8 +86,8 @@ func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
 			}
 			continue
 		}
-		if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(w.Name)+" WITH (FORCE)"); err != nil {
-			return shardError(err, shard)
+		if err := p.dropDatabaseAndRole(ctx, sc, shard, w.Name); err != nil {
+			return err
 		}
 		if err := p.store.RemoveWarmDatabase(ctx, shard, w.Name); err != nil {
 			return err
@@ -100,11 +100,8 @@ func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
 		if err := p.store.AddWarmDatabase(ctx, shard, name, version); err != nil {
 			return err
 		}
-		if err := p.cloneTemplate(ctx, sc, shard, name); err != nil {
+		if err := p.prepareWarm(ctx, sc, shard, name); err != nil {
 			return err
-		}
-		if _, err := sc.pool.Exec(ctx, "REVOKE ALL ON DATABASE "+ident(name)+" FROM PUBLIC"); err != nil {
-			return shardError(err, shard)
 		}
 		if err := p.store.WarmDatabaseReady(ctx, shard, name); err != nil {
 			return err
@@ -112,5 +109,35 @@ func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
 		claimable++
 	}
 	p.metrics.warmPool.WithLabelValues(shard).Set(float64(claimable))
+	return nil
+}
+
+// prepareWarm makes a warm unit: a NOLOGIN role and a clone of the template
+// that it owns, with everything in it. Claiming it is then a rename of both
+// and a password: no connection to the new database, no REASSIGN.
+func (p *Provisioner) prepareWarm(ctx context.Context, sc *shardConn, shard, name string) error {
+	_, err := sc.pool.Exec(ctx, "CREATE ROLE "+ident(name)+" NOLOGIN")
+	if err != nil && sqlState(err) != "42710" {
+		return shardError(err, shard)
+	}
+	if !sc.superuser {
+		if _, err := sc.pool.Exec(ctx, "GRANT "+ident(name)+" TO CURRENT_USER"); err != nil {
+			return shardError(err, shard)
+		}
+	}
+	if err := p.cloneTemplate(ctx, sc, shard, name); err != nil {
+		return err
+	}
+	return p.handOver(ctx, sc, shard, name, true)
+}
+
+// dropDatabaseAndRole removes a database and the role of the same name.
+func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *shardConn, shard, name string) error {
+	if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
+		return shardError(err, shard)
+	}
+	if _, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
+		return shardError(err, shard)
+	}
 	return nil
 }

@@ -272,6 +272,12 @@ func TestConcurrentCreates(t *testing.T) {
 	list, err := b.store.ListTenants(b.ctx, shardmap.TenantFilter{State: silo.TenantActive}, silo.Page{Limit: 100})
 	require.NoError(t, err)
 	require.Len(t, list.Items, n)
+	// Placements see each other: equal shards get equal shares.
+	perShard := map[string]int{}
+	for _, tn := range list.Items {
+		perShard[tn.Shard]++
+	}
+	require.Equal(t, map[string]int{"a": n / 2, "b": n / 2}, perShard)
 
 	// Ten creates of one id: one database, one success, nine conflicts.
 	id := newID("same")
@@ -414,10 +420,15 @@ func TestPurgeAfterGracePeriod(t *testing.T) {
 	_, err = p.Delete(b.ctx, r.Tenant.ID, false, time.Minute)
 	require.NoError(t, err)
 	time.Sleep(10 * time.Millisecond)
+	// River's periodic sweep may be purging it already; either way it ends
+	// purged.
 	require.NoError(t, p.PurgeExpired(b.ctx))
+	require.Eventually(t, func() bool {
+		tn, err := b.store.GetTenant(b.ctx, r.Tenant.ID)
+		return err == nil && tn.State == silo.TenantPurged
+	}, 30*time.Second, 50*time.Millisecond)
 	tn, err := b.store.GetTenant(b.ctx, r.Tenant.ID)
 	require.NoError(t, err)
-	require.Equal(t, silo.TenantPurged, tn.State)
 	db, role := b.shardHas(t, tn.Shard, tn.Database)
 	require.False(t, db || role)
 }
@@ -425,15 +436,19 @@ func TestPurgeAfterGracePeriod(t *testing.T) {
 func TestWarmPool(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{WarmPoolSize: 2})
+	// River's upkeep runs at start too; whichever run holds a shard's lock
+	// fills it, so wait for the result rather than for this call.
 	require.NoError(t, p.maintain(b.ctx, ""))
 	for _, shard := range []string{"a", "b"} {
+		require.Eventually(t, func() bool {
+			warm, err := b.store.WarmDatabases(b.ctx, shard)
+			return err == nil && len(warm) == 2 && warm[0].Ready && warm[1].Ready
+		}, 30*time.Second, 50*time.Millisecond)
 		warm, err := b.store.WarmDatabases(b.ctx, shard)
 		require.NoError(t, err)
-		require.Len(t, warm, 2)
 		for _, w := range warm {
-			require.True(t, w.Ready)
-			db, _ := b.shardHas(t, shard, w.Name)
-			require.True(t, db)
+			db, role := b.shardHas(t, shard, w.Name)
+			require.True(t, db && role, "a warm unit is a database and its role")
 		}
 	}
 	r, err := p.Create(b.ctx, CreateRequest{ID: newID("warm"), Shard: "a"}, time.Minute)

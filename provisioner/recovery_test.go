@@ -15,10 +15,12 @@ import (
 // would run, as if the server died right after accepting the request.
 func startWithoutRunning(t *testing.T, p *Provisioner, b *bundle, req CreateRequest) string {
 	t.Helper()
-	shard, err := p.place(b.ctx, req)
-	require.NoError(t, err)
 	opID := newUUID()
-	err = b.store.Mutate(b.ctx, "tenant.create", "tenant/"+req.ID, nil, func(tx pgx.Tx) error {
+	err := b.store.Mutate(b.ctx, "tenant.create", "tenant/"+req.ID, nil, func(tx pgx.Tx) error {
+		shard, err := p.place(b.ctx, tx, req)
+		if err != nil {
+			return err
+		}
 		if _, err := b.store.InsertTenant(b.ctx, tx, silo.Tenant{
 			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: shard.Region, State: silo.TenantProvisioning,
 		}, p.sealer.Seal([]byte("a-password-of-the-dead-server"), req.ID)); err != nil {

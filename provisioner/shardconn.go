@@ -28,11 +28,11 @@ type shardConn struct {
 // shard answers; no network call happens under the map's lock, so a hung
 // shard never delays the others.
 func (p *Provisioner) shard(ctx context.Context, name string) (*shardConn, error) {
-	sh, err := p.store.GetShard(ctx, name)
+	dsn, err := p.store.ShardDSN(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	sc, err := p.shardPool(ctx, name, sh.DSN)
+	sc, err := p.shardPool(ctx, name, dsn)
 	if err != nil {
 		return nil, err
 	}

@@ -109,10 +109,10 @@ func (s *Store) OperationParams(ctx context.Context, id string) (map[string]any,
 	return params, json.Unmarshal(raw, &params)
 }
 
-// SetOperationParam records one parameter of a running operation, such as
-// the warm database it claimed, so a resumed run finds it.
-func (s *Store) SetOperationParam(ctx context.Context, tx pgx.Tx, id, key string, value any) error {
-	raw, err := json.Marshal(map[string]any{key: value})
+// SetOperationParams records parameters of a running operation, such as
+// the warm database it claimed, so a resumed run finds them.
+func (s *Store) SetOperationParams(ctx context.Context, tx pgx.Tx, id string, params map[string]any) error {
+	raw, err := json.Marshal(params)
 	if err != nil {
 		return err
 	}
@@ -134,9 +134,17 @@ func (s *Store) SaveSteps(ctx context.Context, id string, steps []silo.Operation
 	return catalogError(err, "record steps of operation %q", id)
 }
 
+// FinishedOperation is an operation as FinishOperation left it, with what
+// its server needs to tidy up.
+type FinishedOperation struct {
+	silo.Operation
+	Params        map[string]any
+	RecoveryJobID int64
+}
+
 // FinishOperation marks an operation succeeded (cause nil) or failed, with
 // cause's code and message, within tx (or on the pool when tx is nil).
-func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps []silo.OperationStep, cause error) (*silo.Operation, error) {
+func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps []silo.OperationStep, cause error) (*FinishedOperation, error) {
 	raw, err := json.Marshal(steps)
 	if err != nil {
 		return nil, err
@@ -149,39 +157,24 @@ func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps
 	if tx != nil {
 		db = tx
 	}
-	op, err := scanOperation(db.QueryRow(ctx, `
+	var out FinishedOperation
+	var stepsRaw, params []byte
+	var job *int64
+	err = db.QueryRow(ctx, `
 		UPDATE operations
 		SET state = $2, steps = $3, error_code = $4, error = $5, finished_at = now(), updated_at = now()
 		WHERE id::text = $1
-		RETURNING `+operationColumns, id, state, raw, code, msg))
+		RETURNING `+operationColumns+`, params, recovery_job_id`, id, state, raw, code, msg).Scan(
+		&out.ID, &out.Kind, &out.TenantID, &out.State, &stepsRaw, &out.ErrorCode, &out.Error,
+		&out.CreatedAt, &out.UpdatedAt, &out.FinishedAt, &params, &job)
 	if err != nil {
 		return nil, catalogError(err, "finish operation %q", id)
 	}
-	return &op, nil
-}
-
-// RecoveryJobID returns the River job that resumes an operation, 0 if none.
-func (s *Store) RecoveryJobID(ctx context.Context, id string) (int64, error) {
-	var job *int64
-	if err := s.pool.QueryRow(ctx, `SELECT recovery_job_id FROM operations WHERE id::text = $1`, id).Scan(&job); err != nil {
-		return 0, catalogError(err, "operation %q", id)
+	if job != nil {
+		out.RecoveryJobID = *job
 	}
-	if job == nil {
-		return 0, nil
+	if err := json.Unmarshal(stepsRaw, &out.Steps); err != nil {
+		return nil, err
 	}
-	return *job, nil
-}
-
-// RunningOperations returns the ids of running operations older than age
-// seconds: those whose server may have died.
-func (s *Store) RunningOperations(ctx context.Context, olderThanSeconds int) ([]string, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT id::text FROM operations
-		WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
-		ORDER BY created_at`, olderThanSeconds)
-	if err != nil {
-		return nil, catalogError(err, "list running operations")
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, catalogError(err, "list running operations")
+	return &out, json.Unmarshal(params, &out.Params)
 }

@@ -148,6 +148,17 @@ func (s *Store) GetShard(ctx context.Context, name string) (*silo.Shard, error) 
 	return &sh, nil
 }
 
+// ShardDSN returns a shard's connection string (whole: for Silo's own
+// connections, never to be shown), or ENOTFOUND.
+func (s *Store) ShardDSN(ctx context.Context, name string) (string, error) {
+	var dsn string
+	err := s.pool.QueryRow(ctx, `SELECT dsn FROM shards WHERE name = $1`, name).Scan(&dsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
+	}
+	return dsn, catalogError(err, "get shard %q", name)
+}
+
 // ListShards returns one page of shards ordered by name. It returns EINVALID
 // for a bad limit or cursor.
 func (s *Store) ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Shard], error) {

@@ -77,7 +77,7 @@ func (s *Store) ClaimWarmDatabase(ctx context.Context, shard string, version int
 		if err != nil {
 			return err
 		}
-		return s.SetOperationParam(ctx, tx, operationID, "warmDatabase", name)
+		return s.SetOperationParams(ctx, tx, operationID, map[string]any{"warmDatabase": name})
 	})
 	if err != nil {
 		return "", catalogError(err, "claim a warm database on shard %q", shard)
@@ -88,10 +88,21 @@ func (s *Store) ClaimWarmDatabase(ctx context.Context, shard string, version int
 // ShardFor is the placement rule: among the active shards (of region, when
 // given), the one with the fewest live tenants per unit of weight. It
 // returns EUNAVAILABLE when there is none, saying why.
-func (s *Store) ShardFor(ctx context.Context, region string) (*silo.Shard, error) {
+//
+// Within tx, ShardFor first takes a transaction-scoped advisory lock, so
+// concurrent placements see each other's tenants instead of all choosing
+// the same emptiest shard; the caller inserts its tenant in the same tx.
+func (s *Store) ShardFor(ctx context.Context, tx pgx.Tx, region string) (*silo.Shard, error) {
+	var db querier = s.pool
+	if tx != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('silo:placement'))`); err != nil {
+			return nil, catalogError(err, "choose a shard")
+		}
+		db = tx
+	}
 	// Counting per shard uses tenants_shard_state_id_idx; the fleet holds
 	// tens of shards, not thousands.
-	sh, err := scanShard(s.pool.QueryRow(ctx, `
+	sh, err := scanShard(db.QueryRow(ctx, `
 		SELECT `+shardColumns+` FROM shards s
 		WHERE s.state = 'active' AND ($1 = '' OR s.region = $1)
 		ORDER BY (SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')::float8 / s.weight, s.name

@@ -93,8 +93,12 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 			return err
 		}
 	}
-	if _, err := keepSecret(filepath.Join(dir, "secret-key")); err != nil {
+	secretKey, err := keepSecret(filepath.Join(dir, "secret-key"))
+	if err != nil {
 		return err
+	}
+	if o.serve.secretKey == "" {
+		o.serve.secretKey = secretKey
 	}
 
 	binDir, err := pgcluster.EnsureBinDir(ctx, out)

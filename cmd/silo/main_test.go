@@ -239,6 +239,7 @@ func TestServe(t *testing.T) {
 	fleet := pgtest.Start(t)
 	catalog := pgtest.NewDatabase(t, fleet.Catalog)
 	t.Setenv("SILO_ADMIN_TOKEN", "serve-test-token-0123456789")
+	t.Setenv("SILO_SECRET_KEY", strings.Repeat("ab", 32))
 	t.Setenv("SILO_CATALOG_DSN", catalog)
 	var out, errOut syncBuffer
 	stop := background(t, &out, &errOut, "serve", "--listen", "127.0.0.1:0")
@@ -281,7 +282,10 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"serve"}, map[string]string{"SILO_CATALOG_DSN": ""}, "--catalog-dsn (or SILO_CATALOG_DSN) is required"},
 		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "short"}, nil, "at least 16 characters"},
 		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--log-level", "loud"}, nil, "--log-level"},
-		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "0123456789abcdef", "--connect-timeout", "1s"}, nil, "cannot connect to the catalog"},
+		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "0123456789abcdef"}, map[string]string{"SILO_SECRET_KEY": ""}, "--secret-key (or SILO_SECRET_KEY) is required"},
+		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "0123456789abcdef", "--secret-key", "abc"}, nil, "must be 64 hex characters"},
+		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "0123456789abcdef", "--secret-key", strings.Repeat("ab", 32), "--tenant-migrations", "/nonexistent"}, nil, "--tenant-migrations"},
+		{[]string{"serve", "--catalog-dsn", "postgres://x@127.0.0.1:1/x", "--admin-token", "0123456789abcdef", "--secret-key", strings.Repeat("ab", 32), "--connect-timeout", "1s"}, nil, "cannot connect to the catalog"},
 		{[]string{"dev", "--shards", "0"}, nil, "--shards 0 must be between 1 and 16"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -56,7 +56,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newServeCmd(g),
 		newDevCmd(g),
 		newShardCmd(g),
+		newTenantCmd(g),
+		newOperationCmd(g),
 		newAuditCmd(g),
+		newBenchCmd(g),
 		newVersionCmd(g),
 		newPGBinDirCmd(g),
 	)

@@ -6,12 +6,18 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spf13/cobra"
 
 	"github.com/silo-db/silo/api"
 	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -28,6 +34,15 @@ type serveOptions struct {
 	statementTimeout time.Duration
 	catalogMaxConns  int32
 	logLevel         string
+
+	secretKey           string
+	tenantMigrations    string
+	warmPoolSize        int
+	gracePeriod         time.Duration
+	recoveryDelay       time.Duration
+	stepTimeout         time.Duration
+	maintenanceInterval time.Duration
+	maxOperations       int
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -40,8 +55,22 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "time requests in flight get to finish on shutdown")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "time limit of each new database connection")
 	f.DurationVar(&o.statementTimeout, "statement-timeout", 10*time.Second, "time limit of each catalog statement")
-	f.Int32Var(&o.catalogMaxConns, "catalog-max-conns", 10, "connections to the catalog at most")
+	f.Int32Var(&o.catalogMaxConns, "catalog-max-conns", 25, "connections to the catalog at most")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.secretKey, "secret-key", "", "64 hex characters that seal tenant passwords in the catalog")
+	f.StringVar(&o.tenantMigrations, "tenant-migrations", "", "directory of goose SQL files for tenant databases (default: the embedded example schema)")
+	f.IntVar(&o.warmPoolSize, "warm-pool-size", provisioner.DefaultWarmPoolSize, "ready databases kept on each shard for fast creates (0 turns the pool off)")
+	f.DurationVar(&o.gracePeriod, "grace-period", provisioner.DefaultGracePeriod, "how long a deleted tenant's database is kept before it is purged")
+	f.DurationVar(&o.recoveryDelay, "recovery-delay", provisioner.DefaultRecoveryDelay, "how soon another server resumes an operation whose server died")
+	f.DurationVar(&o.stepTimeout, "step-timeout", 30*time.Second, "time limit of each step of a tenant operation")
+	f.DurationVar(&o.maintenanceInterval, "maintenance-interval", provisioner.DefaultMaintenanceInterval, "how often shard templates and warm pools are checked")
+	f.IntVar(&o.maxOperations, "max-operations", provisioner.DefaultMaxConcurrentOps, "tenant operations this server runs at once")
+	envNames(cmd, map[string]string{
+		"secret-key": "SILO_SECRET_KEY", "tenant-migrations": "SILO_TENANT_MIGRATIONS",
+		"warm-pool-size": "SILO_WARM_POOL_SIZE", "grace-period": "SILO_GRACE_PERIOD",
+		"recovery-delay": "SILO_RECOVERY_DELAY", "step-timeout": "SILO_STEP_TIMEOUT",
+		"maintenance-interval": "SILO_MAINTENANCE_INTERVAL", "max-operations": "SILO_MAX_OPERATIONS",
+	})
 	envNames(cmd, map[string]string{
 		"listen": "SILO_LISTEN", "admin-token": "SILO_ADMIN_TOKEN", "body-limit": "SILO_BODY_LIMIT",
 		"request-timeout": "SILO_REQUEST_TIMEOUT", "shutdown-timeout": "SILO_SHUTDOWN_TIMEOUT",
@@ -94,6 +123,20 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if len(o.adminToken) < 16 {
 		return fmt.Errorf("--admin-token (or SILO_ADMIN_TOKEN) must be at least 16 characters")
 	}
+	if o.secretKey == "" {
+		return fmt.Errorf("--secret-key (or SILO_SECRET_KEY) is required: 64 hex characters, e.g. from `openssl rand -hex 32`")
+	}
+	key, err := shardmap.ParseSecretKey(o.secretKey)
+	if err != nil {
+		return fmt.Errorf("--secret-key: %v", err)
+	}
+	tenantFS, err := migrations.TenantFS(o.tenantMigrations)
+	if err != nil {
+		return fmt.Errorf("--tenant-migrations: %v", err)
+	}
+	if o.warmPoolSize < 0 {
+		return fmt.Errorf("--warm-pool-size %d must not be negative", o.warmPoolSize)
+	}
 	pool, err := shardmap.OpenCatalog(ctx, o.catalogDSN, o.catalogMaxConns, o.connectTimeout, o.statementTimeout)
 	if err != nil {
 		return err
@@ -116,9 +159,34 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 			return err
 		}
 	}
+	registry := prometheus.NewRegistry()
+	warm := o.warmPoolSize
+	if warm == 0 {
+		warm = -1 // off; the provisioner reads 0 as "the default"
+	}
+	prov, err := provisioner.New(provisioner.Config{
+		Catalog: pool, Store: store, SecretKey: key, TenantMigrations: tenantFS,
+		WarmPoolSize: warm, GracePeriod: o.gracePeriod, RecoveryDelay: o.recoveryDelay,
+		StepTimeout: o.stepTimeout, MaintenanceInterval: o.maintenanceInterval,
+		MaxConcurrentOps: o.maxOperations, ConnectTimeout: o.connectTimeout,
+		PgDump: findPgDump(), Logger: log, Registry: registry,
+	})
+	if err != nil {
+		return err
+	}
+	if err := prov.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+		defer cancel()
+		if err := prov.Stop(sctx); err != nil {
+			log.Warn("provisioner stop", "err", err)
+		}
+	}()
 	srv, err := api.New(api.Config{
-		Catalog: store, AdminToken: o.adminToken, Logger: log,
-		BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
+		Catalog: store, Provisioner: prov, AdminToken: o.adminToken, Logger: log,
+		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
 	})
 	if err != nil {
 		return err
@@ -131,4 +199,15 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	err = srv.Serve(ctx, ln, o.shutdownTimeout)
 	log.Info("silo stopped")
 	return err
+}
+
+// findPgDump returns the pg_dump beside the PostgreSQL server binaries (the
+// newest found), or the one on PATH.
+func findPgDump() string {
+	if dir, err := pgcluster.FindBinDir(); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, "pg_dump")); err == nil {
+			return filepath.Join(dir, "pg_dump")
+		}
+	}
+	return "pg_dump"
 }
