@@ -24,8 +24,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Go benchmarks (ratios within one run), then provisioning against local
+# control planes; docs/benchmarks.md records the figures.
 bench: build
 	@dir=$$(./bin/silo pg-bindir) && SILO_PG_BINDIR=$$dir $(GO) test -run '^$$' -bench . -benchtime 2s ./...
+	./scripts/bench-provision.sh
 
 # Regenerates api/api.gen.go from api/openapi.yaml.
 generate:

@@ -108,16 +108,23 @@ func (p *Provisioner) finish(ctx context.Context, op *silo.Operation, cause erro
 		p.metrics.provision.WithLabelValues(source, outcome).Observe(time.Since(op.CreatedAt).Seconds())
 	}
 	if done.RecoveryJobID != 0 {
-		// Best effort: a job that still runs finds the operation done.
-		_, _ = p.river.JobCancel(ctx, done.RecoveryJobID)
+		// Best effort and off the request's path: a job that still runs
+		// finds the operation done.
+		p.inflight.Add(1)
+		go func() {
+			defer p.inflight.Done()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, _ = p.river.JobCancel(cctx, done.RecoveryJobID)
+		}()
 	}
 	p.log.Info("operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
 		"outcome", outcome, "duration_ms", time.Since(op.CreatedAt).Milliseconds(), "code", silo.ErrorCode(cause))
 	return &done.Operation, nil
 }
 
-// recorder runs steps and records each in the operation as it ends,
-// counting attempts across resumed runs.
+// recorder runs steps and records them in the operation, counting attempts
+// across resumed runs.
 type recorder struct {
 	p  *Provisioner
 	op *silo.Operation
@@ -143,8 +150,13 @@ func (r *recorder) run(ctx context.Context, steps []step) error {
 		} else {
 			st.State = silo.OpSucceeded
 		}
-		if serr := r.p.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); serr != nil && err == nil {
-			err = serr
+		// Each save is a commit, and a commit an fsync: a fast operation's
+		// steps are written once, when it finishes; a slow or failing one's
+		// as they end, so its progress can be followed.
+		if err != nil || time.Since(r.op.CreatedAt) > time.Second {
+			if serr := r.p.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); serr != nil && err == nil {
+				err = serr
+			}
 		}
 		if err != nil {
 			return err

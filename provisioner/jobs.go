@@ -86,15 +86,21 @@ func uniqueOpts() *river.InsertOpts {
 	}}
 }
 
+// refillDelay lets a burst of creates finish before refill clones compete
+// with them for the shard's disk.
+const refillDelay = 2 * time.Second
+
 // refillSoon asks, off the request's path, for a shard's warm pool to be
-// topped up after a claim.
+// topped up shortly after a claim; one refill is pending at a time.
 func (p *Provisioner) refillSoon(ctx context.Context, shard string) {
 	p.inflight.Add(1)
 	go func() {
 		defer p.inflight.Done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
+		opts := uniqueOpts()
+		opts.ScheduledAt = time.Now().Add(refillDelay)
+		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, opts); err != nil {
 			p.log.Warn("cannot schedule a warm pool refill", "shard", shard, "err", err)
 		}
 	}()
