@@ -13,9 +13,8 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
-	"github.com/silo-db/silo/migrations"
-	"github.com/silo-db/silo/shardmap"
 )
 
 // minHTTPRatio is the target: reading a shard through the whole HTTP stack
@@ -32,14 +31,8 @@ func BenchmarkShardRead(b *testing.B) {
 	fleet := pgtest.Start(b)
 	ctx := context.Background()
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(b, fleet.Catalog), 4, 5*time.Second, 10*time.Second)
-	require.NoError(b, err)
-	b.Cleanup(pool.Close)
-	_, err = migrations.ApplyCatalog(ctx, pool, log)
-	require.NoError(b, err)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log})
-	require.NoError(b, err)
-	_, err = store.CreateShard(ctx, silo.Shard{Name: "bench", DSN: fleet.Shards[0].DSN("postgres")})
+	pool, store := catalogtest.New(b, log)
+	_, err := store.CreateShard(ctx, silo.Shard{Name: "bench", DSN: fleet.Shards[0].DSN("postgres")})
 	require.NoError(b, err)
 	prov := newProvisioner(b, pool, store, log)
 	srv, err := api.New(api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log})

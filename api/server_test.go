@@ -23,8 +23,8 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
-	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/shardmap"
@@ -63,13 +63,7 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 16, 5*time.Second, 10*time.Second)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	_, err = migrations.ApplyCatalog(ctx, pool, log)
-	require.NoError(t, err)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: 2 * time.Second})
-	require.NoError(t, err)
+	pool, store := catalogtest.New(t, log)
 	prov := newProvisioner(t, pool, store, log)
 
 	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log}

@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
-	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -46,13 +46,7 @@ func setup(t *testing.T, cfg Config) (*Provisioner, *bundle) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 20, 5*time.Second, 30*time.Second)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	_, err = migrations.ApplyCatalog(ctx, pool, log)
-	require.NoError(t, err)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log})
-	require.NoError(t, err)
+	pool, store := catalogtest.New(t, log)
 	for i, name := range []string{"a", "b"} {
 		_, err := store.CreateShard(ctx, silo.Shard{Name: name, DSN: fleet.Shards[i].DSN("postgres"), Region: "eu"})
 		require.NoError(t, err)

@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
-	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -54,15 +54,8 @@ func setup(t *testing.T) (*shardmap.Store, *bundle) {
 	fleet := pgtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	pool, err := shardmap.OpenCatalog(ctx, pgtest.NewDatabase(t, fleet.Catalog), 4, 5*time.Second, 10*time.Second)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, nil))
-	_, err = migrations.ApplyCatalog(ctx, pool, log)
-	require.NoError(t, err)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: 2 * time.Second})
-	require.NoError(t, err)
+	pool, store := catalogtest.New(t, slog.New(slog.NewJSONHandler(logs, nil)))
 	ctx = silo.WithActor(ctx, silo.Actor{Name: "tester", RequestID: "req-1"})
 	return store, &bundle{pool: pool, fleet: fleet, logs: logs, ctx: ctx}
 }

@@ -28,11 +28,8 @@ func newAuditCmd(g *globals) *cobra.Command {
 				p := &api.ListAuditParams{Limit: &pageSize, Cursor: cursor}
 				p.Action, p.Target, p.Actor = optional(action), optional(target), optional(actor)
 				resp, err := c.ListAuditWithResponse(cmd.Context(), p)
-				if err != nil {
-					return g.requestError(err)
-				}
-				if resp.JSON200 == nil {
-					return apiError(resp.StatusCode(), resp.Body)
+				if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+					return err
 				}
 				entries = append(entries, resp.JSON200.Items...)
 				if cursor = resp.JSON200.NextCursor; cursor == nil {

@@ -117,6 +117,24 @@ func (g *globals) client() (*api.ClientWithResponses, error) {
 		}))
 }
 
+// apiResponse is what every generated response has.
+type apiResponse interface {
+	StatusCode() int
+	GetBody() []byte
+}
+
+// check turns a request's outcome into one line: the request's own failure,
+// or the API's problem when the expected answer is missing (ok false).
+func (g *globals) check(resp apiResponse, err error, ok bool) error {
+	if err != nil {
+		return g.requestError(err)
+	}
+	if !ok {
+		return apiError(resp.StatusCode(), resp.GetBody())
+	}
+	return nil
+}
+
 // apiError turns a non-success response into one line: the problem's detail
 // and code, or the status when the body is no problem.
 func apiError(status int, body []byte) error {

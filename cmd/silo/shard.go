@@ -59,11 +59,8 @@ func newShardAddCmd(g *globals) *cobra.Command {
 				body.Weight = &weight
 			}
 			resp, err := c.CreateShardWithResponse(cmd.Context(), body)
-			if err != nil {
-				return g.requestError(err)
-			}
-			if resp.JSON201 == nil {
-				return apiError(resp.StatusCode(), resp.Body)
+			if err := g.check(resp, err, resp != nil && resp.JSON201 != nil); err != nil {
+				return err
 			}
 			return g.printShards([]api.Shard{*resp.JSON201}, false)
 		},
@@ -88,11 +85,8 @@ func newShardListCmd(g *globals) *cobra.Command {
 			var cursor *string
 			for {
 				resp, err := c.ListShardsWithResponse(cmd.Context(), &api.ListShardsParams{Cursor: cursor})
-				if err != nil {
-					return g.requestError(err)
-				}
-				if resp.JSON200 == nil {
-					return apiError(resp.StatusCode(), resp.Body)
+				if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+					return err
 				}
 				all = append(all, resp.JSON200.Items...)
 				if cursor = resp.JSON200.NextCursor; cursor == nil {
@@ -115,11 +109,8 @@ func newShardGetCmd(g *globals) *cobra.Command {
 				return err
 			}
 			resp, err := c.GetShardWithResponse(cmd.Context(), args[0])
-			if err != nil {
-				return g.requestError(err)
-			}
-			if resp.JSON200 == nil {
-				return apiError(resp.StatusCode(), resp.Body)
+			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+				return err
 			}
 			return g.printShards([]api.Shard{*resp.JSON200}, false)
 		},
@@ -146,11 +137,8 @@ func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
 				return g.requestError(err)
 			}
 			resp, err := api.ParseGetShardResponse(raw) // same shape: a Shard or a problem
-			if err != nil {
-				return g.requestError(err)
-			}
-			if resp.JSON200 == nil {
-				return apiError(resp.StatusCode(), resp.Body)
+			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+				return err
 			}
 			return g.printShards([]api.Shard{*resp.JSON200}, false)
 		},

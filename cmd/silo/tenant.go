@@ -43,11 +43,8 @@ func newOperationCmd(g *globals) *cobra.Command {
 				return err
 			}
 			resp, err := c.GetOperationWithResponse(cmd.Context(), args[0])
-			if err != nil {
-				return g.requestError(err)
-			}
-			if resp.JSON200 == nil {
-				return apiError(resp.StatusCode(), resp.Body)
+			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+				return err
 			}
 			return g.printOperation(*resp.JSON200)
 		},
@@ -136,11 +133,8 @@ func newTenantListCmd(g *globals) *cobra.Command {
 					p.State = (*api.TenantState)(&state)
 				}
 				resp, err := c.ListTenantsWithResponse(cmd.Context(), p)
-				if err != nil {
-					return g.requestError(err)
-				}
-				if resp.JSON200 == nil {
-					return apiError(resp.StatusCode(), resp.Body)
+				if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+					return err
 				}
 				all = append(all, resp.JSON200.Items...)
 				if cursor = resp.JSON200.NextCursor; cursor == nil {
@@ -167,11 +161,8 @@ func newTenantGetCmd(g *globals) *cobra.Command {
 				return err
 			}
 			resp, err := c.GetTenantWithResponse(cmd.Context(), args[0])
-			if err != nil {
-				return g.requestError(err)
-			}
-			if resp.JSON200 == nil {
-				return apiError(resp.StatusCode(), resp.Body)
+			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+				return err
 			}
 			return g.printTenants([]api.Tenant{*resp.JSON200}, false)
 		},
