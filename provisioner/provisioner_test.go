@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
@@ -463,4 +465,30 @@ func TestWarmPool(t *testing.T) {
 		warm, err := b.store.WarmDatabases(b.ctx, "a")
 		return err == nil && len(warm) == 2 && warm[0].Ready && warm[1].Ready
 	}, 30*time.Second, 100*time.Millisecond, "the pool is refilled")
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	p, b := setup(t, Config{Registry: reg})
+	_, err := p.Create(b.ctx, CreateRequest{ID: newID("metrics")}, time.Minute)
+	require.NoError(t, err)
+	_, err = p.Create(b.ctx, CreateRequest{ID: "Bad"}, time.Minute)
+	require.Error(t, err)
+
+	require.Equal(t, 1, testutil.CollectAndCount(p.metrics.provision, "silo_provision_duration_seconds"))
+	require.Equal(t, 1.0, testutil.ToFloat64(p.metrics.operations.WithLabelValues("create", "succeeded")))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	var names []string
+	for _, f := range families {
+		names = append(names, f.GetName())
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				require.NotEqual(t, "tenant", l.GetName(), "no tenant ids as label values")
+			}
+		}
+	}
+	require.Contains(t, names, "silo_provision_duration_seconds")
+	require.Contains(t, names, "silo_operations_total")
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo/api"
@@ -232,4 +233,53 @@ func TestTenantCLIErrors(t *testing.T) {
 			require.NotContains(t, err.Error(), "\n")
 		})
 	}
+}
+
+// silo dev --tenant-migrations: tenants get the user's schema, at its
+// version, owned by their own role.
+func TestDevTenantMigrations(t *testing.T) {
+	t.Parallel()
+	migDir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(migDir, "00003_widgets.sql"), []byte(`
+-- +goose Up
+CREATE TABLE widgets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);
+-- +goose Down
+DROP TABLE widgets;
+`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(migDir, "00007_widget_price.sql"), []byte(`
+-- +goose Up
+ALTER TABLE widgets ADD COLUMN price numeric NOT NULL DEFAULT 0;
+-- +goose Down
+ALTER TABLE widgets DROP COLUMN price;
+`), 0o644))
+
+	dir := devDir(t)
+	var out, errOut syncBuffer
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "1",
+		"--tenant-migrations", migDir, "--warm-pool-size", "0")
+	url, token := waitEnv(t, dir, stop)
+	got, err := runSilo(t, context.Background(), "", "tenant", "create", "shop", "-o", "json", "--url", url, "--token", token)
+	require.NoError(t, err)
+	var tn api.Tenant
+	require.NoError(t, json.Unmarshal([]byte(got), &tn))
+	require.EqualValues(t, 7, tn.SchemaVersion)
+
+	password, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "password"))
+	require.NoError(t, err)
+	port, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "port"))
+	require.NoError(t, err)
+	conn, err := pgx.Connect(context.Background(), "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/t_shop")
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var owner string
+	var hasPrice bool
+	require.NoError(t, conn.QueryRow(context.Background(), `
+		SELECT tableowner, EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'widgets' AND column_name = 'price')
+		FROM pg_tables WHERE tablename = 'widgets'`).Scan(&owner, &hasPrice))
+	require.Equal(t, "t_shop", owner)
+	require.True(t, hasPrice)
+	var notes bool
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'notes')`).Scan(&notes))
+	require.False(t, notes, "the embedded example schema is not used")
+	require.NoError(t, stop())
 }
