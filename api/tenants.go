@@ -35,9 +35,6 @@ const (
 	waitMargin = time.Second
 )
 
-// MaxIdempotencyKeyLen bounds the Idempotency-Key header, in characters.
-const MaxIdempotencyKeyLen = 128
-
 // waitOf parses the wait parameter: EMALFORMED when it is no duration,
 // EINVALID when it is out of range. The wait is cut to what the request's
 // deadline leaves, so the answer is a 202, not a timeout.
@@ -173,8 +170,8 @@ func (s *Server) CreateTenant(c echo.Context, params CreateTenantParams) error {
 	}
 	if params.IdempotencyKey != nil {
 		req.IdempotencyKey = *params.IdempotencyKey
-		if n := utf8.RuneCountInString(req.IdempotencyKey); n < 1 || n > MaxIdempotencyKeyLen {
-			return silo.Errorf(silo.EINVALID, "Idempotency-Key must be 1 to %d characters, not %d", MaxIdempotencyKeyLen, n)
+		if n := utf8.RuneCountInString(req.IdempotencyKey); n < 1 || n > provisioner.MaxIdempotencyKeyLen {
+			return silo.Errorf(silo.EINVALID, "Idempotency-Key must be 1 to %d characters, not %d", provisioner.MaxIdempotencyKeyLen, n)
 		}
 	}
 	res, err := s.provisioner.Create(ctx, req, wait)

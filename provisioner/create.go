@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
@@ -17,14 +18,14 @@ import (
 	"github.com/silo-db/silo/shardmap"
 )
 
-// MaxIdempotencyKeyLen bounds Idempotency-Key values.
+// MaxIdempotencyKeyLen bounds Idempotency-Key values, in characters.
 const MaxIdempotencyKeyLen = 128
 
 func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.Duration) (Result, error) {
 	if err := silo.ValidateTenantID(req.ID); err != nil {
 		return Result{}, err
 	}
-	if len(req.IdempotencyKey) > MaxIdempotencyKeyLen {
+	if utf8.RuneCountInString(req.IdempotencyKey) > MaxIdempotencyKeyLen {
 		return Result{}, silo.Errorf(silo.EINVALID, "the idempotency key is longer than %d characters", MaxIdempotencyKeyLen)
 	}
 	hash := requestHash("create", req.ID, req.Shard, req.Region)
