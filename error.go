@@ -14,6 +14,7 @@ const (
 	EFORBIDDEN    = "EFORBIDDEN"    // credentials valid, but not for this target
 	ENOTFOUND     = "ENOTFOUND"     // no such object
 	ECONFLICT     = "ECONFLICT"     // the object exists, or its state forbids the change
+	ESUSPENDED    = "ESUSPENDED"    // the tenant is suspended: its data is unreachable until resumed
 	ETOOLARGE     = "ETOOLARGE"     // a body or result over its limit
 	EUNAVAILABLE  = "EUNAVAILABLE"  // a dependency (catalog, shard) cannot be reached
 	ETIMEOUT      = "ETIMEOUT"      // the operation ran past its deadline

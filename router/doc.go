@@ -1,6 +1,26 @@
-// Package router sends every query to the tenant's own database on the right
-// shard, with a fixed connection budget per shard however many tenants there
-// are.
+// Package router sends work to the tenant's own database on the right shard,
+// as the tenant's own role, within a fixed connection budget per shard
+// however many tenants there are.
 //
-// It is built by the router issue; until then it holds no code.
+// Routes (tenant to shard and database) come from the catalog through a
+// bounded LRU cache. A trigger on the tenants table notifies every change,
+// and each Router listens and drops the routes and pools of the tenants
+// named, so every server sees a tenant's new state within moments. Unknown
+// tenants are never cached.
+//
+// PostgreSQL binds a connection to one database and role, so each tenant
+// needs connections of its own. All tenant pools on a shard share the
+// shard's budget: past it, the least recently used idle connection of
+// another tenant is closed to make room, and when none is idle the caller
+// waits, up to a deadline, for one to come back. A per-tenant cap keeps one
+// hot tenant from taking the whole budget. Tenant pools live in an LRU; an
+// evicted or invalidated pool closes its idle connections off the request
+// path, and the rest as they come back.
+//
+// Use WithTenant or WithTenantTx:
+//
+//	err := r.WithTenantTx(ctx, "acme", func(tx pgx.Tx) error {
+//		_, err := tx.Exec(ctx, "INSERT INTO notes (title) VALUES ($1)", "hello")
+//		return err
+//	})
 package router

@@ -1,0 +1,84 @@
+package router
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/silo-db/silo"
+)
+
+type metrics struct {
+	routeHits, routeMisses prometheus.Counter
+	waits                  *prometheus.CounterVec
+	waitTime               *prometheus.HistogramVec
+	queries                *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		routeHits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "silo_route_cache_hits_total", Help: "Tenant routes found in the cache."}),
+		routeMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "silo_route_cache_misses_total", Help: "Tenant routes read from the catalog."}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_pool_waits_total", Help: "Connection requests that had to wait for the shard's budget, by shard.",
+		}, []string{"shard"}),
+		waitTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "silo_pool_wait_seconds", Help: "Time spent waiting for a connection, by shard.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"shard"}),
+		queries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "silo_query_duration_seconds", Help: "Time of work run on tenant connections, by shard and outcome (ok or an error code).",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+		}, []string{"shard", "outcome"}),
+	}
+}
+
+func (m *metrics) observeWait(shard string, waited time.Duration) {
+	if waited > 0 {
+		m.waits.WithLabelValues(shard).Inc()
+		m.waitTime.WithLabelValues(shard).Observe(waited.Seconds())
+	}
+}
+
+func (m *metrics) observeQuery(shard string, d time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = silo.ErrorCode(err)
+	}
+	m.queries.WithLabelValues(shard, outcome).Observe(d.Seconds())
+}
+
+// register adds the metrics, and gauges of each shard's pool read at
+// scrape time, to reg.
+func (m *metrics) register(reg prometheus.Registerer, r *Router) error {
+	for _, c := range []prometheus.Collector{m.routeHits, m.routeMisses, m.waits, m.waitTime, m.queries, poolCollector{r}} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// poolCollector reports each shard's connections in use and idle.
+type poolCollector struct{ r *Router }
+
+var (
+	inUseDesc = prometheus.NewDesc("silo_pool_connections_in_use", "Connections to the shard lent out, all tenants.", []string{"shard"}, nil)
+	idleDesc  = prometheus.NewDesc("silo_pool_connections_idle", "Idle connections to the shard, all tenants.", []string{"shard"}, nil)
+)
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- inUseDesc; ch <- idleDesc }
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	c.r.mu.Lock()
+	shards := make([]*shardPool, 0, len(c.r.shards))
+	for _, s := range c.r.shards {
+		shards = append(shards, s)
+	}
+	c.r.mu.Unlock()
+	for _, s := range shards {
+		open, idle := s.stats()
+		ch <- prometheus.MustNewConstMetric(inUseDesc, prometheus.GaugeValue, float64(open-idle), s.name)
+		ch <- prometheus.MustNewConstMetric(idleDesc, prometheus.GaugeValue, float64(idle), s.name)
+	}
+}

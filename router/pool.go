@@ -1,0 +1,224 @@
+package router
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+)
+
+// PostgreSQL binds a connection to one database and one role, so each
+// tenant needs connections of its own. A shardPool keeps the connections of
+// all its tenants under one budget: when the budget is spent, an idle
+// connection of another tenant is closed to make room, and when none is
+// idle, the caller waits (up to its deadline) for one to come back.
+type shardPool struct {
+	name   string
+	budget int
+
+	mu      sync.Mutex
+	open    int        // connections open or being opened, all tenants
+	idle    *list.List // of *idleConn, most recently used first
+	changed chan struct{}
+	closed  bool
+}
+
+// tenantPool is one tenant's share of a shard's connections.
+type tenantPool struct {
+	route  *Route
+	shard  *shardPool
+	max    int // per-tenant cap: one hot tenant cannot take the whole budget
+	open   int // guarded by shard.mu, as is everything below
+	idle   []*idleConn
+	closed bool
+}
+
+type idleConn struct {
+	conn  *pgx.Conn
+	owner *tenantPool
+	elem  *list.Element // in shard.idle
+	since time.Time
+}
+
+func newShardPool(name string, budget int) *shardPool {
+	return &shardPool{name: name, budget: budget, idle: list.New(), changed: make(chan struct{})}
+}
+
+// signal wakes every waiter; the caller holds mu.
+func (s *shardPool) signal() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// errPoolClosed means the tenant's pool was closed (its route changed or it
+// was evicted) while a caller was using it: resolve the route again.
+var errPoolClosed = errors.New("tenant pool closed")
+
+// acquire returns a connection for the tenant: an idle one of its own, a new
+// one within the budgets, or a new one in the place of another tenant's idle
+// connection. It waits for a connection to come back until ctx is done. It
+// reports how long it waited.
+func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error)) (*pgx.Conn, time.Duration, error) {
+	s := tp.shard
+	var waited time.Duration
+	for {
+		s.mu.Lock()
+		if tp.closed || s.closed {
+			s.mu.Unlock()
+			return nil, waited, errPoolClosed
+		}
+		if n := len(tp.idle); n > 0 {
+			ic := tp.idle[n-1]
+			tp.idle = tp.idle[:n-1]
+			s.idle.Remove(ic.elem)
+			s.mu.Unlock()
+			if ic.conn.IsClosed() { // the server ended it while idle
+				tp.discard(nil)
+				continue
+			}
+			return ic.conn, waited, nil
+		}
+		var victim *idleConn
+		canOpen := tp.open < tp.max
+		if canOpen && s.open >= s.budget {
+			if back := s.idle.Back(); back != nil {
+				// The least recently used idle connection of the shard gives
+				// its slot to this tenant.
+				victim = back.Value.(*idleConn)
+				s.idle.Remove(back)
+				victim.owner.removeIdle(victim)
+				victim.owner.open--
+				s.open--
+			}
+		}
+		if canOpen && s.open < s.budget {
+			tp.open++
+			s.open++
+			s.mu.Unlock()
+			if victim != nil {
+				go victim.conn.Close(context.Background()) // off the request path
+			}
+			conn, err := dial(ctx, tp.route.connConfig)
+			if err != nil {
+				tp.discard(nil)
+				return nil, waited, err
+			}
+			return conn, waited, nil
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		start := time.Now()
+		select {
+		case <-changed:
+			waited += time.Since(start)
+		case <-ctx.Done():
+			waited += time.Since(start)
+			return nil, waited, silo.WrapError(ctx.Err(), silo.EUNAVAILABLE,
+				"no connection to shard %q came free in time: its budget of %d connections is in use", s.name, s.budget)
+		}
+	}
+}
+
+// release returns a connection. A connection that is broken, left inside a
+// transaction, or whose pool closed meanwhile is closed instead.
+func (tp *tenantPool) release(conn *pgx.Conn) {
+	s := tp.shard
+	reusable := !conn.IsClosed() && conn.PgConn().TxStatus() == 'I'
+	s.mu.Lock()
+	if !reusable || tp.closed || s.closed {
+		s.mu.Unlock()
+		tp.discard(conn)
+		return
+	}
+	ic := &idleConn{conn: conn, owner: tp, since: time.Now()}
+	ic.elem = s.idle.PushFront(ic)
+	tp.idle = append(tp.idle, ic)
+	s.signal()
+	s.mu.Unlock()
+}
+
+// discard gives up a connection's slot, closing conn (if any) off the
+// caller's path.
+func (tp *tenantPool) discard(conn *pgx.Conn) {
+	s := tp.shard
+	s.mu.Lock()
+	tp.open--
+	s.open--
+	s.signal()
+	s.mu.Unlock()
+	if conn != nil {
+		go conn.Close(context.Background())
+	}
+}
+
+func (tp *tenantPool) removeIdle(ic *idleConn) {
+	for i, c := range tp.idle {
+		if c == ic {
+			tp.idle = append(tp.idle[:i], tp.idle[i+1:]...)
+			return
+		}
+	}
+}
+
+// close closes the tenant's idle connections now and the others as they
+// come back. It never blocks on the network.
+func (tp *tenantPool) close() {
+	s := tp.shard
+	s.mu.Lock()
+	if tp.closed {
+		s.mu.Unlock()
+		return
+	}
+	tp.closed = true
+	idle := tp.idle
+	tp.idle = nil
+	for _, ic := range idle {
+		s.idle.Remove(ic.elem)
+	}
+	tp.open -= len(idle)
+	s.open -= len(idle)
+	s.signal()
+	s.mu.Unlock()
+	for _, ic := range idle {
+		go ic.conn.Close(context.Background())
+	}
+}
+
+// reap closes connections idle for longer than maxIdle.
+func (s *shardPool) reap(maxIdle time.Duration) {
+	cutoff := time.Now().Add(-maxIdle)
+	var old []*idleConn
+	s.mu.Lock()
+	for e := s.idle.Back(); e != nil; {
+		ic := e.Value.(*idleConn)
+		if ic.since.After(cutoff) {
+			break // the list is ordered by last use
+		}
+		prev := e.Prev()
+		s.idle.Remove(e)
+		ic.owner.removeIdle(ic)
+		ic.owner.open--
+		s.open--
+		old = append(old, ic)
+		e = prev
+	}
+	if len(old) > 0 {
+		s.signal()
+	}
+	s.mu.Unlock()
+	for _, ic := range old {
+		ic.conn.Close(context.Background())
+	}
+}
+
+// stats returns the shard's open and idle connection counts.
+func (s *shardPool) stats() (open, idle int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open, s.idle.Len()
+}

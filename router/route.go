@@ -1,0 +1,109 @@
+package router
+
+import (
+	"context"
+	"sync/atomic"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// Route is where a tenant's data lives and how to reach it. Epoch is the
+// tenant row's epoch when the route was read: a route with an older epoch
+// than the catalog's is stale.
+type Route struct {
+	TenantID string
+	Shard    string
+	Database string // also the name of the tenant's role
+	State    silo.TenantState
+	Epoch    int64
+
+	// connConfig connects as the tenant's own role to its database; its
+	// password is opened from the catalog and kept only in memory.
+	connConfig *pgx.ConnConfig
+}
+
+// resolver maps tenants to routes, from the catalog, through a bounded LRU
+// cache. Every change to a tenant row is notified (see listen.go) and drops
+// the tenant's entry. Unknown tenants are never cached, so a tenant created
+// a moment ago is found at once.
+type resolver struct {
+	store  *shardmap.Store
+	sealer *shardmap.Sealer
+	cache  *lru.Cache[string, *Route]
+	// gen grows on every invalidation. A lookup that started before one
+	// does not cache its result, which may predate the change.
+	gen     atomic.Uint64
+	metrics *metrics
+}
+
+func newResolver(store *shardmap.Store, sealer *shardmap.Sealer, size int, m *metrics) (*resolver, error) {
+	cache, err := lru.New[string, *Route](size)
+	if err != nil {
+		return nil, err
+	}
+	return &resolver{store: store, sealer: sealer, cache: cache, metrics: m}, nil
+}
+
+// resolve returns the tenant's route, cached or read from the catalog. It
+// returns ENOTFOUND for unknown tenants and catalog errors as they are.
+func (r *resolver) resolve(ctx context.Context, id string) (*Route, error) {
+	if rt, ok := r.cache.Get(id); ok {
+		r.metrics.routeHits.Inc()
+		return rt, nil
+	}
+	r.metrics.routeMisses.Inc()
+	gen := r.gen.Load()
+	t, err := r.store.GetTenant(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rt := &Route{TenantID: t.ID, Shard: t.Shard, Database: t.Database, State: t.State, Epoch: t.Epoch}
+	if t.State == silo.TenantActive {
+		if rt.connConfig, err = r.connConfig(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	if r.gen.Load() == gen {
+		r.cache.Add(id, rt)
+	}
+	return rt, nil
+}
+
+// connConfig builds the connection settings of a tenant: the shard's host
+// and port, the tenant's role, password and database.
+func (r *resolver) connConfig(ctx context.Context, t *silo.Tenant) (*pgx.ConnConfig, error) {
+	dsn, err := r.store.ShardDSN(ctx, t.Shard)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", t.Shard)
+	}
+	sealed, err := r.store.TenantSecret(ctx, t.ID)
+	if err != nil {
+		return nil, err
+	}
+	password, err := r.sealer.Open(sealed, t.ID)
+	if err != nil {
+		return nil, err
+	}
+	cfg.User, cfg.Password, cfg.Database = t.Database, string(password), t.Database
+	cfg.RuntimeParams["application_name"] = "silo-router"
+	return cfg, nil
+}
+
+// invalidate drops a tenant's route; "" drops every route (after the
+// notification stream was interrupted and changes may have been missed).
+func (r *resolver) invalidate(id string) {
+	r.gen.Add(1)
+	if id == "" {
+		r.cache.Purge()
+		return
+	}
+	r.cache.Remove(id)
+}

@@ -1,0 +1,302 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// Defaults of Config.
+const (
+	DefaultShardBudget    = 20
+	DefaultTenantMaxConns = 4
+	DefaultAcquireTimeout = 5 * time.Second
+	DefaultIdleTimeout    = time.Minute
+	DefaultMaxTenantPools = 10000
+	DefaultRouteCacheSize = 100000
+)
+
+// Config configures a Router.
+type Config struct {
+	// Catalog is the catalog database; the router listens on it for tenant
+	// changes.
+	Catalog *pgxpool.Pool
+	Store   *shardmap.Store
+	// SecretKey opens the tenants' sealed passwords.
+	SecretKey []byte
+	// ShardBudget is the most connections this router opens to one shard,
+	// all tenants together.
+	ShardBudget int
+	// TenantMaxConns is the most connections one tenant may hold, so a hot
+	// tenant cannot take a shard's whole budget.
+	TenantMaxConns int
+	// AcquireTimeout bounds the wait for a connection when the caller's
+	// context has no earlier deadline.
+	AcquireTimeout time.Duration
+	// IdleTimeout closes connections unused for this long.
+	IdleTimeout time.Duration
+	// MaxTenantPools bounds the tenants with open pools; the least recently
+	// used pool is closed past it.
+	MaxTenantPools int
+	// RouteCacheSize bounds the cached routes.
+	RouteCacheSize int
+	Logger         *slog.Logger
+	// Registry gets the router's metrics; nil registers none.
+	Registry prometheus.Registerer
+}
+
+func (c Config) withDefaults() Config {
+	if c.ShardBudget == 0 {
+		c.ShardBudget = DefaultShardBudget
+	}
+	if c.TenantMaxConns == 0 {
+		c.TenantMaxConns = DefaultTenantMaxConns
+	}
+	if c.AcquireTimeout == 0 {
+		c.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxTenantPools == 0 {
+		c.MaxTenantPools = DefaultMaxTenantPools
+	}
+	if c.RouteCacheSize == 0 {
+		c.RouteCacheSize = DefaultRouteCacheSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Catalog == nil || c.Store == nil:
+		return errors.New("router: Config.Catalog and Config.Store are required")
+	case c.ShardBudget < 1 || c.TenantMaxConns < 1:
+		return errors.New("router: the shard budget and the tenant cap must be at least 1")
+	case c.AcquireTimeout < 0 || c.IdleTimeout < time.Second:
+		return errors.New("router: timeouts must be positive, the idle timeout at least 1s")
+	}
+	return nil
+}
+
+// Router runs work on a tenant's own database, as the tenant's own role,
+// within a fixed connection budget per shard. Create it with New and Start
+// it; it is safe for concurrent use.
+type Router struct {
+	cfg      Config
+	log      *slog.Logger
+	resolver *resolver
+	metrics  *metrics
+
+	mu      sync.Mutex
+	shards  map[string]*shardPool
+	tenants *lru.Cache[string, *tenantPool]
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New returns a Router. It returns an error for an invalid Config.
+func New(cfg Config) (*Router, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	sealer, err := shardmap.NewSealer(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{})}
+	if r.resolver, err = newResolver(cfg.Store, sealer, cfg.RouteCacheSize, r.metrics); err != nil {
+		return nil, err
+	}
+	// golang-lru calls this in the goroutine of Add: closing a pool never
+	// blocks, so the request path is not held up.
+	r.tenants, err = lru.NewWithEvict(cfg.MaxTenantPools, func(_ string, tp *tenantPool) { tp.close() })
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Registry != nil {
+		if err := r.metrics.register(cfg.Registry, r); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Start listens for tenant changes and starts closing idle connections. It
+// returns once the listener is connected, or ctx's error.
+func (r *Router) Start(ctx context.Context) error {
+	ready := make(chan error, 1)
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); r.listen(ready) }()
+	go func() { defer r.wg.Done(); r.reapLoop() }()
+	select {
+	case err := <-ready:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stop stops the background loops and closes every connection.
+func (r *Router) Stop() {
+	select {
+	case <-r.stop:
+		return
+	default:
+	}
+	close(r.stop)
+	r.wg.Wait()
+	r.tenants.Purge() // closes every tenant pool
+	r.mu.Lock()
+	for _, s := range r.shards {
+		s.mu.Lock()
+		s.closed = true
+		s.signal()
+		s.mu.Unlock()
+	}
+	r.mu.Unlock()
+}
+
+// WithTenant runs fn with a connection to the tenant's database, as the
+// tenant's role. The connection returns to the pool when fn returns; fn must
+// not keep it, and a transaction it leaves open is discarded with the
+// connection. WithTenant returns ENOTFOUND for unknown, deleted and purged
+// tenants, ESUSPENDED for suspended ones, EUNAVAILABLE for one still being
+// created or when no connection comes free in time (the wait is bounded by
+// ctx and Config.AcquireTimeout), or fn's error. ctx also bounds fn's
+// queries.
+func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *pgx.Conn) error) error {
+	for attempt := 0; ; attempt++ {
+		tp, err := r.pool(ctx, tenantID)
+		if err != nil {
+			return err
+		}
+		actx := ctx
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			actx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
+			defer cancel()
+		}
+		conn, waited, err := tp.acquire(actx, dial)
+		r.metrics.observeWait(tp.shard.name, waited)
+		if errors.Is(err, errPoolClosed) && attempt < 3 {
+			continue // the route changed under us: resolve it again
+		}
+		if err != nil {
+			return r.connectError(err, tp)
+		}
+		start := time.Now()
+		ferr := fn(conn)
+		r.metrics.observeQuery(tp.shard.name, time.Since(start), ferr)
+		tp.release(conn)
+		return ferr
+	}
+}
+
+// WithTenantTx runs fn in a transaction on the tenant's database, committed
+// when fn returns nil and rolled back otherwise. Errors as WithTenant.
+func (r *Router) WithTenantTx(ctx context.Context, tenantID string, fn func(tx pgx.Tx) error) error {
+	return r.WithTenant(ctx, tenantID, func(conn *pgx.Conn) error {
+		return pgx.BeginFunc(ctx, conn, fn)
+	})
+}
+
+func dial(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// pool returns the tenant's pool, resolving its route and refusing tenants
+// that are not active.
+func (r *Router) pool(ctx context.Context, id string) (*tenantPool, error) {
+	rt, err := r.resolver.resolve(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch rt.State {
+	case silo.TenantActive:
+	case silo.TenantSuspended:
+		return nil, silo.Errorf(silo.ESUSPENDED, "tenant %q is suspended", id)
+	case silo.TenantProvisioning:
+		return nil, silo.Errorf(silo.EUNAVAILABLE, "tenant %q is still being created", id)
+	default: // deleted, purged: gone as far as its users know
+		return nil, silo.Errorf(silo.ENOTFOUND, "tenant %q not found", id)
+	}
+	if tp, ok := r.tenants.Get(id); ok && tp.route == rt {
+		return tp, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if tp, ok := r.tenants.Get(id); ok {
+		if tp.route == rt {
+			return tp, nil
+		}
+		tp.close() // an older route: its connections may go to the wrong place
+	}
+	s, ok := r.shards[rt.Shard]
+	if !ok {
+		s = newShardPool(rt.Shard, r.cfg.ShardBudget)
+		r.shards[rt.Shard] = s
+	}
+	tp := &tenantPool{route: rt, shard: s, max: min(r.cfg.TenantMaxConns, r.cfg.ShardBudget)}
+	r.tenants.Add(id, tp)
+	return tp, nil
+}
+
+// invalidate drops a tenant's route and closes its pool ("" for all).
+func (r *Router) invalidate(id string) {
+	r.resolver.invalidate(id)
+	if id == "" {
+		for _, tp := range r.tenants.Values() {
+			tp.close()
+		}
+		return
+	}
+	if tp, ok := r.tenants.Peek(id); ok {
+		tp.close()
+	}
+}
+
+// connectError names what failed: the budget, or the shard.
+func (r *Router) connectError(err error, tp *tenantPool) error {
+	if _, ok := errors.AsType[*silo.Error](err); ok {
+		return err
+	}
+	return silo.WrapError(err, silo.EUNAVAILABLE, "cannot connect to the database of tenant %q on shard %q", tp.route.TenantID, tp.shard.name)
+}
+
+func (r *Router) reapLoop() {
+	t := time.NewTicker(max(time.Second, r.cfg.IdleTimeout/4))
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+			r.mu.Lock()
+			shards := make([]*shardPool, 0, len(r.shards))
+			for _, s := range r.shards {
+				shards = append(shards, s)
+			}
+			r.mu.Unlock()
+			for _, s := range shards {
+				s.reap(r.cfg.IdleTimeout)
+			}
+		}
+	}
+}
