@@ -3,6 +3,7 @@ package silo
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Error codes. They are stable: clients match on them, the HTTP layer maps
@@ -28,6 +29,10 @@ type Error struct {
 	Code    string
 	Message string
 	Err     error
+	// RetryAfter, when set, is how soon a retry may succeed (an
+	// unavailable shard's breaker reopens for a probe then); HTTP answers
+	// carry it as Retry-After.
+	RetryAfter time.Duration
 }
 
 // Error implements the error interface.

@@ -18,8 +18,9 @@ import (
 // connection of another tenant is closed to make room, and when none is
 // idle, the caller waits (up to its deadline) for one to come back.
 type shardPool struct {
-	name   string
-	budget int
+	name    string
+	budget  int
+	breaker *breaker
 
 	mu      sync.Mutex
 	open    int        // connections open or being opened, all tenants
@@ -45,8 +46,8 @@ type idleConn struct {
 	since time.Time
 }
 
-func newShardPool(name string, budget int) *shardPool {
-	return &shardPool{name: name, budget: budget, idle: list.New(), changed: make(chan struct{})}
+func newShardPool(name string, budget int, b *breaker) *shardPool {
+	return &shardPool{name: name, budget: budget, breaker: b, idle: list.New(), changed: make(chan struct{})}
 }
 
 // signal wakes every waiter; the caller holds mu.

@@ -10,6 +10,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -51,6 +52,16 @@ type Config struct {
 	MaxTenantPools int
 	// RouteCacheSize bounds the cached routes.
 	RouteCacheSize int
+	// ConnectTimeout bounds each new connection to a shard.
+	ConnectTimeout time.Duration
+	// ProbeInterval is how often each shard in use is checked (SELECT 1,
+	// bounded by the interval itself). Two failures in a row open the
+	// shard's breaker: its tenants' requests fail at once with EUNAVAILABLE
+	// until a probe or a trial request succeeds.
+	ProbeInterval time.Duration
+	// BreakerCooldown is how long an open breaker refuses requests before it
+	// lets one through to try the shard.
+	BreakerCooldown time.Duration
 	Logger         *slog.Logger
 	// Registry gets the router's metrics; nil registers none.
 	Registry prometheus.Registerer
@@ -75,6 +86,15 @@ func (c Config) withDefaults() Config {
 	if c.RouteCacheSize == 0 {
 		c.RouteCacheSize = DefaultRouteCacheSize
 	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 2 * time.Second
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = time.Second
+	}
+	if c.BreakerCooldown == 0 {
+		c.BreakerCooldown = 3 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -87,8 +107,10 @@ func (c Config) validate() error {
 		return errors.New("router: Config.Catalog and Config.Store are required")
 	case c.ShardBudget < 1 || c.TenantMaxConns < 1:
 		return errors.New("router: the shard budget and the tenant cap must be at least 1")
-	case c.AcquireTimeout < 0 || c.IdleTimeout < time.Second:
+	case c.AcquireTimeout < 0 || c.IdleTimeout < time.Second || c.ConnectTimeout < 0 || c.BreakerCooldown < 0:
 		return errors.New("router: timeouts must be positive, the idle timeout at least 1s")
+	case c.ProbeInterval < 100*time.Millisecond:
+		return errors.New("router: the probe interval must be at least 100ms")
 	}
 	return nil
 }
@@ -187,13 +209,17 @@ func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *
 		if err != nil {
 			return err
 		}
+		if err := tp.shard.breaker.allow(tp.shard.name); err != nil {
+			r.metrics.observeQuery(tp.shard.name, 0, err)
+			return err
+		}
 		actx := ctx
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			actx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
 			defer cancel()
 		}
-		conn, waited, err := tp.acquire(actx, dial)
+		conn, waited, err := tp.acquire(actx, r.dial(tp.shard))
 		r.metrics.observeWait(tp.shard.name, waited)
 		if errors.Is(err, errPoolClosed) && attempt < 3 {
 			continue // the route changed under us: resolve it again
@@ -204,6 +230,13 @@ func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *
 		start := time.Now()
 		ferr := fn(conn)
 		r.metrics.observeQuery(tp.shard.name, time.Since(start), ferr)
+		// Every request tells the breaker how the shard behaved, so a trial
+		// request on a reused connection closes it too.
+		if conn.IsClosed() && ctx.Err() == nil {
+			tp.shard.breaker.failure()
+		} else if !conn.IsClosed() {
+			tp.shard.breaker.success()
+		}
 		tp.release(conn)
 		return ferr
 	}
@@ -217,8 +250,33 @@ func (r *Router) WithTenantTx(ctx context.Context, tenantID string, fn func(tx p
 	})
 }
 
-func dial(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
-	return pgx.ConnectConfig(ctx, cfg)
+// dial opens a tenant connection to shard s, feeding its breaker: a shard
+// that refuses or ignores connections counts as failing; one that answers,
+// even with an error such as a bad password, as up.
+func (r *Router) dial(s *shardPool) func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error) {
+	return func(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
+		defer cancel()
+		conn, err := pgx.ConnectConfig(dctx, cfg)
+		switch {
+		case err == nil:
+			s.breaker.success()
+		case ctx.Err() == nil && isConnFailure(err):
+			if s.breaker.failure() {
+				r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
+			}
+		}
+		return conn, err
+	}
+}
+
+// isConnFailure tells a shard that cannot be reached (refused, timed out,
+// reset) from one that answered with an error.
+func isConnFailure(err error) bool {
+	if _, ok := errors.AsType[*pgconn.PgError](err); ok {
+		return false
+	}
+	return true
 }
 
 // pool returns the tenant's pool, resolving its route and refusing tenants
@@ -250,8 +308,14 @@ func (r *Router) pool(ctx context.Context, id string) (*tenantPool, error) {
 	}
 	s, ok := r.shards[rt.Shard]
 	if !ok {
-		s = newShardPool(rt.Shard, r.cfg.ShardBudget)
+		s = newShardPool(rt.Shard, r.cfg.ShardBudget, &breaker{threshold: 2, cooldown: r.cfg.BreakerCooldown})
 		r.shards[rt.Shard] = s
+		select {
+		case <-r.stop:
+		default:
+			r.wg.Add(1)
+			go r.probe(s)
+		}
 	}
 	tp := &tenantPool{route: rt, shard: s, max: min(r.cfg.TenantMaxConns, r.cfg.ShardBudget)}
 	r.tenants.Add(id, tp)
