@@ -62,7 +62,7 @@ type Config struct {
 	// BreakerCooldown is how long an open breaker refuses requests before it
 	// lets one through to try the shard.
 	BreakerCooldown time.Duration
-	Logger         *slog.Logger
+	Logger          *slog.Logger
 	// Registry gets the router's metrics; nil registers none.
 	Registry prometheus.Registerer
 }
