@@ -18,6 +18,7 @@ import (
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -43,6 +44,10 @@ type serveOptions struct {
 	stepTimeout         time.Duration
 	maintenanceInterval time.Duration
 	maxOperations       int
+
+	shardBudget    int
+	tenantMaxConns int
+	acquireTimeout time.Duration
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -65,6 +70,12 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.DurationVar(&o.stepTimeout, "step-timeout", 30*time.Second, "time limit of each step of a tenant operation")
 	f.DurationVar(&o.maintenanceInterval, "maintenance-interval", provisioner.DefaultMaintenanceInterval, "how often shard templates and warm pools are checked")
 	f.IntVar(&o.maxOperations, "max-operations", provisioner.DefaultMaxConcurrentOps, "tenant operations this server runs at once")
+	f.IntVar(&o.shardBudget, "shard-budget", router.DefaultShardBudget, "connections this server opens to one shard for tenant queries, all tenants together")
+	f.IntVar(&o.tenantMaxConns, "tenant-max-conns", router.DefaultTenantMaxConns, "connections one tenant may hold, so a hot tenant cannot starve the others")
+	f.DurationVar(&o.acquireTimeout, "acquire-timeout", router.DefaultAcquireTimeout, "how long a tenant query waits for a connection within the budget")
+	envNames(cmd, map[string]string{
+		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
+	})
 	envNames(cmd, map[string]string{
 		"secret-key": "SILO_SECRET_KEY", "tenant-migrations": "SILO_TENANT_MIGRATIONS",
 		"warm-pool-size": "SILO_WARM_POOL_SIZE", "grace-period": "SILO_GRACE_PERIOD",
@@ -184,6 +195,18 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 			log.Warn("provisioner stop", "err", err)
 		}
 	}()
+	rt, err := router.New(router.Config{
+		Catalog: pool, Store: store, SecretKey: key, ShardBudget: o.shardBudget,
+		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout,
+		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
+	})
+	if err != nil {
+		return err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return err
+	}
+	defer rt.Stop()
 	srv, err := api.New(api.Config{
 		Catalog: store, Provisioner: prov, AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
