@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
@@ -270,4 +271,43 @@ func TestConnectionBudget(t *testing.T) {
 			return err
 		}))
 	}
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	reg := prometheus.NewRegistry()
+	r := b.router(t, router.Config{Registry: reg})
+	tn := b.create(t, newID("metrics"))
+	for range 3 {
+		require.NoError(t, r.WithTenant(b.ctx, tn.ID, func(*pgx.Conn) error { return nil }))
+	}
+	requireCode(t, r.WithTenant(b.ctx, "nobody-here", func(*pgx.Conn) error { return nil }), silo.ENOTFOUND)
+
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	values := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				require.NotContains(t, []string{"tenant", "tenant_id", "id"}, l.GetName(), "no tenant ids as label values")
+				require.NotEqual(t, tn.ID, l.GetValue())
+				key += "/" + l.GetValue()
+			}
+			switch {
+			case m.GetCounter() != nil:
+				values[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				values[key] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				values[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	require.Equal(t, 2.0, values["silo_route_cache_hits_total"])
+	require.Equal(t, 2.0, values["silo_route_cache_misses_total"]) // the tenant once, the unknown id once
+	require.Equal(t, 3.0, values["silo_query_duration_seconds/ok/"+tn.Shard])
+	require.Equal(t, 1.0, values["silo_pool_connections_idle/"+tn.Shard])
+	require.Equal(t, 0.0, values["silo_pool_connections_in_use/"+tn.Shard])
 }
