@@ -10,11 +10,16 @@ import (
 )
 
 // scramVerifier returns the SCRAM-SHA-256 verifier PostgreSQL stores for a
-// password (RFC 5802, 4096 iterations as PostgreSQL uses). Sending the
-// verifier instead of the password keeps the password out of the shard's
-// statement logs and pg_stat_statements.
+// password (RFC 5802). Sending the verifier instead of the password keeps
+// the password out of the shard's statement logs and pg_stat_statements.
+//
+// It uses 16 iterations, not PostgreSQL's default 4096. Iterations slow
+// down guessing a weak password from a leaked verifier; tenant passwords
+// are 260 random bits, so there is nothing to guess, while the iterations
+// are paid by client and server on every connection the router opens
+// (halving its connect time when tenants outnumber the budget).
 func scramVerifier(password string) (string, error) {
-	const iterations = 4096
+	const iterations = 16
 	salt := make([]byte, 16)
 	if _, err := rand.Read(salt); err != nil {
 		return "", err
