@@ -76,6 +76,7 @@ const (
 	EINVALID      ProblemCode = "EINVALID"
 	EMALFORMED    ProblemCode = "EMALFORMED"
 	ENOTFOUND     ProblemCode = "ENOTFOUND"
+	ESUSPENDED    ProblemCode = "ESUSPENDED"
 	ETIMEOUT      ProblemCode = "ETIMEOUT"
 	ETOOLARGE     ProblemCode = "ETOOLARGE"
 	EUNAUTHORIZED ProblemCode = "EUNAUTHORIZED"
@@ -96,6 +97,8 @@ func (e ProblemCode) Valid() bool {
 	case EMALFORMED:
 		return true
 	case ENOTFOUND:
+		return true
+	case ESUSPENDED:
 		return true
 	case ETIMEOUT:
 		return true
@@ -252,7 +255,18 @@ type Problem struct {
 
 	// OperationId The failed operation, when the error is an operation's.
 	OperationId *string `json:"operationId,omitempty"`
-	RequestId   *string `json:"requestId,omitempty"`
+
+	// Position Where PostgreSQL found the error in the statement's SQL, in characters from 1.
+	Position  *int    `json:"position,omitempty"`
+	RequestId *string `json:"requestId,omitempty"`
+
+	// Sqlstate The PostgreSQL error code of a statement of the data API that failed.
+	//
+	// Example: 42P01
+	Sqlstate *string `json:"sqlstate,omitempty"`
+
+	// Statement The index in `statements` of the statement that failed a transaction.
+	Statement *int `json:"statement,omitempty"`
 
 	// Status Example: 422
 	Status int `json:"status"`
@@ -266,6 +280,25 @@ type Problem struct {
 
 // ProblemCode defines model for Problem.Code.
 type ProblemCode string
+
+// QueryResult defines model for QueryResult.
+type QueryResult struct {
+	// Columns The names of the result's columns; empty for a statement that returns no rows.
+	//
+	// Example: ["id","title"]
+	Columns []string `json:"columns"`
+
+	// Rows The rows, each an array of values in the order of `columns`.
+	//
+	// Example: [[42,"hello"]]
+	Rows [][]interface{} `json:"rows"`
+
+	// RowsAffected The rows the statement returned or changed, all of them even when `rows` is truncated.
+	RowsAffected int64 `json:"rowsAffected"`
+
+	// Truncated True when `rows` stops short of the result, at the server's row or size limit.
+	Truncated bool `json:"truncated"`
+}
 
 // Shard defines model for Shard.
 type Shard struct {
@@ -322,6 +355,19 @@ type ShardList struct {
 
 // ShardState defines model for ShardState.
 type ShardState string
+
+// Statement defines model for Statement.
+type Statement struct {
+	// Params Bound to `$1`, `$2`, … as text; PostgreSQL infers their types (see `query`).
+	//
+	// Example: [42]
+	Params *[]interface{} `json:"params,omitempty"`
+
+	// Sql One SQL statement; an empty one is refused with 422.
+	//
+	// Example: SELECT id, title FROM notes WHERE id = $1
+	Sql string `json:"sql"`
+}
 
 // Tenant defines model for Tenant.
 type Tenant struct {
@@ -380,6 +426,51 @@ type TenantCreate struct {
 	Shard *string `json:"shard,omitempty"`
 }
 
+// TenantKey defines model for TenantKey.
+type TenantKey struct {
+	CreatedAt time.Time `json:"createdAt"`
+
+	// Id Example: k_4fzq7xk2m3ab
+	Id string `json:"id"`
+
+	// LastUsedAt When the key last authenticated a request, to the minute.
+	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+
+	// Name Example: billing-service
+	Name      string     `json:"name"`
+	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+}
+
+// TenantKeyCreate defines model for TenantKeyCreate.
+type TenantKeyCreate struct {
+	// Name 1 to 64 characters, no control characters, to tell keys apart. Default `default`.
+	//
+	// Example: billing-service
+	Name *string `json:"name,omitempty"`
+}
+
+// TenantKeyCreated defines model for TenantKeyCreated.
+type TenantKeyCreated struct {
+	CreatedAt time.Time `json:"createdAt"`
+
+	// Id Example: k_4fzq7xk2m3ab
+	Id string `json:"id"`
+
+	// Name Example: billing-service
+	Name string `json:"name"`
+
+	// Token The bearer token, shown this once.
+	//
+	// Example: silo_k_4fzq7xk2m3ab_…
+	Token string `json:"token"`
+}
+
+// TenantKeyList defines model for TenantKeyList.
+type TenantKeyList struct {
+	Items      []TenantKey `json:"items"`
+	NextCursor *string     `json:"nextCursor,omitempty"`
+}
+
 // TenantList defines model for TenantList.
 type TenantList struct {
 	Items      []Tenant `json:"items"`
@@ -390,6 +481,17 @@ type TenantList struct {
 // role cannot log in); `deleted` (soft-deleted, purged after the grace
 // period); `purged` (database and role dropped, the row a tombstone).
 type TenantState string
+
+// Transaction defines model for Transaction.
+type Transaction struct {
+	Statements []Statement `json:"statements"`
+}
+
+// TransactionResult defines model for TransactionResult.
+type TransactionResult struct {
+	// Results One result per statement, in order.
+	Results []QueryResult `json:"results"`
+}
 
 // Cursor defines model for Cursor.
 type Cursor = string
@@ -411,6 +513,9 @@ type Wait = string
 
 // Running A durable change to a tenant, recorded in the catalog as it runs.
 type Running = Operation
+
+// Unavailable An RFC 9457 problem detail.
+type Unavailable = Problem
 
 // ListAuditParams defines parameters for ListAudit.
 type ListAuditParams struct {
@@ -483,6 +588,15 @@ type DeleteTenantParams struct {
 	Wait *Wait `form:"wait,omitempty" json:"wait,omitempty"`
 }
 
+// ListTenantKeysParams defines parameters for ListTenantKeys.
+type ListTenantKeysParams struct {
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `nextCursor` of the previous page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // ResumeTenantParams defines parameters for ResumeTenant.
 type ResumeTenantParams struct {
 	// Wait How long to wait for the operation to finish before answering 202: a
@@ -508,6 +622,15 @@ type CreateShardJSONRequestBody = ShardCreate
 
 // CreateTenantJSONRequestBody defines body for CreateTenant for application/json ContentType.
 type CreateTenantJSONRequestBody = TenantCreate
+
+// CreateTenantKeyJSONRequestBody defines body for CreateTenantKey for application/json ContentType.
+type CreateTenantKeyJSONRequestBody = TenantKeyCreate
+
+// RunQueryJSONRequestBody defines body for RunQuery for application/json ContentType.
+type RunQueryJSONRequestBody = Statement
+
+// RunTransactionJSONRequestBody defines body for RunTransaction for application/json ContentType.
+type RunTransactionJSONRequestBody = Transaction
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -743,6 +866,136 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/tenants/{id}/export (the `ExportTenant` operationId).
 	ExportTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListTenantKeys List the tenant's API keys, revoked ones included, ordered by id.
+	//
+	// Neither tokens nor their hashes are ever shown. An unknown tenant gets 404.
+	//
+	// Corresponds with GET /v1/tenants/{id}/keys (the `ListTenantKeys` operationId).
+	ListTenantKeys(ctx context.Context, id TenantID, params *ListTenantKeysParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateTenantKeyWithBody Make an API key for the tenant's data API.
+	//
+	// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+	// shown this once: Silo keeps only a hash of its secret. Send it as
+	// `Authorization: Bearer TOKEN` to the tenant's `query` and
+	// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+	// purged one 409.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+	CreateTenantKeyWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateTenantKey Make an API key for the tenant's data API.
+	//
+	// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+	// shown this once: Silo keeps only a hash of its secret. Send it as
+	// `Authorization: Bearer TOKEN` to the tenant's `query` and
+	// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+	// purged one 409.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+	CreateTenantKey(ctx context.Context, id TenantID, body CreateTenantKeyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RevokeTenantKey Revoke one of the tenant's API keys.
+	//
+	// Requests that send it get 401 from now on. Revoking a revoked key changes nothing; a key the tenant does not have gets 404.
+	//
+	// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
+	RevokeTenantKey(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunQueryWithBody Run one SQL statement on the tenant's database, as the tenant's own role.
+	//
+	// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+	// takes the admin token or one of the tenant's API keys; a key of
+	// another tenant gets 403 EFORBIDDEN.
+	//
+	// Parameters are sent as text and PostgreSQL infers their types from
+	// the statement, as with psql's `\bind`: a JSON string is the text
+	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+	// or `false`, `null` is NULL, and an array or object its JSON text
+	// (for json and jsonb parameters). Cast where the statement leaves a
+	// type open: `$1::int`.
+	//
+	// Values come back as JSON: numbers for integers and floats (NaN and
+	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+	// for text, booleans, JSON itself for json and jsonb, arrays for
+	// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+	// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+	// numeric and every other type as PostgreSQL's text for it (`12.50`,
+	// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+	//
+	// The call is bounded by the server's query timeout (30s by default,
+	// waiting for a connection included); PostgreSQL cancels a statement
+	// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+	// at most the server's row limit (10,000 by default) and result size
+	// limit (10 MiB of encoded values by default): past either, the rest
+	// is read and dropped and `truncated` is true.
+	//
+	// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+	// and, when known, its `position` in the SQL: a syntax error, an
+	// unknown table, a parameter that does not parse as its type
+	// (`22P02`), the wrong number of parameters (`08P01`), more than one
+	// statement (`42601`). Serialization failures and deadlocks (`40001`,
+	// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+	// resources or shutting down (classes `53`, `57`, `58`) 503. An
+	// unknown, deleted or purged tenant gets 404, a suspended one 423
+	// ESUSPENDED, and a shard that cannot be reached (or no free
+	// connection to it in time) 503. Every 503 of the data API carries
+	// `Retry-After`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+	RunQueryWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunQuery Run one SQL statement on the tenant's database, as the tenant's own role.
+	//
+	// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+	// takes the admin token or one of the tenant's API keys; a key of
+	// another tenant gets 403 EFORBIDDEN.
+	//
+	// Parameters are sent as text and PostgreSQL infers their types from
+	// the statement, as with psql's `\bind`: a JSON string is the text
+	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+	// or `false`, `null` is NULL, and an array or object its JSON text
+	// (for json and jsonb parameters). Cast where the statement leaves a
+	// type open: `$1::int`.
+	//
+	// Values come back as JSON: numbers for integers and floats (NaN and
+	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+	// for text, booleans, JSON itself for json and jsonb, arrays for
+	// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+	// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+	// numeric and every other type as PostgreSQL's text for it (`12.50`,
+	// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+	//
+	// The call is bounded by the server's query timeout (30s by default,
+	// waiting for a connection included); PostgreSQL cancels a statement
+	// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+	// at most the server's row limit (10,000 by default) and result size
+	// limit (10 MiB of encoded values by default): past either, the rest
+	// is read and dropped and `truncated` is true.
+	//
+	// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+	// and, when known, its `position` in the SQL: a syntax error, an
+	// unknown table, a parameter that does not parse as its type
+	// (`22P02`), the wrong number of parameters (`08P01`), more than one
+	// statement (`42601`). Serialization failures and deadlocks (`40001`,
+	// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+	// resources or shutting down (classes `53`, `57`, `58`) 503. An
+	// unknown, deleted or purged tenant gets 404, a suspended one 423
+	// ESUSPENDED, and a shard that cannot be reached (or no free
+	// connection to it in time) 503. Every 503 of the data API carries
+	// `Retry-After`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+	RunQuery(ctx context.Context, id TenantID, body RunQueryJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ResumeTenant Let a suspended tenant's role log in again.
 	//
 	// Resuming an active tenant changes nothing. A tenant that is neither active nor suspended gets 409.
@@ -756,6 +1009,44 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/tenants/{id}/suspend (the `SuspendTenant` operationId).
 	SuspendTenant(ctx context.Context, id TenantID, params *SuspendTenantParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunTransactionWithBody Run 1 to 100 SQL statements on the tenant's database in one transaction.
+	//
+	// Runs the statements in order in one transaction, committed when all
+	// of them succeed. When one fails, everything is rolled back and the
+	// problem's `statement` member is the index of the failed statement
+	// in `statements`. Statements that would end the transaction (COMMIT,
+	// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+	// with 422 before anything runs.
+	//
+	// Authentication, parameters, values and errors are as for `query`.
+	// The query timeout bounds the whole transaction, and the row and
+	// size limits the whole response: the statements past them still run,
+	// and their results have no rows and `truncated` true.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+	RunTransactionWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunTransaction Run 1 to 100 SQL statements on the tenant's database in one transaction.
+	//
+	// Runs the statements in order in one transaction, committed when all
+	// of them succeed. When one fails, everything is rolled back and the
+	// problem's `statement` member is the index of the failed statement
+	// in `statements`. Statements that would end the transaction (COMMIT,
+	// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+	// with 422 before anything runs.
+	//
+	// Authentication, parameters, values and errors are as for `query`.
+	// The query timeout bounds the whole transaction, and the row and
+	// size limits the whole response: the statements past them still run,
+	// and their results have no rows and `truncated` true.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+	RunTransaction(ctx context.Context, id TenantID, body RunTransactionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetHealth The process is up.
@@ -1118,6 +1409,196 @@ func (c *Client) ExportTenant(ctx context.Context, id TenantID, reqEditors ...Re
 	return c.Client.Do(req)
 }
 
+// ListTenantKeys List the tenant's API keys, revoked ones included, ordered by id.
+//
+// Neither tokens nor their hashes are ever shown. An unknown tenant gets 404.
+//
+// Corresponds with GET /v1/tenants/{id}/keys (the `ListTenantKeys` operationId).
+func (c *Client) ListTenantKeys(ctx context.Context, id TenantID, params *ListTenantKeysParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListTenantKeysRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateTenantKeyWithBody Make an API key for the tenant's data API.
+//
+// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+// shown this once: Silo keeps only a hash of its secret. Send it as
+// `Authorization: Bearer TOKEN` to the tenant's `query` and
+// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+// purged one 409.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+func (c *Client) CreateTenantKeyWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateTenantKeyRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateTenantKey Make an API key for the tenant's data API.
+//
+// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+// shown this once: Silo keeps only a hash of its secret. Send it as
+// `Authorization: Bearer TOKEN` to the tenant's `query` and
+// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+// purged one 409.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+func (c *Client) CreateTenantKey(ctx context.Context, id TenantID, body CreateTenantKeyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateTenantKeyRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RevokeTenantKey Revoke one of the tenant's API keys.
+//
+// Requests that send it get 401 from now on. Revoking a revoked key changes nothing; a key the tenant does not have gets 404.
+//
+// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
+func (c *Client) RevokeTenantKey(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRevokeTenantKeyRequest(c.Server, id, keyId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunQueryWithBody Run one SQL statement on the tenant's database, as the tenant's own role.
+//
+// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+// takes the admin token or one of the tenant's API keys; a key of
+// another tenant gets 403 EFORBIDDEN.
+//
+// Parameters are sent as text and PostgreSQL infers their types from
+// the statement, as with psql's `\bind`: a JSON string is the text
+// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+// or `false`, `null` is NULL, and an array or object its JSON text
+// (for json and jsonb parameters). Cast where the statement leaves a
+// type open: `$1::int`.
+//
+// Values come back as JSON: numbers for integers and floats (NaN and
+// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+// for text, booleans, JSON itself for json and jsonb, arrays for
+// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+// numeric and every other type as PostgreSQL's text for it (`12.50`,
+// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+//
+// The call is bounded by the server's query timeout (30s by default,
+// waiting for a connection included); PostgreSQL cancels a statement
+// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+// at most the server's row limit (10,000 by default) and result size
+// limit (10 MiB of encoded values by default): past either, the rest
+// is read and dropped and `truncated` is true.
+//
+// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+// and, when known, its `position` in the SQL: a syntax error, an
+// unknown table, a parameter that does not parse as its type
+// (`22P02`), the wrong number of parameters (`08P01`), more than one
+// statement (`42601`). Serialization failures and deadlocks (`40001`,
+// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+// resources or shutting down (classes `53`, `57`, `58`) 503. An
+// unknown, deleted or purged tenant gets 404, a suspended one 423
+// ESUSPENDED, and a shard that cannot be reached (or no free
+// connection to it in time) 503. Every 503 of the data API carries
+// `Retry-After`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+func (c *Client) RunQueryWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunQueryRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunQuery Run one SQL statement on the tenant's database, as the tenant's own role.
+//
+// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+// takes the admin token or one of the tenant's API keys; a key of
+// another tenant gets 403 EFORBIDDEN.
+//
+// Parameters are sent as text and PostgreSQL infers their types from
+// the statement, as with psql's `\bind`: a JSON string is the text
+// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+// or `false`, `null` is NULL, and an array or object its JSON text
+// (for json and jsonb parameters). Cast where the statement leaves a
+// type open: `$1::int`.
+//
+// Values come back as JSON: numbers for integers and floats (NaN and
+// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+// for text, booleans, JSON itself for json and jsonb, arrays for
+// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+// numeric and every other type as PostgreSQL's text for it (`12.50`,
+// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+//
+// The call is bounded by the server's query timeout (30s by default,
+// waiting for a connection included); PostgreSQL cancels a statement
+// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+// at most the server's row limit (10,000 by default) and result size
+// limit (10 MiB of encoded values by default): past either, the rest
+// is read and dropped and `truncated` is true.
+//
+// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+// and, when known, its `position` in the SQL: a syntax error, an
+// unknown table, a parameter that does not parse as its type
+// (`22P02`), the wrong number of parameters (`08P01`), more than one
+// statement (`42601`). Serialization failures and deadlocks (`40001`,
+// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+// resources or shutting down (classes `53`, `57`, `58`) 503. An
+// unknown, deleted or purged tenant gets 404, a suspended one 423
+// ESUSPENDED, and a shard that cannot be reached (or no free
+// connection to it in time) 503. Every 503 of the data API carries
+// `Retry-After`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+func (c *Client) RunQuery(ctx context.Context, id TenantID, body RunQueryJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunQueryRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ResumeTenant Let a suspended tenant's role log in again.
 //
 // Resuming an active tenant changes nothing. A tenant that is neither active nor suspended gets 409.
@@ -1142,6 +1623,64 @@ func (c *Client) ResumeTenant(ctx context.Context, id TenantID, params *ResumeTe
 // Corresponds with POST /v1/tenants/{id}/suspend (the `SuspendTenant` operationId).
 func (c *Client) SuspendTenant(ctx context.Context, id TenantID, params *SuspendTenantParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewSuspendTenantRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunTransactionWithBody Run 1 to 100 SQL statements on the tenant's database in one transaction.
+//
+// Runs the statements in order in one transaction, committed when all
+// of them succeed. When one fails, everything is rolled back and the
+// problem's `statement` member is the index of the failed statement
+// in `statements`. Statements that would end the transaction (COMMIT,
+// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+// with 422 before anything runs.
+//
+// Authentication, parameters, values and errors are as for `query`.
+// The query timeout bounds the whole transaction, and the row and
+// size limits the whole response: the statements past them still run,
+// and their results have no rows and `truncated` true.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+func (c *Client) RunTransactionWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunTransactionRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunTransaction Run 1 to 100 SQL statements on the tenant's database in one transaction.
+//
+// Runs the statements in order in one transaction, committed when all
+// of them succeed. When one fails, everything is rolled back and the
+// problem's `statement` member is the index of the failed statement
+// in `statements`. Statements that would end the transaction (COMMIT,
+// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+// with 422 before anything runs.
+//
+// Authentication, parameters, values and errors are as for `query`.
+// The query timeout bounds the whole transaction, and the row and
+// size limits the whole response: the statements past them still run,
+// and their results have no rows and `truncated` true.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+func (c *Client) RunTransaction(ctx context.Context, id TenantID, body RunTransactionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunTransactionRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1997,6 +2536,214 @@ func NewExportTenantRequest(server string, id TenantID) (*http.Request, error) {
 	return req, nil
 }
 
+// NewListTenantKeysRequest constructs an http.Request for the ListTenantKeys method
+func NewListTenantKeysRequest(server string, id TenantID, params *ListTenantKeysParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateTenantKeyRequest calls the generic CreateTenantKey builder with application/json body
+func NewCreateTenantKeyRequest(server string, id TenantID, body CreateTenantKeyJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateTenantKeyRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewCreateTenantKeyRequestWithBody constructs an http.Request for the CreateTenantKey method, with any body, and a specified content type
+func NewCreateTenantKeyRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRevokeTenantKeyRequest constructs an http.Request for the RevokeTenantKey method
+func NewRevokeTenantKeyRequest(server string, id TenantID, keyId string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "keyId", keyId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/keys/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRunQueryRequest calls the generic RunQuery builder with application/json body
+func NewRunQueryRequest(server string, id TenantID, body RunQueryJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRunQueryRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewRunQueryRequestWithBody constructs an http.Request for the RunQuery method, with any body, and a specified content type
+func NewRunQueryRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/query", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewResumeTenantRequest constructs an http.Request for the ResumeTenant method
 func NewResumeTenantRequest(server string, id TenantID, params *ResumeTenantParams) (*http.Request, error) {
 	var err error
@@ -2115,6 +2862,53 @@ func NewSuspendTenantRequest(server string, id TenantID, params *SuspendTenantPa
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewRunTransactionRequest calls the generic RunTransaction builder with application/json body
+func NewRunTransactionRequest(server string, id TenantID, body RunTransactionJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRunTransactionRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewRunTransactionRequestWithBody constructs an http.Request for the RunTransaction method, with any body, and a specified content type
+func NewRunTransactionRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/transaction", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -2355,6 +3149,140 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/tenants/{id}/export (the `ExportTenant` operationId).
 	ExportTenantWithResponse(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*ExportTenantResponse, error)
 
+	// ListTenantKeysWithResponse List the tenant's API keys, revoked ones included, ordered by id.
+	//
+	// Neither tokens nor their hashes are ever shown. An unknown tenant gets 404.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/tenants/{id}/keys (the `ListTenantKeys` operationId).
+	ListTenantKeysWithResponse(ctx context.Context, id TenantID, params *ListTenantKeysParams, reqEditors ...RequestEditorFn) (*ListTenantKeysResponse, error)
+
+	// CreateTenantKeyWithBodyWithResponse Make an API key for the tenant's data API.
+	//
+	// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+	// shown this once: Silo keeps only a hash of its secret. Send it as
+	// `Authorization: Bearer TOKEN` to the tenant's `query` and
+	// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+	// purged one 409.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+	CreateTenantKeyWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateTenantKeyResponse, error)
+
+	// CreateTenantKeyWithResponse Make an API key for the tenant's data API.
+	//
+	// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+	// shown this once: Silo keeps only a hash of its secret. Send it as
+	// `Authorization: Bearer TOKEN` to the tenant's `query` and
+	// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+	// purged one 409.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+	CreateTenantKeyWithResponse(ctx context.Context, id TenantID, body CreateTenantKeyJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateTenantKeyResponse, error)
+
+	// RevokeTenantKeyWithResponse Revoke one of the tenant's API keys.
+	//
+	// Requests that send it get 401 from now on. Revoking a revoked key changes nothing; a key the tenant does not have gets 404.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
+	RevokeTenantKeyWithResponse(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*RevokeTenantKeyResponse, error)
+
+	// RunQueryWithBodyWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
+	//
+	// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+	// takes the admin token or one of the tenant's API keys; a key of
+	// another tenant gets 403 EFORBIDDEN.
+	//
+	// Parameters are sent as text and PostgreSQL infers their types from
+	// the statement, as with psql's `\bind`: a JSON string is the text
+	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+	// or `false`, `null` is NULL, and an array or object its JSON text
+	// (for json and jsonb parameters). Cast where the statement leaves a
+	// type open: `$1::int`.
+	//
+	// Values come back as JSON: numbers for integers and floats (NaN and
+	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+	// for text, booleans, JSON itself for json and jsonb, arrays for
+	// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+	// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+	// numeric and every other type as PostgreSQL's text for it (`12.50`,
+	// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+	//
+	// The call is bounded by the server's query timeout (30s by default,
+	// waiting for a connection included); PostgreSQL cancels a statement
+	// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+	// at most the server's row limit (10,000 by default) and result size
+	// limit (10 MiB of encoded values by default): past either, the rest
+	// is read and dropped and `truncated` is true.
+	//
+	// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+	// and, when known, its `position` in the SQL: a syntax error, an
+	// unknown table, a parameter that does not parse as its type
+	// (`22P02`), the wrong number of parameters (`08P01`), more than one
+	// statement (`42601`). Serialization failures and deadlocks (`40001`,
+	// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+	// resources or shutting down (classes `53`, `57`, `58`) 503. An
+	// unknown, deleted or purged tenant gets 404, a suspended one 423
+	// ESUSPENDED, and a shard that cannot be reached (or no free
+	// connection to it in time) 503. Every 503 of the data API carries
+	// `Retry-After`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+	RunQueryWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunQueryResponse, error)
+
+	// RunQueryWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
+	//
+	// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+	// takes the admin token or one of the tenant's API keys; a key of
+	// another tenant gets 403 EFORBIDDEN.
+	//
+	// Parameters are sent as text and PostgreSQL infers their types from
+	// the statement, as with psql's `\bind`: a JSON string is the text
+	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+	// or `false`, `null` is NULL, and an array or object its JSON text
+	// (for json and jsonb parameters). Cast where the statement leaves a
+	// type open: `$1::int`.
+	//
+	// Values come back as JSON: numbers for integers and floats (NaN and
+	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+	// for text, booleans, JSON itself for json and jsonb, arrays for
+	// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+	// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+	// numeric and every other type as PostgreSQL's text for it (`12.50`,
+	// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+	//
+	// The call is bounded by the server's query timeout (30s by default,
+	// waiting for a connection included); PostgreSQL cancels a statement
+	// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+	// at most the server's row limit (10,000 by default) and result size
+	// limit (10 MiB of encoded values by default): past either, the rest
+	// is read and dropped and `truncated` is true.
+	//
+	// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+	// and, when known, its `position` in the SQL: a syntax error, an
+	// unknown table, a parameter that does not parse as its type
+	// (`22P02`), the wrong number of parameters (`08P01`), more than one
+	// statement (`42601`). Serialization failures and deadlocks (`40001`,
+	// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+	// resources or shutting down (classes `53`, `57`, `58`) 503. An
+	// unknown, deleted or purged tenant gets 404, a suspended one 423
+	// ESUSPENDED, and a shard that cannot be reached (or no free
+	// connection to it in time) 503. Every 503 of the data API carries
+	// `Retry-After`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+	RunQueryWithResponse(ctx context.Context, id TenantID, body RunQueryJSONRequestBody, reqEditors ...RequestEditorFn) (*RunQueryResponse, error)
+
 	// ResumeTenantWithResponse Let a suspended tenant's role log in again.
 	//
 	// Resuming an active tenant changes nothing. A tenant that is neither active nor suspended gets 409.
@@ -2372,6 +3300,44 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/tenants/{id}/suspend (the `SuspendTenant` operationId).
 	SuspendTenantWithResponse(ctx context.Context, id TenantID, params *SuspendTenantParams, reqEditors ...RequestEditorFn) (*SuspendTenantResponse, error)
+
+	// RunTransactionWithBodyWithResponse Run 1 to 100 SQL statements on the tenant's database in one transaction.
+	//
+	// Runs the statements in order in one transaction, committed when all
+	// of them succeed. When one fails, everything is rolled back and the
+	// problem's `statement` member is the index of the failed statement
+	// in `statements`. Statements that would end the transaction (COMMIT,
+	// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+	// with 422 before anything runs.
+	//
+	// Authentication, parameters, values and errors are as for `query`.
+	// The query timeout bounds the whole transaction, and the row and
+	// size limits the whole response: the statements past them still run,
+	// and their results have no rows and `truncated` true.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+	RunTransactionWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunTransactionResponse, error)
+
+	// RunTransactionWithResponse Run 1 to 100 SQL statements on the tenant's database in one transaction.
+	//
+	// Runs the statements in order in one transaction, committed when all
+	// of them succeed. When one fails, everything is rolled back and the
+	// problem's `statement` member is the index of the failed statement
+	// in `statements`. Statements that would end the transaction (COMMIT,
+	// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+	// with 422 before anything runs.
+	//
+	// Authentication, parameters, values and errors are as for `query`.
+	// The query timeout bounds the whole transaction, and the row and
+	// size limits the whole response: the statements past them still run,
+	// and their results have no rows and `truncated` true.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+	RunTransactionWithResponse(ctx context.Context, id TenantID, body RunTransactionJSONRequestBody, reqEditors ...RequestEditorFn) (*RunTransactionResponse, error)
 }
 
 type GetHealthResponse struct {
@@ -3238,6 +4204,212 @@ func (r ExportTenantResponse) ContentType() string {
 	return ""
 }
 
+type ListTenantKeysResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TenantKeyList
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListTenantKeysResponse) GetJSON200() *TenantKeyList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ListTenantKeysResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListTenantKeysResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListTenantKeysResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListTenantKeysResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListTenantKeysResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CreateTenantKeyResponse201Headers the declared response headers of an HTTP 201 response for CreateTenantKey
+type CreateTenantKeyResponse201Headers struct {
+	CacheControl *string
+}
+
+type CreateTenantKeyResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *TenantKeyCreated
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers201 the parsed response headers for an HTTP 201 response
+	Headers201 *CreateTenantKeyResponse201Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateTenantKeyResponse) GetJSON201() *TenantKeyCreated {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r CreateTenantKeyResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateTenantKeyResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateTenantKeyResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateTenantKeyResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateTenantKeyResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RevokeTenantKeyResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RevokeTenantKeyResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RevokeTenantKeyResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RevokeTenantKeyResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RevokeTenantKeyResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RevokeTenantKeyResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RunQueryResponse503Headers the declared response headers of an HTTP 503 response for RunQuery
+type RunQueryResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RunQueryResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *QueryResult
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RunQueryResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RunQueryResponse) GetJSON200() *QueryResult {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RunQueryResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RunQueryResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RunQueryResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RunQueryResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RunQueryResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RunQueryResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ResumeTenantResponse202Headers the declared response headers of an HTTP 202 response for ResumeTenant
 type ResumeTenantResponse202Headers struct {
 	Location *string
@@ -3356,6 +4528,68 @@ func (r SuspendTenantResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r SuspendTenantResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RunTransactionResponse503Headers the declared response headers of an HTTP 503 response for RunTransaction
+type RunTransactionResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RunTransactionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TransactionResult
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Unavailable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RunTransactionResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RunTransactionResponse) GetJSON200() *TransactionResult {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RunTransactionResponse) GetApplicationproblemJSON503() *Unavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RunTransactionResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RunTransactionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RunTransactionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RunTransactionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RunTransactionResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3674,6 +4908,176 @@ func (c *ClientWithResponses) ExportTenantWithResponse(ctx context.Context, id T
 	return ParseExportTenantResponse(rsp)
 }
 
+// ListTenantKeysWithResponse List the tenant's API keys, revoked ones included, ordered by id.
+//
+// Neither tokens nor their hashes are ever shown. An unknown tenant gets 404.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/tenants/{id}/keys (the `ListTenantKeys` operationId).
+func (c *ClientWithResponses) ListTenantKeysWithResponse(ctx context.Context, id TenantID, params *ListTenantKeysParams, reqEditors ...RequestEditorFn) (*ListTenantKeysResponse, error) {
+	rsp, err := c.ListTenantKeys(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListTenantKeysResponse(rsp)
+}
+
+// CreateTenantKeyWithBodyWithResponse Make an API key for the tenant's data API.
+//
+// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+// shown this once: Silo keeps only a hash of its secret. Send it as
+// `Authorization: Bearer TOKEN` to the tenant's `query` and
+// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+// purged one 409.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+func (c *ClientWithResponses) CreateTenantKeyWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateTenantKeyResponse, error) {
+	rsp, err := c.CreateTenantKeyWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateTenantKeyResponse(rsp)
+}
+
+// CreateTenantKeyWithResponse Make an API key for the tenant's data API.
+//
+// The answer holds the key's `token`, `silo_<id>_<secret>`, which is
+// shown this once: Silo keeps only a hash of its secret. Send it as
+// `Authorization: Bearer TOKEN` to the tenant's `query` and
+// `transaction` endpoints. An unknown tenant gets 404, a deleted or
+// purged one 409.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/keys (the `CreateTenantKey` operationId).
+func (c *ClientWithResponses) CreateTenantKeyWithResponse(ctx context.Context, id TenantID, body CreateTenantKeyJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateTenantKeyResponse, error) {
+	rsp, err := c.CreateTenantKey(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateTenantKeyResponse(rsp)
+}
+
+// RevokeTenantKeyWithResponse Revoke one of the tenant's API keys.
+//
+// Requests that send it get 401 from now on. Revoking a revoked key changes nothing; a key the tenant does not have gets 404.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
+func (c *ClientWithResponses) RevokeTenantKeyWithResponse(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*RevokeTenantKeyResponse, error) {
+	rsp, err := c.RevokeTenantKey(ctx, id, keyId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRevokeTenantKeyResponse(rsp)
+}
+
+// RunQueryWithBodyWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
+//
+// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+// takes the admin token or one of the tenant's API keys; a key of
+// another tenant gets 403 EFORBIDDEN.
+//
+// Parameters are sent as text and PostgreSQL infers their types from
+// the statement, as with psql's `\bind`: a JSON string is the text
+// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+// or `false`, `null` is NULL, and an array or object its JSON text
+// (for json and jsonb parameters). Cast where the statement leaves a
+// type open: `$1::int`.
+//
+// Values come back as JSON: numbers for integers and floats (NaN and
+// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+// for text, booleans, JSON itself for json and jsonb, arrays for
+// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+// numeric and every other type as PostgreSQL's text for it (`12.50`,
+// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+//
+// The call is bounded by the server's query timeout (30s by default,
+// waiting for a connection included); PostgreSQL cancels a statement
+// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+// at most the server's row limit (10,000 by default) and result size
+// limit (10 MiB of encoded values by default): past either, the rest
+// is read and dropped and `truncated` is true.
+//
+// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+// and, when known, its `position` in the SQL: a syntax error, an
+// unknown table, a parameter that does not parse as its type
+// (`22P02`), the wrong number of parameters (`08P01`), more than one
+// statement (`42601`). Serialization failures and deadlocks (`40001`,
+// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+// resources or shutting down (classes `53`, `57`, `58`) 503. An
+// unknown, deleted or purged tenant gets 404, a suspended one 423
+// ESUSPENDED, and a shard that cannot be reached (or no free
+// connection to it in time) 503. Every 503 of the data API carries
+// `Retry-After`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+func (c *ClientWithResponses) RunQueryWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunQueryResponse, error) {
+	rsp, err := c.RunQueryWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunQueryResponse(rsp)
+}
+
+// RunQueryWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
+//
+// Runs `sql`, one statement, with `params` bound to `$1`, `$2`, …. It
+// takes the admin token or one of the tenant's API keys; a key of
+// another tenant gets 403 EFORBIDDEN.
+//
+// Parameters are sent as text and PostgreSQL infers their types from
+// the statement, as with psql's `\bind`: a JSON string is the text
+// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
+// or `false`, `null` is NULL, and an array or object its JSON text
+// (for json and jsonb parameters). Cast where the statement leaves a
+// type open: `$1::int`.
+//
+// Values come back as JSON: numbers for integers and floats (NaN and
+// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
+// for text, booleans, JSON itself for json and jsonb, arrays for
+// PostgreSQL arrays, bytea as base64, timestamptz as RFC 3339 in UTC,
+// timestamp as RFC 3339 without a zone, date as `YYYY-MM-DD`, and
+// numeric and every other type as PostgreSQL's text for it (`12.50`,
+// `1 day 02:00:00`, `10.0.0.0/8`, a uuid).
+//
+// The call is bounded by the server's query timeout (30s by default,
+// waiting for a connection included); PostgreSQL cancels a statement
+// that runs past it, and the answer is 504 ETIMEOUT. A response holds
+// at most the server's row limit (10,000 by default) and result size
+// limit (10 MiB of encoded values by default): past either, the rest
+// is read and dropped and `truncated` is true.
+//
+// PostgreSQL's errors are 422 EINVALID with the error's `sqlstate`
+// and, when known, its `position` in the SQL: a syntax error, an
+// unknown table, a parameter that does not parse as its type
+// (`22P02`), the wrong number of parameters (`08P01`), more than one
+// statement (`42601`). Serialization failures and deadlocks (`40001`,
+// `40P01`) are 409 ECONFLICT, which you can retry; a shard short of
+// resources or shutting down (classes `53`, `57`, `58`) 503. An
+// unknown, deleted or purged tenant gets 404, a suspended one 423
+// ESUSPENDED, and a shard that cannot be reached (or no free
+// connection to it in time) 503. Every 503 of the data API carries
+// `Retry-After`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/query (the `RunQuery` operationId).
+func (c *ClientWithResponses) RunQueryWithResponse(ctx context.Context, id TenantID, body RunQueryJSONRequestBody, reqEditors ...RequestEditorFn) (*RunQueryResponse, error) {
+	rsp, err := c.RunQuery(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunQueryResponse(rsp)
+}
+
 // ResumeTenantWithResponse Let a suspended tenant's role log in again.
 //
 // Resuming an active tenant changes nothing. A tenant that is neither active nor suspended gets 409.
@@ -3702,6 +5106,56 @@ func (c *ClientWithResponses) SuspendTenantWithResponse(ctx context.Context, id 
 		return nil, err
 	}
 	return ParseSuspendTenantResponse(rsp)
+}
+
+// RunTransactionWithBodyWithResponse Run 1 to 100 SQL statements on the tenant's database in one transaction.
+//
+// Runs the statements in order in one transaction, committed when all
+// of them succeed. When one fails, everything is rolled back and the
+// problem's `statement` member is the index of the failed statement
+// in `statements`. Statements that would end the transaction (COMMIT,
+// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+// with 422 before anything runs.
+//
+// Authentication, parameters, values and errors are as for `query`.
+// The query timeout bounds the whole transaction, and the row and
+// size limits the whole response: the statements past them still run,
+// and their results have no rows and `truncated` true.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+func (c *ClientWithResponses) RunTransactionWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunTransactionResponse, error) {
+	rsp, err := c.RunTransactionWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunTransactionResponse(rsp)
+}
+
+// RunTransactionWithResponse Run 1 to 100 SQL statements on the tenant's database in one transaction.
+//
+// Runs the statements in order in one transaction, committed when all
+// of them succeed. When one fails, everything is rolled back and the
+// problem's `statement` member is the index of the failed statement
+// in `statements`. Statements that would end the transaction (COMMIT,
+// ROLLBACK without TO, END, ABORT, PREPARE TRANSACTION) are refused
+// with 422 before anything runs.
+//
+// Authentication, parameters, values and errors are as for `query`.
+// The query timeout bounds the whole transaction, and the row and
+// size limits the whole response: the statements past them still run,
+// and their results have no rows and `truncated` true.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/transaction (the `RunTransaction` operationId).
+func (c *ClientWithResponses) RunTransactionWithResponse(ctx context.Context, id TenantID, body RunTransactionJSONRequestBody, reqEditors ...RequestEditorFn) (*RunTransactionResponse, error) {
+	rsp, err := c.RunTransaction(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunTransactionResponse(rsp)
 }
 
 // ParseGetHealthResponse parses an HTTP response from a GetHealthWithResponse call
@@ -4319,6 +5773,167 @@ func ParseExportTenantResponse(rsp *http.Response) (*ExportTenantResponse, error
 	return response, nil
 }
 
+// ParseListTenantKeysResponse parses an HTTP response from a ListTenantKeysWithResponse call
+func ParseListTenantKeysResponse(rsp *http.Response) (*ListTenantKeysResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListTenantKeysResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TenantKeyList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateTenantKeyResponse parses an HTTP response from a CreateTenantKeyWithResponse call
+func ParseCreateTenantKeyResponse(rsp *http.Response) (*CreateTenantKeyResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateTenantKeyResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest TenantKeyCreated
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 201:
+		var headers CreateTenantKeyResponse201Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		response.Headers201 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRevokeTenantKeyResponse parses an HTTP response from a RevokeTenantKeyWithResponse call
+func ParseRevokeTenantKeyResponse(rsp *http.Response) (*RevokeTenantKeyResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RevokeTenantKeyResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRunQueryResponse parses an HTTP response from a RunQueryWithResponse call
+func ParseRunQueryResponse(rsp *http.Response) (*RunQueryResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RunQueryResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest QueryResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers RunQueryResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseResumeTenantResponse parses an HTTP response from a ResumeTenantWithResponse call
 func ParseResumeTenantResponse(rsp *http.Response) (*ResumeTenantResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4425,6 +6040,59 @@ func ParseSuspendTenantResponse(rsp *http.Response) (*SuspendTenantResponse, err
 	return response, nil
 }
 
+// ParseRunTransactionResponse parses an HTTP response from a RunTransactionWithResponse call
+func ParseRunTransactionResponse(rsp *http.Response) (*RunTransactionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RunTransactionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TransactionResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers RunTransactionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
 	// GetHealth The process is up.
@@ -4481,12 +6149,27 @@ type ServerInterface interface {
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	// (GET /v1/tenants/{id}/export)
 	ExportTenant(ctx echo.Context, id TenantID) error
+	// ListTenantKeys List the tenant's API keys, revoked ones included, ordered by id.
+	// (GET /v1/tenants/{id}/keys)
+	ListTenantKeys(ctx echo.Context, id TenantID, params ListTenantKeysParams) error
+	// CreateTenantKey Make an API key for the tenant's data API.
+	// (POST /v1/tenants/{id}/keys)
+	CreateTenantKey(ctx echo.Context, id TenantID) error
+	// RevokeTenantKey Revoke one of the tenant's API keys.
+	// (DELETE /v1/tenants/{id}/keys/{keyId})
+	RevokeTenantKey(ctx echo.Context, id TenantID, keyId string) error
+	// RunQuery Run one SQL statement on the tenant's database, as the tenant's own role.
+	// (POST /v1/tenants/{id}/query)
+	RunQuery(ctx echo.Context, id TenantID) error
 	// ResumeTenant Let a suspended tenant's role log in again.
 	// (POST /v1/tenants/{id}/resume)
 	ResumeTenant(ctx echo.Context, id TenantID, params ResumeTenantParams) error
 	// SuspendTenant Stop a tenant's role from logging in, and end its sessions.
 	// (POST /v1/tenants/{id}/suspend)
 	SuspendTenant(ctx echo.Context, id TenantID, params SuspendTenantParams) error
+	// RunTransaction Run 1 to 100 SQL statements on the tenant's database in one transaction.
+	// (POST /v1/tenants/{id}/transaction)
+	RunTransaction(ctx echo.Context, id TenantID) error
 }
 
 // ServerInterfaceWrapper converts echo contexts to parameters.
@@ -4851,6 +6534,94 @@ func (w *ServerInterfaceWrapper) ExportTenant(ctx echo.Context) error {
 	return err
 }
 
+// ListTenantKeys converts echo context to params.
+func (w *ServerInterfaceWrapper) ListTenantKeys(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListTenantKeysParams
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", ctx.QueryParams(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter cursor: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListTenantKeys(ctx, id, params)
+	return err
+}
+
+// CreateTenantKey converts echo context to params.
+func (w *ServerInterfaceWrapper) CreateTenantKey(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CreateTenantKey(ctx, id)
+	return err
+}
+
+// RevokeTenantKey converts echo context to params.
+func (w *ServerInterfaceWrapper) RevokeTenantKey(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// ------------- Path parameter "keyId" -------------
+	var keyId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "keyId", ctx.Param("keyId"), &keyId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter keyId: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RevokeTenantKey(ctx, id, keyId)
+	return err
+}
+
+// RunQuery converts echo context to params.
+func (w *ServerInterfaceWrapper) RunQuery(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RunQuery(ctx, id)
+	return err
+}
+
 // ResumeTenant converts echo context to params.
 func (w *ServerInterfaceWrapper) ResumeTenant(ctx echo.Context) error {
 	var err error
@@ -4898,6 +6669,22 @@ func (w *ServerInterfaceWrapper) SuspendTenant(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.SuspendTenant(ctx, id, params)
+	return err
+}
+
+// RunTransaction converts echo context to params.
+func (w *ServerInterfaceWrapper) RunTransaction(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RunTransaction(ctx, id)
 	return err
 }
 
@@ -4966,6 +6753,11 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/suspend", wrapper.SuspendTenant, options.OperationMiddlewares["suspendTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/resume", wrapper.ResumeTenant, options.OperationMiddlewares["resumeTenant"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id/export", wrapper.ExportTenant, options.OperationMiddlewares["exportTenant"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/query", wrapper.RunQuery, options.OperationMiddlewares["runQuery"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/transaction", wrapper.RunTransaction, options.OperationMiddlewares["runTransaction"]...)
+	router.GET(options.BaseURL+"/v1/tenants/:id/keys", wrapper.ListTenantKeys, options.OperationMiddlewares["listTenantKeys"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/keys", wrapper.CreateTenantKey, options.OperationMiddlewares["createTenantKey"]...)
+	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
 	router.GET(options.BaseURL+"/v1/audit", wrapper.ListAudit, options.OperationMiddlewares["listAudit"]...)
 

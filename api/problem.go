@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -16,6 +17,7 @@ var statusOf = map[string]int{
 	silo.EFORBIDDEN:    http.StatusForbidden,
 	silo.ENOTFOUND:     http.StatusNotFound,
 	silo.ECONFLICT:     http.StatusConflict,
+	silo.ESUSPENDED:    http.StatusLocked,
 	silo.ETOOLARGE:     http.StatusRequestEntityTooLarge,
 	silo.EINVALID:      http.StatusUnprocessableEntity,
 	silo.EINTERNAL:     http.StatusInternalServerError,
@@ -71,6 +73,11 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if code == silo.EUNAUTHORIZED {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="silo"`)
 	}
+	if code == silo.EUNAVAILABLE && s.dataRoutes[c.Request().Method+" "+c.Path()] {
+		// Shards come back and connections come free: the data API's
+		// clients should retry, a moment later.
+		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	}
 	c.Set(ctxErrorCode, code)
 	p := Problem{
 		Type:      "about:blank",
@@ -83,6 +90,15 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	}
 	if id, ok := c.Get(ctxOperationID).(string); ok {
 		p.OperationId = &id
+	}
+	if se, ok := errors.AsType[*statementError](err); ok {
+		p.Statement = se.index
+		if se.pg != nil {
+			p.Sqlstate = &se.pg.Code
+			if se.pg.Position > 0 {
+				p.Position = ptr(int(se.pg.Position))
+			}
+		}
 	}
 	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
 	if c.Request().Method == http.MethodHead {

@@ -36,6 +36,10 @@ type Catalog interface {
 	GetTenant(ctx context.Context, id string) (*silo.Tenant, error)
 	ListTenants(ctx context.Context, f shardmap.TenantFilter, p silo.Page) (silo.List[silo.Tenant], error)
 	ListAudit(ctx context.Context, f shardmap.AuditFilter, p silo.Page) (silo.List[silo.AuditEntry], error)
+	CreateTenantKey(ctx context.Context, tenantID, name string) (*shardmap.TenantKey, string, error)
+	ListTenantKeys(ctx context.Context, tenantID string, p silo.Page) (silo.List[shardmap.TenantKey], error)
+	RevokeTenantKey(ctx context.Context, tenantID, keyID string) error
+	AuthenticateKey(ctx context.Context, token string) (*shardmap.TenantKey, error)
 }
 
 // Defaults of Config.
@@ -43,6 +47,10 @@ const (
 	DefaultBodyLimit      = 1 << 20 // 1 MiB
 	MaxBodyLimit          = 10 << 20
 	DefaultRequestTimeout = 30 * time.Second
+	// The data API's limits.
+	DefaultQueryTimeout   = 30 * time.Second
+	DefaultMaxRows        = 10000
+	DefaultMaxResultBytes = 10 << 20 // 10 MiB
 )
 
 // Config configures a Server.
@@ -57,8 +65,27 @@ type Config struct {
 	// BodyLimit caps request bodies, in bytes: 1 MiB by default, 10 MiB at
 	// most.
 	BodyLimit int64
-	// RequestTimeout bounds each request's work, database calls included.
+	// RequestTimeout bounds each request's work, database calls included,
+	// but for the export and the data API, which have deadlines of their
+	// own.
 	RequestTimeout time.Duration
+
+	// Router runs the data API's SQL on tenants' databases. Without it, the
+	// data endpoints answer 503 EUNAVAILABLE.
+	Router Router
+	// QueryTimeout bounds each call of the data API: a query, or a
+	// transaction with all its statements, the wait for a connection
+	// included. PostgreSQL gets it as statement_timeout too, so it stops a
+	// statement itself. Default 30s.
+	QueryTimeout time.Duration
+	// MaxRows caps the rows of a data API response, all statements
+	// together; the rest are dropped and the result marked truncated.
+	// Default 10,000.
+	MaxRows int
+	// MaxResultBytes caps the JSON-encoded values of a data API response,
+	// all statements together, in bytes, as MaxRows does rows. Default
+	// 10 MiB.
+	MaxResultBytes int
 }
 
 func (c Config) withDefaults() Config {
@@ -73,6 +100,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.QueryTimeout == 0 {
+		c.QueryTimeout = DefaultQueryTimeout
+	}
+	if c.MaxRows == 0 {
+		c.MaxRows = DefaultMaxRows
+	}
+	if c.MaxResultBytes == 0 {
+		c.MaxResultBytes = DefaultMaxResultBytes
 	}
 	return c
 }
@@ -89,6 +125,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("api: body limit %d must be between 1 and %d bytes", c.BodyLimit, MaxBodyLimit)
 	case c.RequestTimeout < 0:
 		return errors.New("api: request timeout must be positive")
+	case c.QueryTimeout < time.Millisecond:
+		return errors.New("api: the query timeout must be at least 1ms")
+	case c.MaxRows < 0 || c.MaxResultBytes < 0:
+		return errors.New("api: the data API's row and size limits must be positive")
 	}
 	return nil
 }
@@ -103,9 +143,15 @@ type Server struct {
 	requestTimeout time.Duration
 	registry       *prometheus.Registry
 	public         map[string]bool
+	dataRoutes     map[string]bool // "POST /v1/tenants/:id/query": the routes keys may call
 	routes         map[string]bool // registered patterns, the only route labels
 	bodyLimit      int64
 	echo           *echo.Echo
+
+	router         Router
+	queryTimeout   time.Duration
+	maxRows        int
+	maxResultBytes int
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -116,10 +162,12 @@ const (
 	ctxRequestID   = "silo.requestID"
 	ctxErrorCode   = "silo.errorCode"
 	ctxOperationID = "silo.operationID" // of a failed operation, for its problem
+	ctxKeyTenant   = "silo.keyTenant"   // the tenant of the key that authenticated the request
 )
 
-// untimedRoutes are exempt from the request timeout: they stream for as long
-// as their data takes, and bound each write instead.
+// untimedRoutes are exempt from the request timeout: the export streams for
+// as long as its data takes and bounds each write instead. The data API's
+// routes are exempt too; they run under the query timeout.
 var untimedRoutes = map[string]bool{"/v1/tenants/:id/export": true}
 
 // New builds a Server from cfg. It returns an error for an invalid Config.
@@ -141,6 +189,11 @@ func New(cfg Config) (*Server, error) {
 		bodyLimit:      cfg.BodyLimit,
 		registry:       cfg.Registry,
 		public:         publicRoutes(doc),
+		dataRoutes:     keyRoutes(doc),
+		router:         cfg.Router,
+		queryTimeout:   cfg.QueryTimeout,
+		maxRows:        cfg.MaxRows,
+		maxResultBytes: cfg.MaxResultBytes,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "silo_http_requests_total",
 			Help: "HTTP requests answered, by route pattern, method and status.",
@@ -185,7 +238,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, shutdownTimeout tim
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       s.requestTimeout + 10*time.Second,
-		WriteTimeout:      s.requestTimeout + 10*time.Second,
+		WriteTimeout:      max(s.requestTimeout, s.queryTimeout) + 10*time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -274,25 +327,48 @@ func (s *Server) bodyLimitMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // authMiddleware lets the spec's public routes through and asks every other
-// request for the admin token. It runs after routing, so c.Path() is the
-// route pattern.
+// request for the admin token, or, on the data API's routes, for the admin
+// token or a tenant key. It runs after routing, so c.Path() is the route
+// pattern. It only authenticates: the data API's handlers check that a key
+// is the requested tenant's (see dataContext).
 func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if s.public[c.Request().Method+" "+c.Path()] {
+		route := c.Request().Method + " " + c.Path()
+		if s.public[route] {
 			return next(c)
 		}
+		data := s.dataRoutes[route]
 		auth := c.Request().Header.Get(echo.HeaderAuthorization)
 		token, ok := strings.CutPrefix(auth, "Bearer ")
 		if !ok || token == "" {
+			if data {
+				return silo.Errorf(silo.EUNAUTHORIZED, "an admin token or a tenant key is required: send Authorization: Bearer TOKEN")
+			}
 			return silo.Errorf(silo.EUNAUTHORIZED, "an admin token is required: send Authorization: Bearer TOKEN")
 		}
 		// Comparing hashes keeps the comparison constant-time whatever the
 		// length of the token sent.
 		got := sha256.Sum256([]byte(token))
-		if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) != 1 {
+		if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) == 1 {
+			ctx := silo.WithActor(c.Request().Context(), silo.Actor{Name: "admin", RequestID: requestID(c)})
+			c.SetRequest(c.Request().WithContext(ctx))
+			return next(c)
+		}
+		if !shardmap.IsKeyToken(token) {
 			return silo.Errorf(silo.EUNAUTHORIZED, "the token is not valid")
 		}
-		ctx := silo.WithActor(c.Request().Context(), silo.Actor{Name: "admin", RequestID: requestID(c)})
+		if !data {
+			return silo.Errorf(silo.EUNAUTHORIZED, "a tenant key is good only for its tenant's query and transaction endpoints: this one needs the admin token")
+		}
+		// The lookup runs before the timeouts do; it gets a bound of its own.
+		ctx, cancel := context.WithTimeout(c.Request().Context(), min(s.requestTimeout, 10*time.Second))
+		key, err := s.catalog.AuthenticateKey(ctx, token)
+		cancel()
+		if err != nil {
+			return err
+		}
+		c.Set(ctxKeyTenant, key.TenantID)
+		ctx = silo.WithActor(c.Request().Context(), silo.Actor{Name: "key/" + key.ID, RequestID: requestID(c)})
 		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
 	}
@@ -302,7 +378,7 @@ func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 // request's context.
 func (s *Server) timeoutMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if untimedRoutes[c.Path()] {
+		if untimedRoutes[c.Path()] || s.dataRoutes[c.Request().Method+" "+c.Path()] {
 			return next(c)
 		}
 		ctx, cancel := context.WithTimeout(c.Request().Context(), s.requestTimeout)

@@ -27,6 +27,7 @@ import (
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -50,13 +51,28 @@ type bundle struct {
 }
 
 type serverOpts struct {
-	bodyLimit   int64
-	catalog     api.Catalog
-	provisioner api.Provisioner
+	bodyLimit      int64
+	catalog        api.Catalog
+	provisioner    api.Provisioner
+	requestTimeout time.Duration
+	// The data API: noRouter turns it off.
+	noRouter       bool
+	queryTimeout   time.Duration
+	maxRows        int
+	maxResultBytes int
 }
 
+// secretKey seals tenant passwords for the provisioner, and opens them for
+// the router.
+var secretKey = func() []byte {
+	key := make([]byte, shardmap.SecretKeyLen)
+	_, _ = rand.Read(key)
+	return key
+}()
+
 // setup serves the API over a fresh catalog database, with a running
-// provisioner over the test binary's shard clusters.
+// provisioner over the test binary's shard clusters and a router for the
+// data API.
 func setup(t *testing.T, opts ...serverOpts) *bundle {
 	t.Helper()
 	fleet := pgtest.Start(t)
@@ -65,8 +81,12 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	pool, store := catalogtest.New(t, log)
 	prov := newProvisioner(t, pool, store, log)
+	rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: secretKey, Logger: log})
+	require.NoError(t, err)
+	require.NoError(t, rt.Start(ctx))
+	t.Cleanup(rt.Stop)
 
-	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log}
+	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log, Router: rt}
 	for _, o := range opts {
 		cfg.BodyLimit = o.bodyLimit
 		if o.catalog != nil {
@@ -75,6 +95,11 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 		if o.provisioner != nil {
 			cfg.Provisioner = o.provisioner
 		}
+		if o.noRouter {
+			cfg.Router = nil
+		}
+		cfg.RequestTimeout, cfg.QueryTimeout = o.requestTimeout, o.queryTimeout
+		cfg.MaxRows, cfg.MaxResultBytes = o.maxRows, o.maxResultBytes
 	}
 	srv, err := api.New(cfg)
 	require.NoError(t, err)
@@ -95,10 +120,8 @@ func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log
 	t.Helper()
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
-	key := make([]byte, shardmap.SecretKeyLen)
-	_, _ = rand.Read(key)
 	prov, err := provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, SecretKey: key, Logger: log,
+		Catalog: pool, Store: store, SecretKey: secretKey, Logger: log,
 		PgDump: filepath.Join(binDir, "pg_dump"),
 	})
 	require.NoError(t, err)

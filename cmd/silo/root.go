@@ -52,11 +52,14 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", time.Minute, "how long a client command waits for the API")
 	envNames(root, map[string]string{"url": "SILO_URL", "token": "SILO_TOKEN", "timeout": "SILO_CLIENT_TIMEOUT"})
 
+	tenant := newTenantCmd(g)
+	tenant.AddCommand(newTenantKeyCmd(g))
 	root.AddCommand(
 		newServeCmd(g),
 		newDevCmd(g),
 		newShardCmd(g),
-		newTenantCmd(g),
+		tenant,
+		newQueryCmd(g),
 		newOperationCmd(g),
 		newAuditCmd(g),
 		newBenchCmd(g),

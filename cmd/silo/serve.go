@@ -208,7 +208,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	}
 	defer rt.Stop()
 	srv, err := api.New(api.Config{
-		Catalog: store, Provisioner: prov, AdminToken: o.adminToken, Logger: log,
+		Catalog: store, Provisioner: prov, Router: rt, AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
 	})
 	if err != nil {

@@ -1,0 +1,82 @@
+package api
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestEndsTransaction(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		sql  string
+		ends bool
+	}{
+		{"COMMIT", true},
+		{"commit and chain", true},
+		{"  END;", true},
+		{"ABORT", true},
+		{"rollback", true},
+		{"ROLLBACK WORK", true},
+		{"ROLLBACK AND NO CHAIN", true},
+		{"ROLLBACK PREPARED 'x'", true},
+		{"PREPARE TRANSACTION 'x'", true},
+		{"-- a comment\ncommit", true},
+		{"/* outer /* inner */ still a comment */ COMMIT", true},
+		{"ROLLBACK TO a", false},
+		{"ROLLBACK TO SAVEPOINT a", false},
+		{"rollback work to savepoint a", false},
+		{"ROLLBACK TRANSACTION TO a", false},
+		{"PREPARE q AS SELECT 1", false},
+		{"SAVEPOINT a", false},
+		{"BEGIN", false}, // a warning inside a transaction, nothing more
+		{"SELECT 'commit'", false},
+		{"committed", false},
+		{"(SELECT 1)", false},
+		{"", false},
+		{"-- only a comment", false},
+		{"/* unterminated", false},
+	} {
+		require.Equal(t, tc.ends, endsTransaction(tc.sql), "%q", tc.sql)
+	}
+}
+
+func TestParamOf(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		raw  string
+		want any
+	}{
+		{`null`, nil},
+		{`"text"`, "text"},
+		{`"\u00e9\n"`, "é\n"},
+		{`true`, "true"},
+		{`false`, "false"},
+		{`12345678901234567890.50`, "12345678901234567890.50"},
+		{`-1e3`, "-1e3"},
+		{` {"a": [1, 2]} `, `{"a":[1,2]}`},
+		{`[1, "x"]`, `[1,"x"]`},
+	} {
+		got, err := paramOf(json.RawMessage(tc.raw))
+		require.NoError(t, err, tc.raw)
+		require.Equal(t, tc.want, got, tc.raw)
+	}
+}
+
+func TestFloat(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		f    float64
+		want any
+	}{
+		{math.NaN(), "NaN"},
+		{math.Inf(1), "Infinity"},
+		{math.Inf(-1), "-Infinity"},
+		{1.5, 1.5},
+	} {
+		require.Equal(t, tc.want, float(tc.f, tc.f))
+	}
+	require.Equal(t, float32(0.25), float(0.25, float32(0.25)), "a float4 keeps its type, for its shortest text")
+}
