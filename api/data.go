@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -154,6 +157,34 @@ func (s *Server) statementTimeout(ctx context.Context) string {
 	return strconv.FormatInt(max(1, left.Milliseconds()), 10)
 }
 
+// sessionTimeouts remembers the statement_timeout last set on each pooled
+// connection, so /query skips a round trip when it would set about the same
+// again. Keys are weak: a closed connection's entry goes with it.
+type sessionTimeouts struct{ m sync.Map } // weak.Pointer[pgx.Conn] -> int64 ms
+
+// setStatementTimeout sets the session's statement_timeout to what is left
+// of ctx (see statementTimeout), unless the value already set is no larger
+// and within a tenth of it. SQL that changed the setting since is still
+// bounded by ctx's deadline, the backstop.
+func (s *Server) setStatementTimeout(ctx context.Context, conn *pgx.Conn) error {
+	want := s.statementTimeout(ctx)
+	ms, _ := strconv.ParseInt(want, 10, 64)
+	key := weak.Make(conn)
+	if v, ok := s.timeouts.m.Load(key); ok {
+		if have := v.(int64); have <= ms && have*10 >= ms*9 {
+			return nil
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", want); err != nil {
+		s.timeouts.m.Delete(key)
+		return err
+	}
+	if _, loaded := s.timeouts.m.Swap(key, ms); !loaded {
+		runtime.AddCleanup(conn, func(k weak.Pointer[pgx.Conn]) { s.timeouts.m.Delete(k) }, key)
+	}
+	return nil
+}
+
 // RunQuery runs one statement on the tenant's database.
 func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 	ctx, cancel, err := s.dataContext(c, id)
@@ -173,8 +204,8 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 	var res queryResult
 	err = s.router.WithTenant(ctx, id, func(conn *pgx.Conn) error {
 		// For the session, not a transaction: a statement such as VACUUM
-		// cannot run in one. Every call sets it again first.
-		if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", s.statementTimeout(ctx)); err != nil {
+		// cannot run in one.
+		if err := s.setStatementTimeout(ctx, conn); err != nil {
 			return err
 		}
 		var err error

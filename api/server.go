@@ -153,6 +153,8 @@ type Server struct {
 	maxRows        int
 	maxResultBytes int
 
+	timeouts sessionTimeouts // see data.go
+
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
