@@ -29,6 +29,7 @@ lint:
 bench: build
 	@dir=$$(./bin/silo pg-bindir) && SILO_PG_BINDIR=$$dir $(GO) test -run '^$$' -bench . -benchtime 2s ./...
 	./scripts/bench-provision.sh
+	./scripts/bench-route.sh
 
 # Regenerates api/api.gen.go from api/openapi.yaml.
 generate:
