@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -73,7 +74,10 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if code == silo.EUNAUTHORIZED {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="silo"`)
 	}
-	if code == silo.EUNAVAILABLE && s.dataRoutes[c.Request().Method+" "+c.Path()] {
+	if se, ok := errors.AsType[*silo.Error](err); ok && se.RetryAfter > 0 {
+		// The error knows when a retry may succeed (a shard's breaker).
+		c.Response().Header().Set("Retry-After", strconv.Itoa(int(max(time.Second, se.RetryAfter).Round(time.Second).Seconds())))
+	} else if code == silo.EUNAVAILABLE && s.dataRoutes[c.Request().Method+" "+c.Path()] {
 		// Shards come back and connections come free: the data API's
 		// clients should retry, a moment later.
 		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
