@@ -229,6 +229,3 @@ func (p *Provisioner) Stop(ctx context.Context) error {
 	p.shards.Unlock()
 	return err
 }
-
-// LatestVersion is the tenant schema version new tenants get.
-func (p *Provisioner) LatestVersion() int64 { return p.latestVersion }

@@ -1,10 +1,12 @@
 package provisioner
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
+	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -338,7 +341,7 @@ func TestIdempotencyKey(t *testing.T) {
 
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{GracePeriod: time.Hour})
+	p, b := setup(t, Config{GracePeriod: time.Hour, PgDump: pgDump(t)})
 	r, err := p.Create(b.ctx, CreateRequest{ID: newID("life"), Shard: "b"}, time.Minute)
 	require.NoError(t, err)
 	tn := r.Tenant
@@ -365,6 +368,16 @@ func TestLifecycle(t *testing.T) {
 	c2, err := pgx.Connect(b.ctx, dsn)
 	require.NoError(t, err)
 	c2.Close(b.ctx)
+
+	// An export is audited with its size: a copy of the data left.
+	var dump bytes.Buffer
+	require.NoError(t, p.Export(b.ctx, tn.ID, &dump))
+	require.True(t, bytes.HasPrefix(dump.Bytes(), []byte("PGDMP")))
+	exports, err := b.store.ListAudit(b.ctx, shardmap.AuditFilter{Action: "tenant.export", Target: "tenant/" + tn.ID}, silo.Page{})
+	require.NoError(t, err)
+	require.Len(t, exports.Items, 1)
+	require.Equal(t, silo.AuditResultOK, exports.Items[0].Result)
+	require.EqualValues(t, dump.Len(), exports.Items[0].Params["bytes"])
 
 	r, err = p.Delete(b.ctx, tn.ID, false, time.Minute)
 	require.NoError(t, err)
@@ -491,4 +504,12 @@ func TestMetrics(t *testing.T) {
 	}
 	require.Contains(t, names, "silo_provision_duration_seconds")
 	require.Contains(t, names, "silo_operations_total")
+}
+
+// pgDump is the pg_dump beside the test's server binaries.
+func pgDump(t *testing.T) string {
+	t.Helper()
+	dir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	return filepath.Join(dir, "pg_dump")
 }
