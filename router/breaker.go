@@ -145,14 +145,9 @@ func (s *shardPool) closeIdle() {
 	for e := s.idle.Front(); e != nil; e = e.Next() {
 		ic := e.Value.(*idleConn)
 		ic.owner.removeIdle(ic)
-		ic.owner.open--
-		s.open--
 		idle = append(idle, ic)
 	}
 	s.idle.Init()
-	s.signal()
 	s.mu.Unlock()
-	for _, ic := range idle {
-		go ic.conn.Close(context.Background())
-	}
+	go s.closeAndFree(idle) // a hung shard must not hold up the prober
 }

@@ -102,7 +102,9 @@ func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *p
 			s.open++
 			s.mu.Unlock()
 			if victim != nil {
-				go victim.conn.Close(context.Background()) // off the request path
+				// Closed before the new connection opens, so the shard never
+				// holds more than the budget; closing is a local write.
+				victim.conn.Close(context.Background())
 			}
 			conn, err := dial(ctx, tp.route.connConfig)
 			if err != nil {
@@ -143,17 +145,36 @@ func (tp *tenantPool) release(conn *pgx.Conn) {
 	s.mu.Unlock()
 }
 
-// discard gives up a connection's slot, closing conn (if any) off the
-// caller's path.
+// discard closes conn (if any) and then gives up its slot: a slot is free
+// only once its connection is gone.
 func (tp *tenantPool) discard(conn *pgx.Conn) {
-	s := tp.shard
+	if conn != nil {
+		conn.Close(context.Background())
+	}
+	tp.shard.free(map[*tenantPool]int{tp: 1})
+}
+
+// free gives up slots whose connections are closed, per owner.
+func (s *shardPool) free(slots map[*tenantPool]int) {
 	s.mu.Lock()
-	tp.open--
-	s.open--
+	for tp, n := range slots {
+		tp.open -= n
+		s.open -= n
+	}
 	s.signal()
 	s.mu.Unlock()
-	if conn != nil {
-		go conn.Close(context.Background())
+}
+
+// closeAndFree closes connections taken out of the idle lists and then
+// frees their slots.
+func (s *shardPool) closeAndFree(conns []*idleConn) {
+	slots := map[*tenantPool]int{}
+	for _, ic := range conns {
+		ic.conn.Close(context.Background())
+		slots[ic.owner]++
+	}
+	if len(slots) > 0 {
+		s.free(slots)
 	}
 }
 
@@ -166,8 +187,9 @@ func (tp *tenantPool) removeIdle(ic *idleConn) {
 	}
 }
 
-// close closes the tenant's idle connections now and the others as they
-// come back. It never blocks on the network.
+// close closes the tenant's idle connections (in the background, freeing
+// their slots once closed) and the others as they come back. It never
+// blocks on the network.
 func (tp *tenantPool) close() {
 	s := tp.shard
 	s.mu.Lock()
@@ -181,13 +203,8 @@ func (tp *tenantPool) close() {
 	for _, ic := range idle {
 		s.idle.Remove(ic.elem)
 	}
-	tp.open -= len(idle)
-	s.open -= len(idle)
-	s.signal()
 	s.mu.Unlock()
-	for _, ic := range idle {
-		go ic.conn.Close(context.Background())
-	}
+	go s.closeAndFree(idle)
 }
 
 // reap closes connections idle for longer than maxIdle.
@@ -203,18 +220,11 @@ func (s *shardPool) reap(maxIdle time.Duration) {
 		prev := e.Prev()
 		s.idle.Remove(e)
 		ic.owner.removeIdle(ic)
-		ic.owner.open--
-		s.open--
 		old = append(old, ic)
 		e = prev
 	}
-	if len(old) > 0 {
-		s.signal()
-	}
 	s.mu.Unlock()
-	for _, ic := range old {
-		ic.conn.Close(context.Background())
-	}
+	s.closeAndFree(old)
 }
 
 // stats returns the shard's open and idle connection counts.
