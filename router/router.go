@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -255,25 +256,39 @@ func (r *Router) WithTenantTx(ctx context.Context, tenantID string, fn func(tx p
 // even with an error such as a bad password, as up.
 func (r *Router) dial(s *shardPool) func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error) {
 	return func(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
-		dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
-		defer cancel()
-		conn, err := pgx.ConnectConfig(dctx, cfg)
-		switch {
-		case err == nil:
-			s.breaker.success()
-		case ctx.Err() == nil && isConnFailure(err):
-			if s.breaker.failure() {
-				r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
+		for {
+			dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
+			conn, err := pgx.ConnectConfig(dctx, cfg)
+			cancel()
+			switch {
+			case err == nil:
+				s.breaker.success()
+			case ctx.Err() == nil && isConnFailure(err):
+				if s.breaker.failure() {
+					r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
+				}
+			case ctx.Err() == nil && !s.breaker.isOpen():
+				// Timed out, with time left and the shard not known to be
+				// down: a busy shard, so try again within the deadline.
+				continue
 			}
+			return conn, err
 		}
-		return conn, err
 	}
 }
 
-// isConnFailure tells a shard that cannot be reached (refused, timed out,
-// reset) from one that answered with an error.
+// isConnFailure tells a shard that cannot be reached (refused, reset) from
+// one that answered with an error. A connection that timed out does not
+// count: on a busy machine a fork storm of new sessions can outlast the
+// timeout while the shard is fine, and a hung shard is the prober's to find.
 func isConnFailure(err error) bool {
 	if _, ok := errors.AsType[*pgconn.PgError](err); ok {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return false
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 		return false
 	}
 	return true

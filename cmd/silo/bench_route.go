@@ -36,12 +36,16 @@ type routeBenchResult struct {
 	P50ms     float64 `json:"p50Ms"`
 	P99ms     float64 `json:"p99Ms"`
 	Ratio     float64 `json:"ratioToDirect"`
+	// PeakConns is the most tenant sessions seen on one shard at a time.
+	PeakConns  int    `json:"peakShardConnections"`
+	FirstError string `json:"firstError,omitempty"`
 }
 
 func newBenchRouteCmd(g *globals) *cobra.Command {
 	var n, clients, budget int
-	var dur time.Duration
-	var devDir, catalogDSN, secretKey string
+	var dur, warmup time.Duration
+	var devDir, catalogDSN, secretKey, pgbouncerBin string
+	var only []string
 	cmd := &cobra.Command{
 		Use:   "route",
 		Short: "Compare point selects through pgx pools, the router and the HTTP query API",
@@ -53,6 +57,11 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 			"reads them from a silo dev directory.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, m := range only {
+				if !slices.Contains([]string{"direct", "pgbouncer", "router", "http"}, m) {
+					return fmt.Errorf("--modes: %q is not one of direct, pgbouncer, router, http", m)
+				}
+			}
 			if devDir != "" {
 				var err error
 				if catalogDSN, secretKey, err = readDevDir(devDir); err != nil {
@@ -81,60 +90,108 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: key, Logger: log,
-				ShardBudget: budget, AcquireTimeout: 30 * time.Second})
+			newRouter := func() (*router.Router, error) {
+				rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: key, Logger: log,
+					ShardBudget: budget, AcquireTimeout: 30 * time.Second})
+				if err == nil {
+					err = rt.Start(ctx)
+				}
+				return rt, err
+			}
+			// The tenants are prepared through a router of their own,
+			// stopped before any mode runs.
+			rt, err := newRouter()
 			if err != nil {
 				return err
 			}
-			if err := rt.Start(ctx); err != nil {
-				return err
-			}
-			defer rt.Stop()
-
 			ids, err := g.benchTenants(ctx, c, rt, n)
+			rt.Stop()
 			if err != nil {
 				return err
 			}
-			direct, closeDirect, err := directPools(ctx, store, key, ids)
+			targets, shardDSNs, err := benchTargets(ctx, store, key, ids)
 			if err != nil {
 				return err
 			}
-			defer closeDirect()
-
-			pick := func(r *rand.Rand, z *rand.Zipf) string { return ids[z.Uint64()] }
-			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+			tenantMax := int32(router.DefaultTenantMaxConns)
+			type mode struct {
+				key, name string
+				open      func() (op func(context.Context, string) error, closeFn func(), err error)
+			}
 			const q = "SELECT id, title FROM notes WHERE id = 1"
-			modes := []struct {
-				name string
-				op   func(ctx context.Context, id string) error
-			}{
-				{"pgx pools (baseline)", func(ctx context.Context, id string) error {
+			poolOp := func(pools map[string]*pgxpool.Pool) func(context.Context, string) error {
+				return func(ctx context.Context, id string) error {
 					var i int64
 					var s string
-					return direct[id].QueryRow(ctx, q).Scan(&i, &s)
-				}},
-				{"router library", func(ctx context.Context, id string) error {
-					return rt.WithTenant(ctx, id, func(conn *pgx.Conn) error {
-						var i int64
-						var s string
-						return conn.QueryRow(ctx, q).Scan(&i, &s)
-					})
-				}},
-				{"HTTP query API", func(ctx context.Context, id string) error {
-					return g.postQuery(ctx, hc, id, q)
+					return pools[id].QueryRow(ctx, q).Scan(&i, &s)
+				}
+			}
+			modes := []mode{
+				{key: "direct", name: "pgx pools (baseline)", open: func() (func(context.Context, string) error, func(), error) {
+					pools, closeFn, err := directPools(ctx, targets, tenantMax)
+					if err != nil {
+						return nil, nil, err
+					}
+					return poolOp(pools), closeFn, nil
 				}},
 			}
+			bin := findPgBouncer(pgbouncerBin)
+			if bin == "" && slices.Contains(only, "pgbouncer") {
+				fmt.Fprintln(g.stderr, "pgbouncer not found (apt-get install pgbouncer, or --pgbouncer PATH): its row is left out")
+				only = slices.DeleteFunc(only, func(m string) bool { return m == "pgbouncer" })
+			}
+			modes = append(modes, mode{key: "pgbouncer", name: "PgBouncer", open: func() (func(context.Context, string) error, func(), error) {
+				b, err := startPgBouncer(ctx, bin, targets, int(tenantMax))
+				if err != nil {
+					return nil, nil, err
+				}
+				pools, closeFn, err := b.Pools(ctx, targets, tenantMax)
+				if err != nil {
+					b.Stop()
+					return nil, nil, err
+				}
+				return poolOp(pools), func() { closeFn(); b.Stop() }, nil
+			}})
+			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+			modes = append(modes,
+				mode{key: "router", name: "router library", open: func() (func(context.Context, string) error, func(), error) {
+					rt, err := newRouter()
+					if err != nil {
+						return nil, nil, err
+					}
+					return func(ctx context.Context, id string) error {
+						return rt.WithTenant(ctx, id, func(conn *pgx.Conn) error {
+							var i int64
+							var s string
+							return conn.QueryRow(ctx, q).Scan(&i, &s)
+						})
+					}, rt.Stop, nil
+				}},
+				mode{key: "http", name: "HTTP query API", open: func() (func(context.Context, string) error, func(), error) {
+					return func(ctx context.Context, id string) error { return g.postQuery(ctx, hc, id, q) }, func() {}, nil
+				}},
+			)
+			pick := func(r *rand.Rand, z *rand.Zipf) string { return ids[z.Uint64()] }
 			var results []routeBenchResult
-			for i, m := range modes {
-				res := runRouteBench(ctx, clients, dur, len(ids), pick, m.op)
+			for _, m := range modes {
+				if !slices.Contains(only, m.key) {
+					continue
+				}
+				op, closeFn, err := m.open()
+				if err != nil {
+					return fmt.Errorf("%s: %w", m.name, err)
+				}
+				// Every tenant once, then a warm-up run, neither counted, so
+				// that every mode is measured with its pools as full as its
+				// budget lets them be, as a long-running application's are.
+				touchAll(ctx, clients, ids, op)
+				runRouteBench(ctx, clients, warmup, len(ids), pick, op)
+				stopSampling := peakConns(ctx, shardDSNs)
+				res := runRouteBench(ctx, clients, dur, len(ids), pick, op)
+				res.PeakConns = stopSampling()
 				// Each mode's connections go before the next runs: together
 				// they would crowd the shards' max_connections.
-				switch i {
-				case 0:
-					closeDirect()
-				case 1:
-					rt.Stop()
-				}
+				closeFn()
 				time.Sleep(time.Second)
 				res.Mode = m.name
 				if len(results) > 0 && results[0].PerSecond > 0 {
@@ -147,19 +204,33 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 			if g.output == "json" {
 				return g.printJSON(results)
 			}
-			fmt.Fprintf(g.stdout, "%d tenants, %d clients, %s per mode, zipf-skewed point selects; router budget %d per shard\n",
-				len(ids), clients, dur, budget)
+			fmt.Fprintf(g.stdout, "%d tenants, %d clients, %s per mode after %s warm-up, zipf-skewed point selects\n"+
+				"router budget %d per shard; at most %d connections per tenant in every mode\n",
+				len(ids), clients, dur, warmup, budget, tenantMax)
 			rows := make([][]string, 0, len(results))
 			for _, r := range results {
 				rows = append(rows, []string{r.Mode, strconv.FormatInt(r.Ops, 10), fmt.Sprintf("%.0f", r.PerSecond),
-					fmt.Sprintf("%.2f", r.P50ms), fmt.Sprintf("%.2f", r.P99ms), fmt.Sprintf("%.2f", r.Ratio), strconv.FormatInt(r.Errors, 10)})
+					fmt.Sprintf("%.2f", r.P50ms), fmt.Sprintf("%.2f", r.P99ms), fmt.Sprintf("%.2f", r.Ratio),
+					strconv.Itoa(r.PeakConns), strconv.FormatInt(r.Errors, 10)})
 			}
-			return g.printTable([]string{"MODE", "OPS", "OPS/S", "P50 MS", "P99 MS", "RATIO", "ERRORS"}, rows)
+			if err := g.printTable([]string{"MODE", "OPS", "OPS/S", "P50 MS", "P99 MS", "RATIO", "PEAK CONNS/SHARD", "ERRORS"}, rows); err != nil {
+				return err
+			}
+			for _, r := range results {
+				if r.FirstError != "" {
+					fmt.Fprintf(g.stdout, "%s, first error: %s\n", r.Mode, r.FirstError)
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().IntVarP(&n, "tenants", "n", 1000, "tenants to spread the load over")
 	cmd.Flags().IntVarP(&clients, "clients", "c", 16, "concurrent clients")
-	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long each mode runs")
+	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long each mode is measured")
+	cmd.Flags().DurationVar(&warmup, "warmup", 3*time.Second, "how long each mode runs before it is measured")
+	cmd.Flags().StringSliceVar(&only, "modes", []string{"direct", "pgbouncer", "router", "http"},
+		"the modes to run: direct (the baseline), pgbouncer, router, http; ratios are to the first")
+	cmd.Flags().StringVar(&pgbouncerBin, "pgbouncer", "", "the pgbouncer binary (default: from PATH or /usr/sbin)")
 	cmd.Flags().IntVar(&budget, "shard-budget", router.DefaultShardBudget, "the in-process router's connection budget per shard")
 	cmd.Flags().StringVar(&devDir, "dir", "", "a silo dev directory: read the catalog and secret key from it")
 	cmd.Flags().StringVar(&catalogDSN, "catalog-dsn", "", "the catalog (without --dir)")
@@ -230,15 +301,49 @@ func cmp(a, b error) error {
 	return b
 }
 
-// directPools opens one pgx pool per tenant, straight to its database as
-// its own role: the baseline Silo's router is measured against. Each holds
-// one connection, closed after a second idle, so the cold tenants of a zipf
-// load do not pile up past the shards' max_connections.
-func directPools(ctx context.Context, store *shardmap.Store, key []byte, ids []string) (map[string]*pgxpool.Pool, func(), error) {
+// benchTargets looks up how to reach each tenant's database straight on
+// its shard, as its own role, and the DSN of every shard they are on.
+func benchTargets(ctx context.Context, store *shardmap.Store, key []byte, ids []string) ([]benchTarget, []string, error) {
 	sealer, err := shardmap.NewSealer(key)
 	if err != nil {
 		return nil, nil, err
 	}
+	shards := map[string]*pgx.ConnConfig{}
+	var dsns []string
+	targets := make([]benchTarget, 0, len(ids))
+	for _, id := range ids {
+		t, err := store.GetTenant(ctx, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		sc, ok := shards[t.Shard]
+		if !ok {
+			dsn, err := store.ShardDSN(ctx, t.Shard)
+			if err != nil {
+				return nil, nil, err
+			}
+			if sc, err = pgx.ParseConfig(dsn); err != nil {
+				return nil, nil, err
+			}
+			shards[t.Shard] = sc
+			dsns = append(dsns, dsn)
+		}
+		sealed, err := store.TenantSecret(ctx, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		pw, err := sealer.Open(sealed, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		targets = append(targets, benchTarget{ID: id, Database: t.Database, Password: string(pw), Host: sc.Host, Port: sc.Port})
+	}
+	return targets, dsns, nil
+}
+
+// openPools opens one pgx pool per target, configured by config, and
+// returns them by tenant id with a function that closes them all.
+func openPools(ctx context.Context, targets []benchTarget, config func(benchTarget) (*pgxpool.Config, error)) (map[string]*pgxpool.Pool, func(), error) {
 	pools := map[string]*pgxpool.Pool{}
 	var once sync.Once
 	closeAll := func() {
@@ -248,44 +353,86 @@ func directPools(ctx context.Context, store *shardmap.Store, key []byte, ids []s
 			}
 		})
 	}
-	for _, id := range ids {
-		t, err := store.GetTenant(ctx, id)
+	for _, t := range targets {
+		cfg, err := config(t)
+		if err == nil {
+			pools[t.ID], err = pgxpool.NewWithConfig(ctx, cfg)
+		}
 		if err != nil {
 			closeAll()
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("pool for %s: %w", t.ID, err)
 		}
-		dsn, err := store.ShardDSN(ctx, t.Shard)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		sealed, err := store.TenantSecret(ctx, id)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		pw, err := sealer.Open(sealed, id)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		cfg, err := pgxpool.ParseConfig(dsn)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		cfg.ConnConfig.User, cfg.ConnConfig.Password, cfg.ConnConfig.Database = t.Database, string(pw), t.Database
-		// One connection per tenant: more would overrun the shards'
-		// max_connections with a few hundred tenants.
-		cfg.MaxConns, cfg.MaxConnIdleTime, cfg.HealthCheckPeriod = 1, time.Second, 500*time.Millisecond
-		p, err := pgxpool.NewWithConfig(ctx, cfg)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		pools[id] = p
 	}
 	return pools, closeAll, nil
+}
+
+// directPools opens one pgx pool per tenant, straight to its database as
+// its own role: the baseline Silo's router is measured against, what an
+// application without Silo would do. Each pool may hold maxConns
+// connections and keeps them, so the shards need max_connections for
+// every tenant in use.
+func directPools(ctx context.Context, targets []benchTarget, maxConns int32) (map[string]*pgxpool.Pool, func(), error) {
+	return openPools(ctx, targets, func(t benchTarget) (*pgxpool.Config, error) {
+		cfg, err := pgxpool.ParseConfig(fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable",
+			t.Database, t.Password, t.Host, t.Port, t.Database))
+		if err != nil {
+			return nil, err
+		}
+		cfg.MaxConns = maxConns
+		return cfg, nil
+	})
+}
+
+// peakConns samples, every 50 ms until stop is called, how many tenant
+// sessions each shard has, and stop returns the highest count seen on
+// any one shard.
+func peakConns(ctx context.Context, shardDSNs []string) (stop func() int) {
+	ctx, cancel := context.WithCancel(ctx)
+	var peak atomic.Int64
+	var wg sync.WaitGroup
+	for _, dsn := range shardDSNs {
+		wg.Go(func() {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				return
+			}
+			defer conn.Close(context.WithoutCancel(ctx))
+			t := time.NewTicker(50 * time.Millisecond)
+			defer t.Stop()
+			for {
+				var n int64
+				if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+					WHERE backend_type = 'client backend' AND usename LIKE 't\_%'`).Scan(&n); err == nil {
+					for old := peak.Load(); n > old && !peak.CompareAndSwap(old, n); old = peak.Load() {
+					}
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		})
+	}
+	return func() int {
+		cancel()
+		wg.Wait()
+		return int(peak.Load())
+	}
+}
+
+// touchAll runs op once for every tenant, with the given clients.
+func touchAll(ctx context.Context, clients int, ids []string, op func(context.Context, string) error) {
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(ids)) && ctx.Err() == nil; i = next.Add(1) - 1 {
+				_ = op(ctx, ids[i]) // errors show in the measured run
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // runRouteBench runs op for dur with the given clients, each picking
@@ -295,6 +442,7 @@ func runRouteBench(ctx context.Context, clients int, dur time.Duration, n int,
 	ctx, cancel := context.WithTimeout(ctx, dur)
 	defer cancel()
 	var ops, errs atomic.Int64
+	var firstErr atomic.Pointer[string]
 	lat := make([][]time.Duration, clients)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -310,6 +458,8 @@ func runRouteBench(ctx context.Context, clients int, dur time.Duration, n int,
 				}
 				if err != nil {
 					errs.Add(1) // failures count apart, not as throughput
+					msg := err.Error()
+					firstErr.CompareAndSwap(nil, &msg)
 					continue
 				}
 				lat[c] = append(lat[c], time.Since(t0))
@@ -321,6 +471,9 @@ func runRouteBench(ctx context.Context, clients int, dur time.Duration, n int,
 	all := slices.Concat(lat...)
 	slices.Sort(all)
 	res := routeBenchResult{Ops: ops.Load(), Errors: errs.Load(), PerSecond: float64(ops.Load()) / time.Since(start).Seconds()}
+	if e := firstErr.Load(); e != nil {
+		res.FirstError = *e
+	}
 	if len(all) > 0 {
 		res.P50ms = float64(all[len(all)/2].Microseconds()) / 1000
 		res.P99ms = float64(all[len(all)*99/100].Microseconds()) / 1000
