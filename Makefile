@@ -30,6 +30,7 @@ bench: build
 	@dir=$$(./bin/silo pg-bindir) && SILO_PG_BINDIR=$$dir $(GO) test -run '^$$' -bench . -benchtime 2s ./...
 	./scripts/bench-provision.sh
 	./scripts/bench-route.sh
+	./scripts/bench-migrate.sh
 
 # Regenerates api/api.gen.go from api/openapi.yaml.
 generate:

@@ -18,7 +18,74 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/oapi-codegen/runtime"
+	openapi_types "github.com/oapi-codegen/runtime/types"
 )
+
+// Defines values for MigrationRunDirection.
+const (
+	MigrationRunDirectionDown MigrationRunDirection = "down"
+	MigrationRunDirectionUp   MigrationRunDirection = "up"
+)
+
+// Valid indicates whether the value is a known member of the MigrationRunDirection enum.
+func (e MigrationRunDirection) Valid() bool {
+	switch e {
+	case MigrationRunDirectionDown:
+		return true
+	case MigrationRunDirectionUp:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MigrationRunCreateDirection.
+const (
+	MigrationRunCreateDirectionDown MigrationRunCreateDirection = "down"
+	MigrationRunCreateDirectionUp   MigrationRunCreateDirection = "up"
+)
+
+// Valid indicates whether the value is a known member of the MigrationRunCreateDirection enum.
+func (e MigrationRunCreateDirection) Valid() bool {
+	switch e {
+	case MigrationRunCreateDirectionDown:
+		return true
+	case MigrationRunCreateDirectionUp:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MigrationRunState.
+const (
+	MigrationRunStateCanary    MigrationRunState = "canary"
+	MigrationRunStateFailed    MigrationRunState = "failed"
+	MigrationRunStatePreparing MigrationRunState = "preparing"
+	MigrationRunStateRunning   MigrationRunState = "running"
+	MigrationRunStateStopped   MigrationRunState = "stopped"
+	MigrationRunStateSucceeded MigrationRunState = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the MigrationRunState enum.
+func (e MigrationRunState) Valid() bool {
+	switch e {
+	case MigrationRunStateCanary:
+		return true
+	case MigrationRunStateFailed:
+		return true
+	case MigrationRunStatePreparing:
+		return true
+	case MigrationRunStateRunning:
+		return true
+	case MigrationRunStateStopped:
+		return true
+	case MigrationRunStateSucceeded:
+		return true
+	default:
+		return false
+	}
+}
 
 // Defines values for OperationKind.
 const (
@@ -193,10 +260,128 @@ type AuditList struct {
 	NextCursor *string      `json:"nextCursor,omitempty"`
 }
 
+// DriftReport defines model for DriftReport.
+type DriftReport struct {
+	// Checked Tenants compared.
+	Checked   int           `json:"checked"`
+	Drifted   []SchemaDrift `json:"drifted"`
+	Templates []struct {
+		Error *string `json:"error,omitempty"`
+
+		// Fingerprint SHA-256 of the template's schema description.
+		Fingerprint string `json:"fingerprint"`
+		Shard       string `json:"shard"`
+		Version     int64  `json:"version"`
+	} `json:"templates"`
+}
+
 // Health defines model for Health.
 type Health struct {
 	// Status Example: ok
 	Status string `json:"status"`
+}
+
+// MigrationFailure defines model for MigrationFailure.
+type MigrationFailure struct {
+	Error      string             `json:"error"`
+	FinishedAt time.Time          `json:"finishedAt"`
+	RunId      openapi_types.UUID `json:"runId"`
+	Shard      string             `json:"shard"`
+
+	// Sqlstate The PostgreSQL SQLSTATE, when the database refused a statement.
+	Sqlstate string `json:"sqlstate"`
+	TenantId string `json:"tenantId"`
+
+	// Version The tenant's version now.
+	Version int64 `json:"version"`
+}
+
+// MigrationRun defines model for MigrationRun.
+type MigrationRun struct {
+	Canary          int                   `json:"canary"`
+	Concurrency     int                   `json:"concurrency"`
+	ContinueOnError bool                  `json:"continueOnError"`
+	CreatedAt       time.Time             `json:"createdAt"`
+	CreatedBy       string                `json:"createdBy"`
+	Direction       MigrationRunDirection `json:"direction"`
+
+	// Error Why the run failed or was stopped.
+	Error *string `json:"error,omitempty"`
+
+	// EtaSeconds Expected seconds left, while the run is in progress.
+	EtaSeconds *int64             `json:"etaSeconds,omitempty"`
+	FinishedAt *time.Time         `json:"finishedAt,omitempty"`
+	Id         openapi_types.UUID `json:"id"`
+	PerShard   int                `json:"perShard"`
+	Progress   struct {
+		Done    int `json:"done"`
+		Failed  int `json:"failed"`
+		Pending int `json:"pending"`
+		Running int `json:"running"`
+
+		// Skipped Not migrated because the run ended first, or the tenant went away.
+		Skipped int `json:"skipped"`
+		Total   int `json:"total"`
+	} `json:"progress"`
+	State         MigrationRunState `json:"state"`
+	TargetVersion int64             `json:"targetVersion"`
+	UpdatedAt     time.Time         `json:"updatedAt"`
+}
+
+// MigrationRunDirection defines model for MigrationRun.Direction.
+type MigrationRunDirection string
+
+// MigrationRunCreate defines model for MigrationRunCreate.
+type MigrationRunCreate struct {
+	// Canary Tenants, spread over shards, migrated first; if any fails, the run stops before the rest. Default one per shard; 0 for none.
+	Canary *int `json:"canary,omitempty"`
+
+	// Concurrency Tenants migrated at once, fleet-wide.
+	Concurrency *int `json:"concurrency,omitempty"`
+
+	// ContinueOnError Go on past a failed tenant after the canary wave. By default the run stops at the first failure.
+	ContinueOnError *bool                        `json:"continueOnError,omitempty"`
+	Direction       *MigrationRunCreateDirection `json:"direction,omitempty"`
+
+	// PerShard Tenants migrated at once on one shard.
+	PerShard *int `json:"perShard,omitempty"`
+
+	// To The target version; by default the latest file's for up. Required for down, whose files must have down sections.
+	To *int64 `json:"to,omitempty"`
+}
+
+// MigrationRunCreateDirection defines model for MigrationRunCreate.Direction.
+type MigrationRunCreateDirection string
+
+// MigrationRunList defines model for MigrationRunList.
+type MigrationRunList struct {
+	Items []MigrationRun `json:"items"`
+}
+
+// MigrationRunState defines model for MigrationRunState.
+type MigrationRunState string
+
+// MigrationStatus defines model for MigrationStatus.
+type MigrationStatus struct {
+	// Behind Active and suspended tenants not at the target version.
+	Behind int `json:"behind"`
+
+	// Failures Each tenant whose latest migration failed and that is not at the target (100 at most).
+	Failures []MigrationFailure `json:"failures"`
+
+	// LatestVersion The highest version among the migration files.
+	LatestVersion int64         `json:"latestVersion"`
+	Run           *MigrationRun `json:"run,omitempty"`
+	Shards        []struct {
+		Shard    string `json:"shard"`
+		Versions []struct {
+			Tenants int   `json:"tenants"`
+			Version int64 `json:"version"`
+		} `json:"versions"`
+	} `json:"shards"`
+
+	// TargetVersion The version new tenants are born at, set by the latest run.
+	TargetVersion int64 `json:"targetVersion"`
 }
 
 // Operation A durable change to a tenant, recorded in the catalog as it runs.
@@ -298,6 +483,22 @@ type QueryResult struct {
 
 	// Truncated True when `rows` stops short of the result, at the server's row or size limit.
 	Truncated bool `json:"truncated"`
+}
+
+// SchemaDrift defines model for SchemaDrift.
+type SchemaDrift struct {
+	// Error The tenant could not be inspected.
+	Error *string `json:"error,omitempty"`
+
+	// Extra In the tenant, not in the template.
+	Extra []string `json:"extra"`
+
+	// Missing In the template, not in the tenant.
+	Missing         []string `json:"missing"`
+	Shard           string   `json:"shard"`
+	TemplateVersion int64    `json:"templateVersion"`
+	TenantId        string   `json:"tenantId"`
+	Version         int64    `json:"version"`
 }
 
 // Shard defines model for Shard.
@@ -502,6 +703,9 @@ type Limit = int
 // OperationID defines model for OperationID.
 type OperationID = string
 
+// RunID defines model for RunID.
+type RunID = string
+
 // ShardName defines model for ShardName.
 type ShardName = string
 
@@ -533,6 +737,12 @@ type ListAuditParams struct {
 
 	// Actor Only entries by this actor.
 	Actor *string `form:"actor,omitempty" json:"actor,omitempty"`
+}
+
+// ListMigrationRunsParams defines parameters for ListMigrationRuns.
+type ListMigrationRunsParams struct {
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // ListShardsParams defines parameters for ListShards.
@@ -616,6 +826,9 @@ type SuspendTenantParams struct {
 	// of range with 422 EINVALID.
 	Wait *Wait `form:"wait,omitempty" json:"wait,omitempty"`
 }
+
+// StartMigrationRunJSONRequestBody defines body for StartMigrationRun for application/json ContentType.
+type StartMigrationRunJSONRequestBody = MigrationRunCreate
 
 // CreateShardJSONRequestBody defines body for CreateShard for application/json ContentType.
 type CreateShardJSONRequestBody = ShardCreate
@@ -725,6 +938,67 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/audit (the `ListAudit` operationId).
 	ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSchemaDrift Compare every tenant's actual schema with its shard's template.
+	//
+	// Fingerprints the tables, columns, indexes, constraints and triggers
+	// of each shard's template and of every active and suspended tenant,
+	// and lists the tenants that differ, with the differences: the schema
+	// drift that no migration table shows. A tenant at another version
+	// than its template is listed too, with both versions.
+	//
+	// Corresponds with GET /v1/migrations/drift (the `GetSchemaDrift` operationId).
+	GetSchemaDrift(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListMigrationRuns List migration runs, newest first.
+	//
+	// Corresponds with GET /v1/migrations/runs (the `ListMigrationRuns` operationId).
+	ListMigrationRuns(ctx context.Context, params *ListMigrationRunsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartMigrationRunWithBody Start a migration run over every active and suspended tenant.
+	//
+	// Checks the tenant migration files (read now, so new files need no
+	// restart) and applies them to a scratch copy of a shard's template:
+	// files that are malformed or fail there are refused (422) before any
+	// tenant is touched. Then the run goes on in the background: the
+	// shard templates (and so new tenants) first, a canary wave, then
+	// every other tenant not at the target, one job each. A second run
+	// while one is in progress gets 409.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+	StartMigrationRunWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartMigrationRun Start a migration run over every active and suspended tenant.
+	//
+	// Checks the tenant migration files (read now, so new files need no
+	// restart) and applies them to a scratch copy of a shard's template:
+	// files that are malformed or fail there are refused (422) before any
+	// tenant is touched. Then the run goes on in the background: the
+	// shard templates (and so new tenants) first, a canary wave, then
+	// every other tenant not at the target, one job each. A second run
+	// while one is in progress gets 409.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+	StartMigrationRun(ctx context.Context, body StartMigrationRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetMigrationRun Get a migration run and its progress.
+	//
+	// Corresponds with GET /v1/migrations/runs/{id} (the `GetMigrationRun` operationId).
+	GetMigrationRun(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StopMigrationRun Stop a run in progress. Tenants being migrated finish; the others are skipped.
+	//
+	// Corresponds with POST /v1/migrations/runs/{id}/stop (the `StopMigrationRun` operationId).
+	StopMigrationRun(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetMigrationStatus The fleet's tenant schema. Versions per shard, the failures not yet fixed, and the current or latest run.
+	//
+	// Corresponds with GET /v1/migrations/status (the `GetMigrationStatus` operationId).
+	GetMigrationStatus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetOpenAPI This document.
 	//
@@ -1099,6 +1373,137 @@ func (c *Client) GetReady(ctx context.Context, reqEditors ...RequestEditorFn) (*
 // Corresponds with GET /v1/audit (the `ListAudit` operationId).
 func (c *Client) ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListAuditRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSchemaDrift Compare every tenant's actual schema with its shard's template.
+//
+// Fingerprints the tables, columns, indexes, constraints and triggers
+// of each shard's template and of every active and suspended tenant,
+// and lists the tenants that differ, with the differences: the schema
+// drift that no migration table shows. A tenant at another version
+// than its template is listed too, with both versions.
+//
+// Corresponds with GET /v1/migrations/drift (the `GetSchemaDrift` operationId).
+func (c *Client) GetSchemaDrift(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSchemaDriftRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListMigrationRuns List migration runs, newest first.
+//
+// Corresponds with GET /v1/migrations/runs (the `ListMigrationRuns` operationId).
+func (c *Client) ListMigrationRuns(ctx context.Context, params *ListMigrationRunsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListMigrationRunsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartMigrationRunWithBody Start a migration run over every active and suspended tenant.
+//
+// Checks the tenant migration files (read now, so new files need no
+// restart) and applies them to a scratch copy of a shard's template:
+// files that are malformed or fail there are refused (422) before any
+// tenant is touched. Then the run goes on in the background: the
+// shard templates (and so new tenants) first, a canary wave, then
+// every other tenant not at the target, one job each. A second run
+// while one is in progress gets 409.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+func (c *Client) StartMigrationRunWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartMigrationRunRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartMigrationRun Start a migration run over every active and suspended tenant.
+//
+// Checks the tenant migration files (read now, so new files need no
+// restart) and applies them to a scratch copy of a shard's template:
+// files that are malformed or fail there are refused (422) before any
+// tenant is touched. Then the run goes on in the background: the
+// shard templates (and so new tenants) first, a canary wave, then
+// every other tenant not at the target, one job each. A second run
+// while one is in progress gets 409.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+func (c *Client) StartMigrationRun(ctx context.Context, body StartMigrationRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartMigrationRunRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetMigrationRun Get a migration run and its progress.
+//
+// Corresponds with GET /v1/migrations/runs/{id} (the `GetMigrationRun` operationId).
+func (c *Client) GetMigrationRun(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetMigrationRunRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StopMigrationRun Stop a run in progress. Tenants being migrated finish; the others are skipped.
+//
+// Corresponds with POST /v1/migrations/runs/{id}/stop (the `StopMigrationRun` operationId).
+func (c *Client) StopMigrationRun(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopMigrationRunRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetMigrationStatus The fleet's tenant schema. Versions per shard, the failures not yet fixed, and the current or latest run.
+//
+// Corresponds with GET /v1/migrations/status (the `GetMigrationStatus` operationId).
+func (c *Client) GetMigrationStatus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetMigrationStatusRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -1864,6 +2269,222 @@ func NewListAuditRequest(server string, params *ListAuditParams) (*http.Request,
 			rawQueryFragments = append(rawQueryFragments, encoded)
 		}
 		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetSchemaDriftRequest constructs an http.Request for the GetSchemaDrift method
+func NewGetSchemaDriftRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/drift")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListMigrationRunsRequest constructs an http.Request for the ListMigrationRuns method
+func NewListMigrationRunsRequest(server string, params *ListMigrationRunsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/runs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStartMigrationRunRequest calls the generic StartMigrationRun builder with application/json body
+func NewStartMigrationRunRequest(server string, body StartMigrationRunJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStartMigrationRunRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewStartMigrationRunRequestWithBody constructs an http.Request for the StartMigrationRun method, with any body, and a specified content type
+func NewStartMigrationRunRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/runs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetMigrationRunRequest constructs an http.Request for the GetMigrationRun method
+func NewGetMigrationRunRequest(server string, id RunID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/runs/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStopMigrationRunRequest constructs an http.Request for the StopMigrationRun method
+func NewStopMigrationRunRequest(server string, id RunID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/runs/%s/stop", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetMigrationStatusRequest constructs an http.Request for the GetMigrationStatus method
+func NewGetMigrationStatusRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/migrations/status")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2985,6 +3606,77 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/audit (the `ListAudit` operationId).
 	ListAuditWithResponse(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*ListAuditResponse, error)
 
+	// GetSchemaDriftWithResponse Compare every tenant's actual schema with its shard's template.
+	//
+	// Fingerprints the tables, columns, indexes, constraints and triggers
+	// of each shard's template and of every active and suspended tenant,
+	// and lists the tenants that differ, with the differences: the schema
+	// drift that no migration table shows. A tenant at another version
+	// than its template is listed too, with both versions.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/migrations/drift (the `GetSchemaDrift` operationId).
+	GetSchemaDriftWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetSchemaDriftResponse, error)
+
+	// ListMigrationRunsWithResponse List migration runs, newest first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/migrations/runs (the `ListMigrationRuns` operationId).
+	ListMigrationRunsWithResponse(ctx context.Context, params *ListMigrationRunsParams, reqEditors ...RequestEditorFn) (*ListMigrationRunsResponse, error)
+
+	// StartMigrationRunWithBodyWithResponse Start a migration run over every active and suspended tenant.
+	//
+	// Checks the tenant migration files (read now, so new files need no
+	// restart) and applies them to a scratch copy of a shard's template:
+	// files that are malformed or fail there are refused (422) before any
+	// tenant is touched. Then the run goes on in the background: the
+	// shard templates (and so new tenants) first, a canary wave, then
+	// every other tenant not at the target, one job each. A second run
+	// while one is in progress gets 409.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+	StartMigrationRunWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartMigrationRunResponse, error)
+
+	// StartMigrationRunWithResponse Start a migration run over every active and suspended tenant.
+	//
+	// Checks the tenant migration files (read now, so new files need no
+	// restart) and applies them to a scratch copy of a shard's template:
+	// files that are malformed or fail there are refused (422) before any
+	// tenant is touched. Then the run goes on in the background: the
+	// shard templates (and so new tenants) first, a canary wave, then
+	// every other tenant not at the target, one job each. A second run
+	// while one is in progress gets 409.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+	StartMigrationRunWithResponse(ctx context.Context, body StartMigrationRunJSONRequestBody, reqEditors ...RequestEditorFn) (*StartMigrationRunResponse, error)
+
+	// GetMigrationRunWithResponse Get a migration run and its progress.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/migrations/runs/{id} (the `GetMigrationRun` operationId).
+	GetMigrationRunWithResponse(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*GetMigrationRunResponse, error)
+
+	// StopMigrationRunWithResponse Stop a run in progress. Tenants being migrated finish; the others are skipped.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/migrations/runs/{id}/stop (the `StopMigrationRun` operationId).
+	StopMigrationRunWithResponse(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*StopMigrationRunResponse, error)
+
+	// GetMigrationStatusWithResponse The fleet's tenant schema. Versions per shard, the failures not yet fixed, and the current or latest run.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/migrations/status (the `GetMigrationStatus` operationId).
+	GetMigrationStatusWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetMigrationStatusResponse, error)
+
 	// GetOpenAPIWithResponse This document.
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -3505,6 +4197,301 @@ func (r ListAuditResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListAuditResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetSchemaDriftResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DriftReport
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSchemaDriftResponse) GetJSON200() *DriftReport {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r GetSchemaDriftResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSchemaDriftResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSchemaDriftResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSchemaDriftResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSchemaDriftResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListMigrationRunsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MigrationRunList
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListMigrationRunsResponse) GetJSON200() *MigrationRunList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ListMigrationRunsResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListMigrationRunsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListMigrationRunsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListMigrationRunsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListMigrationRunsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// StartMigrationRunResponse202Headers the declared response headers of an HTTP 202 response for StartMigrationRun
+type StartMigrationRunResponse202Headers struct {
+	Location *string
+}
+
+type StartMigrationRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *MigrationRun
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *StartMigrationRunResponse202Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r StartMigrationRunResponse) GetJSON202() *MigrationRun {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r StartMigrationRunResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StartMigrationRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StartMigrationRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StartMigrationRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StartMigrationRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetMigrationRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MigrationRun
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetMigrationRunResponse) GetJSON200() *MigrationRun {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r GetMigrationRunResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetMigrationRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetMigrationRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetMigrationRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetMigrationRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StopMigrationRunResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MigrationRun
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StopMigrationRunResponse) GetJSON200() *MigrationRun {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r StopMigrationRunResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StopMigrationRunResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StopMigrationRunResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StopMigrationRunResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StopMigrationRunResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetMigrationStatusResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MigrationStatus
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetMigrationStatusResponse) GetJSON200() *MigrationStatus {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r GetMigrationStatusResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetMigrationStatusResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetMigrationStatusResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetMigrationStatusResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetMigrationStatusResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4648,6 +5635,119 @@ func (c *ClientWithResponses) ListAuditWithResponse(ctx context.Context, params 
 	return ParseListAuditResponse(rsp)
 }
 
+// GetSchemaDriftWithResponse Compare every tenant's actual schema with its shard's template.
+//
+// Fingerprints the tables, columns, indexes, constraints and triggers
+// of each shard's template and of every active and suspended tenant,
+// and lists the tenants that differ, with the differences: the schema
+// drift that no migration table shows. A tenant at another version
+// than its template is listed too, with both versions.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/migrations/drift (the `GetSchemaDrift` operationId).
+func (c *ClientWithResponses) GetSchemaDriftWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetSchemaDriftResponse, error) {
+	rsp, err := c.GetSchemaDrift(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSchemaDriftResponse(rsp)
+}
+
+// ListMigrationRunsWithResponse List migration runs, newest first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/migrations/runs (the `ListMigrationRuns` operationId).
+func (c *ClientWithResponses) ListMigrationRunsWithResponse(ctx context.Context, params *ListMigrationRunsParams, reqEditors ...RequestEditorFn) (*ListMigrationRunsResponse, error) {
+	rsp, err := c.ListMigrationRuns(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListMigrationRunsResponse(rsp)
+}
+
+// StartMigrationRunWithBodyWithResponse Start a migration run over every active and suspended tenant.
+//
+// Checks the tenant migration files (read now, so new files need no
+// restart) and applies them to a scratch copy of a shard's template:
+// files that are malformed or fail there are refused (422) before any
+// tenant is touched. Then the run goes on in the background: the
+// shard templates (and so new tenants) first, a canary wave, then
+// every other tenant not at the target, one job each. A second run
+// while one is in progress gets 409.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+func (c *ClientWithResponses) StartMigrationRunWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartMigrationRunResponse, error) {
+	rsp, err := c.StartMigrationRunWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartMigrationRunResponse(rsp)
+}
+
+// StartMigrationRunWithResponse Start a migration run over every active and suspended tenant.
+//
+// Checks the tenant migration files (read now, so new files need no
+// restart) and applies them to a scratch copy of a shard's template:
+// files that are malformed or fail there are refused (422) before any
+// tenant is touched. Then the run goes on in the background: the
+// shard templates (and so new tenants) first, a canary wave, then
+// every other tenant not at the target, one job each. A second run
+// while one is in progress gets 409.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/migrations/runs (the `StartMigrationRun` operationId).
+func (c *ClientWithResponses) StartMigrationRunWithResponse(ctx context.Context, body StartMigrationRunJSONRequestBody, reqEditors ...RequestEditorFn) (*StartMigrationRunResponse, error) {
+	rsp, err := c.StartMigrationRun(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartMigrationRunResponse(rsp)
+}
+
+// GetMigrationRunWithResponse Get a migration run and its progress.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/migrations/runs/{id} (the `GetMigrationRun` operationId).
+func (c *ClientWithResponses) GetMigrationRunWithResponse(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*GetMigrationRunResponse, error) {
+	rsp, err := c.GetMigrationRun(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetMigrationRunResponse(rsp)
+}
+
+// StopMigrationRunWithResponse Stop a run in progress. Tenants being migrated finish; the others are skipped.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/migrations/runs/{id}/stop (the `StopMigrationRun` operationId).
+func (c *ClientWithResponses) StopMigrationRunWithResponse(ctx context.Context, id RunID, reqEditors ...RequestEditorFn) (*StopMigrationRunResponse, error) {
+	rsp, err := c.StopMigrationRun(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStopMigrationRunResponse(rsp)
+}
+
+// GetMigrationStatusWithResponse The fleet's tenant schema. Versions per shard, the failures not yet fixed, and the current or latest run.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/migrations/status (the `GetMigrationStatus` operationId).
+func (c *ClientWithResponses) GetMigrationStatusWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetMigrationStatusResponse, error) {
+	rsp, err := c.GetMigrationStatus(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetMigrationStatusResponse(rsp)
+}
+
 // GetOpenAPIWithResponse This document.
 //
 // Returns a wrapper object for the known response body format(s).
@@ -5249,6 +6349,217 @@ func ParseListAuditResponse(rsp *http.Response) (*ListAuditResponse, error) {
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest AuditList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetSchemaDriftResponse parses an HTTP response from a GetSchemaDriftWithResponse call
+func ParseGetSchemaDriftResponse(rsp *http.Response) (*GetSchemaDriftResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSchemaDriftResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DriftReport
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListMigrationRunsResponse parses an HTTP response from a ListMigrationRunsWithResponse call
+func ParseListMigrationRunsResponse(rsp *http.Response) (*ListMigrationRunsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListMigrationRunsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MigrationRunList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStartMigrationRunResponse parses an HTTP response from a StartMigrationRunWithResponse call
+func ParseStartMigrationRunResponse(rsp *http.Response) (*StartMigrationRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StartMigrationRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest MigrationRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		var headers StartMigrationRunResponse202Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers202 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetMigrationRunResponse parses an HTTP response from a GetMigrationRunWithResponse call
+func ParseGetMigrationRunResponse(rsp *http.Response) (*GetMigrationRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetMigrationRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MigrationRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStopMigrationRunResponse parses an HTTP response from a StopMigrationRunWithResponse call
+func ParseStopMigrationRunResponse(rsp *http.Response) (*StopMigrationRunResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StopMigrationRunResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MigrationRun
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetMigrationStatusResponse parses an HTTP response from a GetMigrationStatusWithResponse call
+func ParseGetMigrationStatusResponse(rsp *http.Response) (*GetMigrationStatusResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetMigrationStatusResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MigrationStatus
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -6107,6 +7418,24 @@ type ServerInterface interface {
 	// ListAudit List audit entries, newest first.
 	// (GET /v1/audit)
 	ListAudit(ctx echo.Context, params ListAuditParams) error
+	// GetSchemaDrift Compare every tenant's actual schema with its shard's template.
+	// (GET /v1/migrations/drift)
+	GetSchemaDrift(ctx echo.Context) error
+	// ListMigrationRuns List migration runs, newest first.
+	// (GET /v1/migrations/runs)
+	ListMigrationRuns(ctx echo.Context, params ListMigrationRunsParams) error
+	// StartMigrationRun Start a migration run over every active and suspended tenant.
+	// (POST /v1/migrations/runs)
+	StartMigrationRun(ctx echo.Context) error
+	// GetMigrationRun Get a migration run and its progress.
+	// (GET /v1/migrations/runs/{id})
+	GetMigrationRun(ctx echo.Context, id RunID) error
+	// StopMigrationRun Stop a run in progress. Tenants being migrated finish; the others are skipped.
+	// (POST /v1/migrations/runs/{id}/stop)
+	StopMigrationRun(ctx echo.Context, id RunID) error
+	// GetMigrationStatus The fleet's tenant schema. Versions per shard, the failures not yet fixed, and the current or latest run.
+	// (GET /v1/migrations/status)
+	GetMigrationStatus(ctx echo.Context) error
 	// GetOpenAPI This document.
 	// (GET /v1/openapi.yaml)
 	GetOpenAPI(ctx echo.Context) error
@@ -6247,6 +7576,83 @@ func (w *ServerInterfaceWrapper) ListAudit(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.ListAudit(ctx, params)
+	return err
+}
+
+// GetSchemaDrift converts echo context to params.
+func (w *ServerInterfaceWrapper) GetSchemaDrift(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetSchemaDrift(ctx)
+	return err
+}
+
+// ListMigrationRuns converts echo context to params.
+func (w *ServerInterfaceWrapper) ListMigrationRuns(ctx echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListMigrationRunsParams
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListMigrationRuns(ctx, params)
+	return err
+}
+
+// StartMigrationRun converts echo context to params.
+func (w *ServerInterfaceWrapper) StartMigrationRun(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.StartMigrationRun(ctx)
+	return err
+}
+
+// GetMigrationRun converts echo context to params.
+func (w *ServerInterfaceWrapper) GetMigrationRun(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id RunID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetMigrationRun(ctx, id)
+	return err
+}
+
+// StopMigrationRun converts echo context to params.
+func (w *ServerInterfaceWrapper) StopMigrationRun(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id RunID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.StopMigrationRun(ctx, id)
+	return err
+}
+
+// GetMigrationStatus converts echo context to params.
+func (w *ServerInterfaceWrapper) GetMigrationStatus(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetMigrationStatus(ctx)
 	return err
 }
 
@@ -6759,6 +8165,12 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/keys", wrapper.CreateTenantKey, options.OperationMiddlewares["createTenantKey"]...)
 	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
+	router.GET(options.BaseURL+"/v1/migrations/status", wrapper.GetMigrationStatus, options.OperationMiddlewares["getMigrationStatus"]...)
+	router.GET(options.BaseURL+"/v1/migrations/runs", wrapper.ListMigrationRuns, options.OperationMiddlewares["listMigrationRuns"]...)
+	router.POST(options.BaseURL+"/v1/migrations/runs", wrapper.StartMigrationRun, options.OperationMiddlewares["startMigrationRun"]...)
+	router.GET(options.BaseURL+"/v1/migrations/runs/:id", wrapper.GetMigrationRun, options.OperationMiddlewares["getMigrationRun"]...)
+	router.POST(options.BaseURL+"/v1/migrations/runs/:id/stop", wrapper.StopMigrationRun, options.OperationMiddlewares["stopMigrationRun"]...)
+	router.GET(options.BaseURL+"/v1/migrations/drift", wrapper.GetSchemaDrift, options.OperationMiddlewares["getSchemaDrift"]...)
 	router.GET(options.BaseURL+"/v1/audit", wrapper.ListAudit, options.OperationMiddlewares["listAudit"]...)
 
 }

@@ -73,6 +73,9 @@ type Config struct {
 	// Router runs the data API's SQL on tenants' databases. Without it, the
 	// data endpoints answer 503 EUNAVAILABLE.
 	Router Router
+	// Migrations runs tenant schema migrations across the fleet. Without
+	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
+	Migrations Migrations
 	// QueryTimeout bounds each call of the data API: a query, or a
 	// transaction with all its statements, the wait for a connection
 	// included. PostgreSQL gets it as statement_timeout too, so it stops a
@@ -149,6 +152,7 @@ type Server struct {
 	echo           *echo.Echo
 
 	router         Router
+	migrations     Migrations
 	queryTimeout   time.Duration
 	maxRows        int
 	maxResultBytes int
@@ -193,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 		public:         publicRoutes(doc),
 		dataRoutes:     keyRoutes(doc),
 		router:         cfg.Router,
+		migrations:     cfg.Migrations,
 		queryTimeout:   cfg.QueryTimeout,
 		maxRows:        cfg.MaxRows,
 		maxResultBytes: cfg.MaxResultBytes,

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +26,7 @@ import (
 	"github.com/silo-db/silo/api"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
+	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/router"
@@ -60,6 +62,8 @@ type serverOpts struct {
 	queryTimeout   time.Duration
 	maxRows        int
 	maxResultBytes int
+	// migrationFiles turns on the migration runner, over these files.
+	migrationFiles fs.FS
 }
 
 // secretKey seals tenant passwords for the provisioner, and opens them for
@@ -80,13 +84,32 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	pool, store := catalogtest.New(t, log)
-	prov := newProvisioner(t, pool, store, log)
+	var runner *migrations.Runner
+	var prov *provisioner.Provisioner
+	var jobs []provisioner.JobSource
+	for _, o := range opts {
+		if o.migrationFiles != nil {
+			var err error
+			runner, err = migrations.NewRunner(migrations.Config{
+				Catalog: pool, Store: store, Files: o.migrationFiles, Logger: log,
+				Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
+					return prov.MigrateTemplate(ctx, shard, v)
+				}),
+			})
+			require.NoError(t, err)
+			jobs = append(jobs, runner)
+		}
+	}
+	prov = newProvisioner(t, pool, store, log, jobs...)
 	rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: secretKey, Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, rt.Start(ctx))
 	t.Cleanup(rt.Stop)
 
 	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log, Router: rt}
+	if runner != nil {
+		cfg.Migrations = runner
+	}
 	for _, o := range opts {
 		cfg.BodyLimit = o.bodyLimit
 		if o.catalog != nil {
@@ -116,13 +139,13 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 
 // newProvisioner starts a provisioner over the catalog in pool; it stops
 // before the pool closes.
-func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger) *provisioner.Provisioner {
+func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger, jobs ...provisioner.JobSource) *provisioner.Provisioner {
 	t.Helper()
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	prov, err := provisioner.New(provisioner.Config{
 		Catalog: pool, Store: store, SecretKey: secretKey, Logger: log,
-		PgDump: filepath.Join(binDir, "pg_dump"),
+		PgDump: filepath.Join(binDir, "pg_dump"), Jobs: jobs,
 	})
 	require.NoError(t, err)
 	require.NoError(t, prov.Start(context.Background()))

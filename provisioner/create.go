@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -148,11 +149,11 @@ func newUUID() string {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// templates remembers, per shard, that the template is at the latest
-// version, so creates skip the check.
+// templates remembers, per shard, the version this server last saw the
+// template at, so creates skip the check while the target stays there.
 type templates struct {
 	mu      sync.Mutex
-	current map[string]bool
+	version map[string]int64
 }
 
 // createPlan makes the tenant's role and database and hands the database to
@@ -242,6 +243,20 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				}
 				if cur.State == silo.TenantActive {
 					return nil
+				}
+				// A migration run may have moved the target since the
+				// template or warm unit was made: born current all the same.
+				target, err := p.targetVersion(ctx)
+				if err != nil {
+					return err
+				}
+				if version != target {
+					if err := load(ctx); err != nil {
+						return err
+					}
+					if version, err = p.migrateAs(ctx, sc, t.Shard, name, name, target); err != nil {
+						return err
+					}
 				}
 				cur.State, cur.SchemaVersion = silo.TenantActive, version
 				_, err = p.store.UpdateTenantTx(ctx, nil, *cur)
@@ -415,24 +430,56 @@ func (p *Provisioner) databaseVersion(ctx context.Context, sc *shardConn, shard,
 }
 
 // templateVersion returns the version of the shard's template, making or
-// migrating it first if this server has not seen it current.
+// migrating it to the fleet's target version first if this server has not
+// seen it there.
 func (p *Provisioner) templateVersion(ctx context.Context, shard string) (int64, error) {
-	p.tmpl.mu.Lock()
-	current := p.tmpl.current[shard]
-	p.tmpl.mu.Unlock()
-	if current {
-		return p.latestVersion, nil
-	}
-	v, err := p.ensureTemplate(ctx, shard)
+	target, err := p.targetVersion(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if v == p.latestVersion {
-		p.tmpl.mu.Lock()
-		p.tmpl.current[shard] = true
-		p.tmpl.mu.Unlock()
+	p.tmpl.mu.Lock()
+	v, known := p.tmpl.version[shard]
+	p.tmpl.mu.Unlock()
+	if known && v == target {
+		return target, nil
 	}
+	if v, err = p.ensureTemplate(ctx, shard, target); err != nil {
+		return 0, err
+	}
+	p.tmpl.mu.Lock()
+	p.tmpl.version[shard] = v
+	p.tmpl.mu.Unlock()
 	return v, nil
+}
+
+// targetVersion returns the tenant schema version new tenants are born at:
+// the target of the latest migration run, or the latest file's before the
+// first.
+func (p *Provisioner) targetVersion(ctx context.Context) (int64, error) {
+	latest, err := migrations.LatestVersion(p.cfg.TenantMigrations)
+	if err != nil {
+		return 0, silo.WrapError(err, silo.EINTERNAL, "%v", err)
+	}
+	return migrations.TargetVersion(ctx, p.catalog, latest)
+}
+
+// MigrateTemplate brings the shard's template to version (up or down),
+// and has its warm pool, made at another version, remade: a migration run
+// calls it before it touches any tenant.
+func (p *Provisioner) MigrateTemplate(ctx context.Context, shard string, version int64) error {
+	v, err := p.ensureTemplate(ctx, shard, version)
+	if err != nil {
+		return err
+	}
+	p.tmpl.mu.Lock()
+	p.tmpl.version[shard] = v
+	p.tmpl.mu.Unlock()
+	if p.cfg.WarmPoolSize > 0 {
+		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
+			p.log.Warn("warm pool refresh not queued", "shard", shard, "err", err)
+		}
+	}
+	return nil
 }
 
 // quoteLiteral quotes s as an SQL string literal.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -63,6 +64,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry gets the provisioner's metrics; nil registers none.
 	Registry prometheus.Registerer
+	// Jobs are other services whose River jobs run on the provisioner's
+	// client, in the catalog's job queue: the migration runner.
+	Jobs []JobSource
+}
+
+// JobSource is a service with River jobs of its own, run by the
+// provisioner's River client.
+type JobSource interface {
+	// AddWorkers registers the service's workers.
+	AddWorkers(*river.Workers)
+	// Queues returns the service's queues.
+	Queues() map[string]river.QueueConfig
+	// UseClient hands the service the client, to insert its jobs.
+	UseClient(*river.Client[pgx.Tx])
 }
 
 func (c Config) withDefaults() Config {
@@ -119,15 +134,14 @@ func (c Config) validate() error {
 // Provisioner runs tenant lifecycle operations. Create it with New, then
 // Start it; it is safe for concurrent use.
 type Provisioner struct {
-	cfg           Config
-	store         *shardmap.Store
-	catalog       *pgxpool.Pool
-	sealer        *shardmap.Sealer
-	log           *slog.Logger
-	river         *river.Client[pgx.Tx]
-	latestVersion int64
-	slots         chan struct{} // bounds concurrent operations
-	metrics       metrics
+	cfg     Config
+	store   *shardmap.Store
+	catalog *pgxpool.Pool
+	sealer  *shardmap.Sealer
+	log     *slog.Logger
+	river   *river.Client[pgx.Tx]
+	slots   chan struct{} // bounds concurrent operations
+	metrics metrics
 
 	shards    sync.Mutex
 	shardConn map[string]*shardConn // by shard name
@@ -149,22 +163,20 @@ func New(cfg Config) (*Provisioner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
-	latest, err := migrations.LatestVersion(cfg.TenantMigrations)
-	if err != nil {
+	if _, err := migrations.LatestVersion(cfg.TenantMigrations); err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
 	p := &Provisioner{
-		cfg:           cfg,
-		store:         cfg.Store,
-		catalog:       cfg.Catalog,
-		sealer:        sealer,
-		log:           cfg.Logger,
-		latestVersion: latest,
-		slots:         make(chan struct{}, cfg.MaxConcurrentOps),
-		metrics:       newMetrics(),
-		shardConn:     map[string]*shardConn{},
-		tmpl:          templates{current: map[string]bool{}},
-		stopping:      make(chan struct{}),
+		cfg:       cfg,
+		store:     cfg.Store,
+		catalog:   cfg.Catalog,
+		sealer:    sealer,
+		log:       cfg.Logger,
+		slots:     make(chan struct{}, cfg.MaxConcurrentOps),
+		metrics:   newMetrics(),
+		shardConn: map[string]*shardConn{},
+		tmpl:      templates{version: map[string]int64{}},
+		stopping:  make(chan struct{}),
 	}
 	if cfg.Registry != nil {
 		if err := p.metrics.register(cfg.Registry); err != nil {
@@ -176,10 +188,15 @@ func New(cfg Config) (*Provisioner, error) {
 	river.AddWorker(workers, &operationWorker{p: p})
 	river.AddWorker(workers, &maintainWorker{p: p})
 	river.AddWorker(workers, &purgeSweepWorker{p: p})
+	queues := map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}}
+	for _, src := range cfg.Jobs {
+		src.AddWorkers(workers)
+		maps.Copy(queues, src.Queues())
+	}
 	p.river, err = river.NewClient(riverpgxv5.New(cfg.Catalog), &river.Config{
 		Logger:  cfg.Logger.With("component", "river"),
 		Workers: workers,
-		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}},
+		Queues:  queues,
 		PeriodicJobs: []*river.PeriodicJob{
 			river.NewPeriodicJob(river.PeriodicInterval(cfg.MaintenanceInterval),
 				func() (river.JobArgs, *river.InsertOpts) { return maintainArgs{}, uniqueOpts() },
@@ -196,6 +213,9 @@ func New(cfg Config) (*Provisioner, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: river client: %w", err)
+	}
+	for _, src := range cfg.Jobs {
+		src.UseClient(p.river)
 	}
 	return p, nil
 }

@@ -20,9 +20,9 @@ const (
 )
 
 // ensureTemplate makes sure the shard's template database exists and is at
-// the latest tenant schema, and returns that version. It is idempotent and
+// tenant schema version, and returns that version. It is idempotent and
 // safe across servers: they take turns under an advisory lock on the shard.
-func (p *Provisioner) ensureTemplate(ctx context.Context, shard string) (int64, error) {
+func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version int64) (int64, error) {
 	sc, err := p.shard(ctx, shard)
 	if err != nil {
 		return 0, err
@@ -79,37 +79,44 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string) (int64, 
 	if err != nil {
 		return 0, shardError(err, shard)
 	}
-	return p.migrateTemplate(ctx, sc, shard)
+	return p.migrateTemplate(ctx, sc, shard, version)
 }
 
-// migrateTemplate applies pending tenant migrations to the template as
-// silo_owner, so that every object it makes can be handed to a tenant.
-func (p *Provisioner) migrateTemplate(ctx context.Context, sc *shardConn, shard string) (int64, error) {
+// migrateTemplate migrates the template to version as silo_owner, so that
+// every object it makes can be handed to a tenant.
+func (p *Provisioner) migrateTemplate(ctx context.Context, sc *shardConn, shard string, version int64) (int64, error) {
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	return p.migrateAs(mctx, sc, shard, templateDB, ownerRole, version)
+}
+
+// migrateAs migrates database db on the shard to version as role, so that
+// what the migrations make belongs to it, and returns the version reached.
+// Its connections are closed when it returns: clones of the template fail
+// while anyone is connected to it.
+func (p *Provisioner) migrateAs(ctx context.Context, sc *shardConn, shard, db, role string, version int64) (int64, error) {
 	cfg, err := pgxpool.ParseConfig(sc.dsn)
 	if err != nil {
 		return 0, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
 	}
-	cfg.ConnConfig.Database = templateDB
+	cfg.ConnConfig.Database = db
 	cfg.ConnConfig.ConnectTimeout = p.cfg.ConnectTimeout
 	cfg.MaxConns = 2
 	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, "SET ROLE "+ident(ownerRole))
+		_, err := conn.Exec(ctx, "SET ROLE "+ident(role))
 		return err
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return 0, shardError(err, shard)
 	}
-	// Clones fail while anyone is connected to the template: close at once.
 	defer pool.Close()
-	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	v, err := migrations.MigrateTenant(mctx, pool, p.cfg.TenantMigrations)
+	_, v, err := migrations.MigrateTenantTo(ctx, pool, p.cfg.TenantMigrations, version)
 	if err != nil {
 		if sqlState(err) != "" {
-			return 0, silo.WrapError(err, silo.EINTERNAL, "migrate the template on shard %q: %v", shard, err)
+			return 0, silo.WrapError(err, silo.EINTERNAL, "migrate database %s on shard %q: %v", db, shard, err)
 		}
-		return 0, shardError(fmt.Errorf("migrate the template: %w", err), shard)
+		return 0, shardError(fmt.Errorf("migrate database %s: %w", db, err), shard)
 	}
 	return v, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -28,10 +29,11 @@ import (
 const devMarker = ".silo-dev"
 
 type devOptions struct {
-	serve  serveOptions
-	dir    string
-	shards int
-	reset  bool
+	serve         serveOptions
+	dir           string
+	shards        int
+	shardMaxConns int
+	reset         bool
 }
 
 func newDevCmd(g *globals) *cobra.Command {
@@ -57,8 +59,10 @@ func newDevCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.dir, "dir", ".silo", "directory for the clusters, token, key and env file")
 	f.IntVar(&o.shards, "shards", 2, "number of shard clusters")
+	f.IntVar(&o.shardMaxConns, "shard-max-connections", 200, "max_connections of each shard cluster")
 	f.BoolVar(&o.reset, "reset", false, "delete the directory's clusters and data first")
-	envNames(cmd, map[string]string{"dir": "SILO_DEV_DIR", "shards": "SILO_DEV_SHARDS"})
+	envNames(cmd, map[string]string{"dir": "SILO_DEV_DIR", "shards": "SILO_DEV_SHARDS",
+		"shard-max-connections": "SILO_DEV_SHARD_MAX_CONNECTIONS"})
 	return cmd
 }
 
@@ -67,6 +71,9 @@ func newDevCmd(g *globals) *cobra.Command {
 func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) (err error) {
 	if o.shards < 1 || o.shards > 16 {
 		return fmt.Errorf("--shards %d must be between 1 and 16", o.shards)
+	}
+	if o.shardMaxConns < 20 || o.shardMaxConns > 10000 {
+		return fmt.Errorf("--shard-max-connections %d must be between 20 and 10000", o.shardMaxConns)
 	}
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
@@ -86,6 +93,10 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, devMarker), []byte("made by silo dev\n"), 0o644); err != nil {
+		return err
+	}
+	// DIR/env says the API is up: the one a previous run left is stale.
+	if err := os.Remove(filepath.Join(dir, "env")); err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	if o.serve.adminToken == "" {
@@ -115,8 +126,12 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		names = append(names, fmt.Sprintf("shard-%d", i))
 	}
 	var cfgs []pgcluster.Config
-	for _, name := range names {
-		cfgs = append(cfgs, pgcluster.Config{Dir: filepath.Join(clusterDir, name), BinDir: binDir})
+	for i, name := range names {
+		cfg := pgcluster.Config{Dir: filepath.Join(clusterDir, name), BinDir: binDir}
+		if i > 0 {
+			cfg.MaxConnections = o.shardMaxConns
+		}
+		cfgs = append(cfgs, cfg)
 	}
 	clusters, err := pgcluster.StartAll(ctx, cfgs...)
 	defer func() {
@@ -141,6 +156,13 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 
 	so := o.serve
 	so.catalogDSN = catalog.DSN("silo")
+	if so.tenantMigrations == "" {
+		// A directory of the dev's own, seeded with the example schema, so
+		// that `silo migrate create` has somewhere to write.
+		if so.tenantMigrations, err = seedTenantMigrations(filepath.Join(dir, "tenant-migrations")); err != nil {
+			return err
+		}
+	}
 	setup := func(ctx context.Context, store *shardmap.Store) error {
 		ctx = silo.WithActor(ctx, silo.Actor{Name: "silo-dev"})
 		for i, c := range clusters[1:] {
@@ -161,7 +183,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 	ready := func(addr net.Addr) {
 		url := "http://" + addr.String()
 		envFile := filepath.Join(dir, "env")
-		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s\n", url, so.adminToken)
+		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s SILO_TENANT_MIGRATIONS=%s\n", url, so.adminToken, shellQuote(so.tenantMigrations))
 		if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
 			fmt.Fprintf(out, "warning: cannot write %s: %v\n", envFile, err)
 		}
@@ -186,6 +208,27 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 			"Ctrl-C stops Silo and the clusters; the data stays in %s for the next run.\n", rel, dir)
 	}
 	return runServer(ctx, so, log, setup, ready)
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// seedTenantMigrations makes dir with the embedded example migrations in
+// it, unless it exists, and returns its absolute path.
+func seedTenantMigrations(dir string) (string, error) {
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	embedded, err := migrations.TenantFS("")
+	if err != nil {
+		return "", err
+	}
+	if err := os.CopyFS(dir, embedded); err != nil {
+		return "", fmt.Errorf("seed %s: %v", dir, err)
+	}
+	return dir, nil
 }
 
 // devClusterDir returns the directory for the clusters: DIR/clusters, or,

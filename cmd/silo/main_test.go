@@ -93,7 +93,7 @@ func devDir(t *testing.T) string {
 	return filepath.Join(dir, "silo")
 }
 
-var envRE = regexp.MustCompile(`^export SILO_URL=(\S+) SILO_TOKEN=(\S+)\n$`)
+var envRE = regexp.MustCompile(`^export SILO_URL=(\S+) SILO_TOKEN=(\S+) SILO_TENANT_MIGRATIONS='([^']+)'\n$`)
 
 // waitEnv waits for silo dev to write DIR/env and returns the URL and token.
 func waitEnv(t *testing.T, dir string, stop func() error) (url, token string) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
@@ -44,6 +45,8 @@ type serveOptions struct {
 	stepTimeout         time.Duration
 	maintenanceInterval time.Duration
 	maxOperations       int
+	autoMigrate         bool
+	migrateWorkers      int
 
 	shardBudget    int
 	tenantMaxConns int
@@ -70,6 +73,8 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.DurationVar(&o.stepTimeout, "step-timeout", 30*time.Second, "time limit of each step of a tenant operation")
 	f.DurationVar(&o.maintenanceInterval, "maintenance-interval", provisioner.DefaultMaintenanceInterval, "how often shard templates and warm pools are checked")
 	f.IntVar(&o.maxOperations, "max-operations", provisioner.DefaultMaxConcurrentOps, "tenant operations this server runs at once")
+	f.BoolVar(&o.autoMigrate, "auto-migrate", false, "at startup, start a migration run for tenants behind the latest tenant migration")
+	f.IntVar(&o.migrateWorkers, "migrate-workers", migrations.DefaultWorkers, "tenant migrations this server runs at once (a run's --concurrency bounds them fleet-wide)")
 	f.IntVar(&o.shardBudget, "shard-budget", router.DefaultShardBudget, "connections this server opens to one shard for tenant queries, all tenants together")
 	f.IntVar(&o.tenantMaxConns, "tenant-max-conns", router.DefaultTenantMaxConns, "connections one tenant may hold, so a hot tenant cannot starve the others")
 	f.DurationVar(&o.acquireTimeout, "acquire-timeout", router.DefaultAcquireTimeout, "how long a tenant query waits for a connection within the budget")
@@ -81,6 +86,7 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 		"warm-pool-size": "SILO_WARM_POOL_SIZE", "grace-period": "SILO_GRACE_PERIOD",
 		"recovery-delay": "SILO_RECOVERY_DELAY", "step-timeout": "SILO_STEP_TIMEOUT",
 		"maintenance-interval": "SILO_MAINTENANCE_INTERVAL", "max-operations": "SILO_MAX_OPERATIONS",
+		"auto-migrate": "SILO_AUTO_MIGRATE", "migrate-workers": "SILO_MIGRATE_WORKERS",
 	})
 	envNames(cmd, map[string]string{
 		"listen": "SILO_LISTEN", "admin-token": "SILO_ADMIN_TOKEN", "body-limit": "SILO_BODY_LIMIT",
@@ -175,17 +181,33 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if warm == 0 {
 		warm = -1 // off; the provisioner reads 0 as "the default"
 	}
-	prov, err := provisioner.New(provisioner.Config{
+	// The runner migrates templates through the provisioner, whose River
+	// client runs the runner's jobs.
+	var prov *provisioner.Provisioner
+	runner, err := migrations.NewRunner(migrations.Config{
+		Catalog: pool, Store: store, Files: tenantFS, Workers: o.migrateWorkers,
+		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
+		Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
+			return prov.MigrateTemplate(ctx, shard, v)
+		}),
+	})
+	if err != nil {
+		return err
+	}
+	prov, err = provisioner.New(provisioner.Config{
 		Catalog: pool, Store: store, SecretKey: key, TenantMigrations: tenantFS,
 		WarmPoolSize: warm, GracePeriod: o.gracePeriod, RecoveryDelay: o.recoveryDelay,
 		StepTimeout: o.stepTimeout, MaintenanceInterval: o.maintenanceInterval,
 		MaxConcurrentOps: o.maxOperations, ConnectTimeout: o.connectTimeout,
-		PgDump: findPgDump(), Logger: log, Registry: registry,
+		PgDump: findPgDump(), Logger: log, Registry: registry, Jobs: []provisioner.JobSource{runner},
 	})
 	if err != nil {
 		return err
 	}
 	if err := prov.Start(ctx); err != nil {
+		return err
+	}
+	if err := startupMigrations(ctx, runner, o.autoMigrate, log); err != nil {
 		return err
 	}
 	defer func() {
@@ -208,7 +230,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	}
 	defer rt.Stop()
 	srv, err := api.New(api.Config{
-		Catalog: store, Provisioner: prov, Router: rt, AdminToken: o.adminToken, Logger: log,
+		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
 	})
 	if err != nil {
@@ -222,6 +244,33 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	err = srv.Serve(ctx, ln, o.shutdownTimeout)
 	log.Info("silo stopped")
 	return err
+}
+
+// startupMigrations reports tenants behind the latest migration file and,
+// with --auto-migrate, starts a run for them (unless one is in progress).
+func startupMigrations(ctx context.Context, runner *migrations.Runner, auto bool, log *slog.Logger) error {
+	pending, latest, err := runner.Pending(ctx)
+	if err != nil {
+		return err
+	}
+	if pending == 0 {
+		return nil
+	}
+	if !auto {
+		log.Warn("tenant migrations pending: run `silo migrate up`, or start with --auto-migrate",
+			"tenants", pending, "latest", latest)
+		return nil
+	}
+	run, err := runner.StartRun(silo.WithActor(ctx, silo.Actor{Name: "auto-migrate"}), migrations.RunOptions{})
+	switch {
+	case silo.ErrorCode(err) == silo.ECONFLICT:
+		log.Info("tenant migrations pending; a run is already in progress", "tenants", pending, "latest", latest)
+		return nil
+	case err != nil:
+		return fmt.Errorf("--auto-migrate: %w", err)
+	}
+	log.Info("tenant migrations pending: run started (--auto-migrate)", "tenants", pending, "latest", latest, "run", run.ID)
+	return nil
 }
 
 // findPgDump returns the pg_dump beside the PostgreSQL server binaries (the
