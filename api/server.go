@@ -304,9 +304,12 @@ func (s *Server) observeMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		status := c.Response().Status
 		elapsed := time.Since(start)
-		labels := prometheus.Labels{"route": route, "method": c.Request().Method, "status": strconv.Itoa(status)}
-		s.requests.With(labels).Inc()
-		s.latency.With(labels).Observe(elapsed.Seconds())
+		method, code := c.Request().Method, strconv.Itoa(status)
+		s.requests.WithLabelValues(route, method, code).Inc()
+		s.latency.WithLabelValues(route, method, code).Observe(elapsed.Seconds())
+		if !s.log.Enabled(c.Request().Context(), slog.LevelInfo) {
+			return nil
+		}
 		attrs := []any{
 			"request_id", requestID(c), "method", c.Request().Method, "route", route,
 			"path", c.Request().URL.Path, "status", status, "duration_ms", float64(elapsed.Microseconds()) / 1000,

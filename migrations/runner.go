@@ -308,18 +308,24 @@ func checkVersion(files fs.FS, v int64) error {
 // for a run.
 func TargetVersion(ctx context.Context, catalog interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
 }, latest int64) (int64, error) {
-	var v int64
-	err := catalog.QueryRow(ctx, `
-		WITH first AS (
-			INSERT INTO tenant_schema_target (version) VALUES ($1)
-			ON CONFLICT (singleton) DO NOTHING RETURNING version)
-		SELECT version FROM first UNION ALL SELECT version FROM tenant_schema_target
-		LIMIT 1`, latest).Scan(&v)
-	if err != nil {
-		return 0, catalogError(err)
+	for {
+		var v int64
+		err := catalog.QueryRow(ctx, `SELECT version FROM tenant_schema_target`).Scan(&v)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return 0, catalogError(err)
+		}
+		// The first: whoever inserts first sets it, and the next SELECT, a
+		// statement of its own, sees whichever row won.
+		if _, err := catalog.Exec(ctx, `
+			INSERT INTO tenant_schema_target (version) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, latest); err != nil {
+			return 0, catalogError(err)
+		}
 	}
-	return v, nil
 }
 
 // activeRun returns the id of the run in progress, or "".
@@ -564,7 +570,7 @@ func catalogError(err error) error {
 	if err == nil || silo.ErrorCode(err) != silo.EINTERNAL || errors.As(err, new(*silo.Error)) {
 		return err
 	}
-	if _, ok := errors.AsType[*pgconn.PgError](err); ok {
+	if _, ok := errors.AsType[*pgconn.PgError](err); ok || errors.Is(err, pgx.ErrNoRows) {
 		return silo.WrapError(err, silo.EINTERNAL, "catalog: %v", err)
 	}
 	return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable: %v", err)

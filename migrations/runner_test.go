@@ -504,3 +504,28 @@ func TestRunner(t *testing.T) {
 		require.False(t, strings.Contains(fmt.Sprint(after), "sideways"))
 	})
 }
+
+// Servers creating their first tenants at once agree on the target version,
+// and none fails: the row is made by whoever comes first.
+func TestTargetVersionConcurrently(t *testing.T) {
+	t.Parallel()
+	pgtest.Start(t)
+	pool, _ := catalogtest.New(t, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 16
+	got := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { got[i], errs[i] = migrations.TargetVersion(ctx, pool, int64(7+i%2)) })
+	}
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i])
+		require.Equal(t, got[0], got[i])
+	}
+	v, err := migrations.TargetVersion(ctx, pool, 99)
+	require.NoError(t, err)
+	require.Equal(t, got[0], v, "set once")
+}

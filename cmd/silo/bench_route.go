@@ -168,7 +168,11 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 					}, rt.Stop, nil
 				}},
 				mode{key: "http", name: "HTTP query API", open: func() (func(context.Context, string) error, func(), error) {
-					return func(ctx context.Context, id string) error { return g.postQuery(ctx, hc, id, q) }, func() {}, nil
+					body, err := json.Marshal(map[string]any{"sql": q})
+					if err != nil {
+						return nil, nil, err
+					}
+					return func(ctx context.Context, id string) error { return g.postQuery(ctx, hc, id, body) }, func() {}, nil
 				}},
 			)
 			pick := func(r *rand.Rand, z *rand.Zipf) string { return ids[z.Uint64()] }
@@ -481,9 +485,9 @@ func runRouteBench(ctx context.Context, clients int, dur time.Duration, n int,
 	return res
 }
 
-// postQuery runs one query through the HTTP query API and drains the answer.
-func (g *globals) postQuery(ctx context.Context, hc *http.Client, id, sql string) error {
-	body, _ := json.Marshal(map[string]any{"sql": sql})
+// postQuery posts a query body to the tenant's HTTP query API and drains
+// the answer.
+func (g *globals) postQuery(ctx context.Context, hc *http.Client, id string, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(g.url, "/")+"/v1/tenants/"+id+"/query", bytes.NewReader(body))
 	if err != nil {
 		return err
