@@ -250,6 +250,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, shutdownTimeout tim
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// HTTP/1.1, and HTTP/2 without TLS for clients that know to ask for it
+	// (prior knowledge): many requests share one connection, and its
+	// frames share system calls.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

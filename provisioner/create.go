@@ -154,6 +154,7 @@ func newUUID() string {
 type templates struct {
 	mu      sync.Mutex
 	version map[string]int64
+	setUp   map[string]bool // the template's role, grants and owner are set
 }
 
 // createPlan makes the tenant's role and database and hands the database to
@@ -463,9 +464,9 @@ func (p *Provisioner) targetVersion(ctx context.Context) (int64, error) {
 	return migrations.TargetVersion(ctx, p.catalog, latest)
 }
 
-// MigrateTemplate brings the shard's template to version (up or down),
-// and has its warm pool, made at another version, remade: a migration run
-// calls it before it touches any tenant.
+// MigrateTemplate brings the shard's template and its warm units to
+// version (up or down): a migration run calls it before it touches any
+// tenant.
 func (p *Provisioner) MigrateTemplate(ctx context.Context, shard string, version int64) error {
 	v, err := p.ensureTemplate(ctx, shard, version)
 	if err != nil {
@@ -474,9 +475,46 @@ func (p *Provisioner) MigrateTemplate(ctx context.Context, shard string, version
 	p.tmpl.mu.Lock()
 	p.tmpl.version[shard] = v
 	p.tmpl.mu.Unlock()
-	if p.cfg.WarmPoolSize > 0 {
-		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, uniqueOpts()); err != nil {
-			p.log.Warn("warm pool refresh not queued", "shard", shard, "err", err)
+	return p.migrateWarm(ctx, shard, v)
+}
+
+// migrateWarm migrates the shard's ready warm units made at another
+// version in place, as their own roles: much cheaper than dropping and
+// cloning them again. Each is held out of reach of claims meanwhile. A unit
+// that fails is dropped; upkeep makes another.
+func (p *Provisioner) migrateWarm(ctx context.Context, shard string, version int64) error {
+	warm, err := p.store.WarmDatabases(ctx, shard)
+	if err != nil {
+		return err
+	}
+	sc, err := p.shard(ctx, shard)
+	if err != nil {
+		return err
+	}
+	for _, w := range warm {
+		if !w.Ready || w.SchemaVersion == version {
+			continue
+		}
+		held, err := p.store.HoldWarmDatabase(ctx, shard, w.Name)
+		if err != nil {
+			return err
+		}
+		if !held {
+			continue // claimed meanwhile
+		}
+		v, err := p.migrateAs(ctx, sc, shard, w.Name, w.Name, version)
+		if err != nil {
+			p.log.Warn("warm database not migrated; dropping it", "shard", shard, "database", w.Name, "err", err)
+			if err := p.dropDatabaseAndRole(ctx, sc, shard, w.Name); err != nil {
+				return err
+			}
+			if err := p.store.RemoveWarmDatabase(ctx, shard, w.Name); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := p.store.WarmDatabaseMigrated(ctx, shard, w.Name, v); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -175,7 +175,7 @@ func New(cfg Config) (*Provisioner, error) {
 		slots:     make(chan struct{}, cfg.MaxConcurrentOps),
 		metrics:   newMetrics(),
 		shardConn: map[string]*shardConn{},
-		tmpl:      templates{version: map[string]int64{}},
+		tmpl:      templates{version: map[string]int64{}, setUp: map[string]bool{}},
 		stopping:  make(chan struct{}),
 	}
 	if cfg.Registry != nil {
@@ -206,10 +206,16 @@ func New(cfg Config) (*Provisioner, error) {
 				&river.PeriodicJobOpts{ID: "purge-expired", RunOnStart: true}),
 		},
 		// Operations are run at once by the server that takes the request;
-		// River only resumes them, so a second's latency costs nothing.
-		FetchCooldown:     50 * time.Millisecond,
+		// River only resumes them, so a second's latency costs nothing. A
+		// migration run's tenant jobs take tens of milliseconds each: a
+		// worker that frees up fetches the next within 10 ms.
+		FetchCooldown:     10 * time.Millisecond,
 		FetchPollInterval: time.Second,
 		JobTimeout:        10 * time.Minute,
+		// A job whose server died is run again after this long: longer
+		// than any job may take (operations and tenant migrations stop at
+		// about 11 minutes), shorter than River's default hour.
+		RescueStuckJobsAfter: 15 * time.Minute,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: river client: %w", err)

@@ -47,6 +47,26 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 		       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, ownerRole, templateDB).Scan(&hasRole, &exists); err != nil {
 		return 0, shardError(err, shard)
 	}
+	p.tmpl.mu.Lock()
+	setUp := p.tmpl.setUp[shard]
+	p.tmpl.mu.Unlock()
+	if !setUp || !hasRole || !exists {
+		// Once per server and shard: grants on the template are catalog
+		// updates, and concurrent DDL elsewhere on the shard can make them
+		// fail ("tuple concurrently updated").
+		if err := p.setUpTemplate(ctx, conn.Conn(), sc, shard, hasRole, exists); err != nil {
+			return 0, err
+		}
+		p.tmpl.mu.Lock()
+		p.tmpl.setUp[shard] = true
+		p.tmpl.mu.Unlock()
+	}
+	return p.migrateTemplate(ctx, sc, shard, version)
+}
+
+// setUpTemplate makes silo_owner and the template database as needed, and
+// sets their grants and the owner of its schema.
+func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *shardConn, shard string, hasRole, exists bool) error {
 	var stmts []string
 	if !hasRole {
 		stmts = append(stmts, "CREATE ROLE "+ident(ownerRole)+" NOLOGIN")
@@ -63,7 +83,7 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 		"GRANT CREATE ON DATABASE "+ident(templateDB)+" TO "+ident(ownerRole))
 	for _, stmt := range stmts {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return 0, shardError(err, shard)
+			return shardError(err, shard)
 		}
 	}
 	if !exists {
@@ -71,15 +91,14 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 	}
 	tconn, err := p.connectDB(ctx, sc, shard, templateDB)
 	if err != nil {
-		return 0, err
+		return err
 	}
+	defer tconn.Close(context.WithoutCancel(ctx))
 	// silo_owner makes every object, starting with owning the schema.
-	_, err = tconn.Exec(ctx, "ALTER SCHEMA public OWNER TO "+ident(ownerRole))
-	tconn.Close(context.WithoutCancel(ctx))
-	if err != nil {
-		return 0, shardError(err, shard)
+	if _, err := tconn.Exec(ctx, "ALTER SCHEMA public OWNER TO "+ident(ownerRole)); err != nil {
+		return shardError(err, shard)
 	}
-	return p.migrateTemplate(ctx, sc, shard, version)
+	return nil
 }
 
 // migrateTemplate migrates the template to version as silo_owner, so that

@@ -34,6 +34,26 @@ func (s *Store) WarmDatabaseReady(ctx context.Context, shard, name string) error
 	return catalogError(err, "mark warm database %q ready", name)
 }
 
+// HoldWarmDatabase takes a ready warm database out of reach of claims (back
+// to 'creating') so that it can be migrated in place; it reports false when
+// a claim took it first.
+func (s *Store) HoldWarmDatabase(ctx context.Context, shard, name string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE warm_databases SET state = 'creating' WHERE shard = $1 AND name = $2 AND state = 'ready'`, shard, name)
+	if err != nil {
+		return false, catalogError(err, "hold warm database %q", name)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// WarmDatabaseMigrated records a held warm database at a new schema
+// version and makes it claimable again.
+func (s *Store) WarmDatabaseMigrated(ctx context.Context, shard, name string, version int64) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE warm_databases SET state = 'ready', schema_version = $3 WHERE shard = $1 AND name = $2`, shard, name, version)
+	return catalogError(err, "record warm database %q at version %d", name, version)
+}
+
 // RemoveWarmDatabase forgets a warm database (after dropping it).
 func (s *Store) RemoveWarmDatabase(ctx context.Context, shard, name string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM warm_databases WHERE shard = $1 AND name = $2`, shard, name)

@@ -46,6 +46,7 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 	var dur, warmup time.Duration
 	var devDir, catalogDSN, secretKey, pgbouncerBin string
 	var only []string
+	var h2c bool
 	cmd := &cobra.Command{
 		Use:   "route",
 		Short: "Compare point selects through pgx pools, the router and the HTTP query API",
@@ -152,7 +153,12 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 				}
 				return poolOp(pools), func() { closeFn(); b.Stop() }, nil
 			}})
-			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+			tr := &http.Transport{MaxIdleConnsPerHost: clients}
+			if h2c {
+				tr.Protocols = new(http.Protocols)
+				tr.Protocols.SetUnencryptedHTTP2(true)
+			}
+			hc := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 			modes = append(modes,
 				mode{key: "router", name: "router library", open: func() (func(context.Context, string) error, func(), error) {
 					rt, err := newRouter()
@@ -234,6 +240,7 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&warmup, "warmup", 3*time.Second, "how long each mode runs before it is measured")
 	cmd.Flags().StringSliceVar(&only, "modes", []string{"direct", "pgbouncer", "router", "http"},
 		"the modes to run: direct (the baseline), pgbouncer, router, http; ratios are to the first")
+	cmd.Flags().BoolVar(&h2c, "h2c", false, "speak HTTP/2 without TLS (prior knowledge) to the query API")
 	cmd.Flags().StringVar(&pgbouncerBin, "pgbouncer", "", "the pgbouncer binary (default: from PATH or /usr/sbin)")
 	cmd.Flags().IntVar(&budget, "shard-budget", router.DefaultShardBudget, "the in-process router's connection budget per shard")
 	cmd.Flags().StringVar(&devDir, "dir", "", "a silo dev directory: read the catalog and secret key from it")
