@@ -525,8 +525,11 @@ func (r *Runner) finishIfDone(ctx context.Context, tx pgx.Tx, run *silo.Migratio
 	}
 	if failed > 0 {
 		r.metrics.runs.WithLabelValues(silo.RunFailed).Inc()
-		return finishRun(ctx, tx, run.ID, silo.RunFailed,
-			fmt.Sprintf("%d tenants failed; the first: %s", failed, truncate(firstFailure, 1000)))
+		what := "1 tenant failed"
+		if failed > 1 {
+			what = fmt.Sprintf("%d tenants failed; the first", failed)
+		}
+		return finishRun(ctx, tx, run.ID, silo.RunFailed, what+": "+truncate(firstFailure, 1000))
 	}
 	r.metrics.runs.WithLabelValues(silo.RunSucceeded).Inc()
 	r.log.Info("migration run succeeded", "run", run.ID, "target", run.TargetVersion)
