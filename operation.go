@@ -12,6 +12,7 @@ const (
 	OpResume  OperationKind = "resume"
 	OpDelete  OperationKind = "delete"
 	OpPurge   OperationKind = "purge"
+	OpMove    OperationKind = "move"
 )
 
 // OperationState is where an operation stands.

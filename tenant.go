@@ -15,6 +15,7 @@ const (
 	TenantProvisioning TenantState = "provisioning" // its database is being made
 	TenantActive       TenantState = "active"
 	TenantSuspended    TenantState = "suspended" // role cannot log in until resumed
+	TenantMoving       TenantState = "moving"    // the cutover of a move: requests are held
 	TenantDeleted      TenantState = "deleted"   // soft-deleted: data kept for the grace period
 	TenantPurged       TenantState = "purged"    // database and role dropped; the row is a tombstone
 )
@@ -22,7 +23,7 @@ const (
 // Valid reports whether s is a known tenant state.
 func (s TenantState) Valid() bool {
 	switch s {
-	case TenantProvisioning, TenantActive, TenantSuspended, TenantDeleted, TenantPurged:
+	case TenantProvisioning, TenantActive, TenantSuspended, TenantMoving, TenantDeleted, TenantPurged:
 		return true
 	}
 	return false

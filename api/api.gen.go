@@ -91,6 +91,7 @@ func (e MigrationRunState) Valid() bool {
 const (
 	Create  OperationKind = "create"
 	Delete  OperationKind = "delete"
+	Move    OperationKind = "move"
 	Purge   OperationKind = "purge"
 	Resume  OperationKind = "resume"
 	Suspend OperationKind = "suspend"
@@ -102,6 +103,8 @@ func (e OperationKind) Valid() bool {
 	case Create:
 		return true
 	case Delete:
+		return true
+	case Move:
 		return true
 	case Purge:
 		return true
@@ -205,6 +208,7 @@ func (e ShardState) Valid() bool {
 const (
 	TenantStateActive       TenantState = "active"
 	TenantStateDeleted      TenantState = "deleted"
+	TenantStateMoving       TenantState = "moving"
 	TenantStateProvisioning TenantState = "provisioning"
 	TenantStatePurged       TenantState = "purged"
 	TenantStateSuspended    TenantState = "suspended"
@@ -216,6 +220,8 @@ func (e TenantState) Valid() bool {
 	case TenantStateActive:
 		return true
 	case TenantStateDeleted:
+		return true
+	case TenantStateMoving:
 		return true
 	case TenantStateProvisioning:
 		return true
@@ -604,7 +610,9 @@ type Tenant struct {
 
 	// State `provisioning` while its database is made; `active`; `suspended` (its
 	// role cannot log in); `deleted` (soft-deleted, purged after the grace
-	// period); `purged` (database and role dropped, the row a tombstone).
+	// period); `purged` (database and role dropped, the row a tombstone);
+	// `moving` for the second or so of a move's cutover, while its requests
+	// are held.
 	State     TenantState `json:"state"`
 	UpdatedAt time.Time   `json:"updatedAt"`
 }
@@ -678,9 +686,17 @@ type TenantList struct {
 	NextCursor *string  `json:"nextCursor,omitempty"`
 }
 
+// TenantMove defines model for TenantMove.
+type TenantMove struct {
+	// Shard The target shard.
+	Shard string `json:"shard"`
+}
+
 // TenantState `provisioning` while its database is made; `active`; `suspended` (its
 // role cannot log in); `deleted` (soft-deleted, purged after the grace
-// period); `purged` (database and role dropped, the row a tombstone).
+// period); `purged` (database and role dropped, the row a tombstone);
+// `moving` for the second or so of a move's cutover, while its requests
+// are held.
 type TenantState string
 
 // Transaction defines model for Transaction.
@@ -807,6 +823,16 @@ type ListTenantKeysParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// MoveTenantParams defines parameters for MoveTenant.
+type MoveTenantParams struct {
+	// Wait How long to wait for the operation to finish before answering 202: a
+	// duration such as `500ms`, `10s` or `1m`, from 0 to 60s; default 10s.
+	// The server's request timeout (`--request-timeout`) may cut it short.
+	// A value that is not a duration is refused with 400 EMALFORMED, one out
+	// of range with 422 EINVALID.
+	Wait *Wait `form:"wait,omitempty" json:"wait,omitempty"`
+}
+
 // ResumeTenantParams defines parameters for ResumeTenant.
 type ResumeTenantParams struct {
 	// Wait How long to wait for the operation to finish before answering 202: a
@@ -838,6 +864,9 @@ type CreateTenantJSONRequestBody = TenantCreate
 
 // CreateTenantKeyJSONRequestBody defines body for CreateTenantKey for application/json ContentType.
 type CreateTenantKeyJSONRequestBody = TenantKeyCreate
+
+// MoveTenantJSONRequestBody defines body for MoveTenant for application/json ContentType.
+type MoveTenantJSONRequestBody = TenantMove
 
 // RunQueryJSONRequestBody defines body for RunQuery for application/json ContentType.
 type RunQueryJSONRequestBody = Statement
@@ -1179,6 +1208,36 @@ type ClientInterface interface {
 	//
 	// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
 	RevokeTenantKey(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MoveTenantWithBody Move a live tenant to another shard of its region.
+	//
+	// Its database is copied to the target with logical replication while
+	// it keeps serving; then, in a cutover of about a second, its requests
+	// are held, the target catches up, row counts are compared, and the
+	// tenant switches. Any failure before the switch leaves it on its
+	// shard, working. Its old database is kept for a grace period. A move
+	// to its own shard, to a shard that is not active, or out of its
+	// region gets 409; an unknown shard 404.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+	MoveTenantWithBody(ctx context.Context, id TenantID, params *MoveTenantParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MoveTenant Move a live tenant to another shard of its region.
+	//
+	// Its database is copied to the target with logical replication while
+	// it keeps serving; then, in a cutover of about a second, its requests
+	// are held, the target catches up, row counts are compared, and the
+	// tenant switches. Any failure before the switch leaves it on its
+	// shard, working. Its old database is kept for a grace period. A move
+	// to its own shard, to a shard that is not active, or out of its
+	// region gets 409; an unknown shard 404.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+	MoveTenant(ctx context.Context, id TenantID, params *MoveTenantParams, body MoveTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RunQueryWithBody Run one SQL statement on the tenant's database, as the tenant's own role.
 	//
@@ -1884,6 +1943,56 @@ func (c *Client) CreateTenantKey(ctx context.Context, id TenantID, body CreateTe
 // Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
 func (c *Client) RevokeTenantKey(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRevokeTenantKeyRequest(c.Server, id, keyId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MoveTenantWithBody Move a live tenant to another shard of its region.
+//
+// Its database is copied to the target with logical replication while
+// it keeps serving; then, in a cutover of about a second, its requests
+// are held, the target catches up, row counts are compared, and the
+// tenant switches. Any failure before the switch leaves it on its
+// shard, working. Its old database is kept for a grace period. A move
+// to its own shard, to a shard that is not active, or out of its
+// region gets 409; an unknown shard 404.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+func (c *Client) MoveTenantWithBody(ctx context.Context, id TenantID, params *MoveTenantParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMoveTenantRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MoveTenant Move a live tenant to another shard of its region.
+//
+// Its database is copied to the target with logical replication while
+// it keeps serving; then, in a cutover of about a second, its requests
+// are held, the target catches up, row counts are compared, and the
+// tenant switches. Any failure before the switch leaves it on its
+// shard, working. Its old database is kept for a grace period. A move
+// to its own shard, to a shard that is not active, or out of its
+// region gets 409; an unknown shard 404.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+func (c *Client) MoveTenant(ctx context.Context, id TenantID, params *MoveTenantParams, body MoveTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMoveTenantRequest(c.Server, id, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3318,6 +3427,80 @@ func NewRevokeTenantKeyRequest(server string, id TenantID, keyId string) (*http.
 	return req, nil
 }
 
+// NewMoveTenantRequest calls the generic MoveTenant builder with application/json body
+func NewMoveTenantRequest(server string, id TenantID, params *MoveTenantParams, body MoveTenantJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMoveTenantRequestWithBody(server, id, params, "application/json", bodyReader)
+}
+
+// NewMoveTenantRequestWithBody constructs an http.Request for the MoveTenant method, with any body, and a specified content type
+func NewMoveTenantRequestWithBody(server string, id TenantID, params *MoveTenantParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/move", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Wait != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "wait", *params.Wait, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewRunQueryRequest calls the generic RunQuery builder with application/json body
 func NewRunQueryRequest(server string, id TenantID, body RunQueryJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -3884,6 +4067,36 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with DELETE /v1/tenants/{id}/keys/{keyId} (the `RevokeTenantKey` operationId).
 	RevokeTenantKeyWithResponse(ctx context.Context, id TenantID, keyId string, reqEditors ...RequestEditorFn) (*RevokeTenantKeyResponse, error)
+
+	// MoveTenantWithBodyWithResponse Move a live tenant to another shard of its region.
+	//
+	// Its database is copied to the target with logical replication while
+	// it keeps serving; then, in a cutover of about a second, its requests
+	// are held, the target catches up, row counts are compared, and the
+	// tenant switches. Any failure before the switch leaves it on its
+	// shard, working. Its old database is kept for a grace period. A move
+	// to its own shard, to a shard that is not active, or out of its
+	// region gets 409; an unknown shard 404.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+	MoveTenantWithBodyWithResponse(ctx context.Context, id TenantID, params *MoveTenantParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MoveTenantResponse, error)
+
+	// MoveTenantWithResponse Move a live tenant to another shard of its region.
+	//
+	// Its database is copied to the target with logical replication while
+	// it keeps serving; then, in a cutover of about a second, its requests
+	// are held, the target catches up, row counts are compared, and the
+	// tenant switches. Any failure before the switch leaves it on its
+	// shard, working. Its old database is kept for a grace period. A move
+	// to its own shard, to a shard that is not active, or out of its
+	// region gets 409; an unknown shard 404.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+	MoveTenantWithResponse(ctx context.Context, id TenantID, params *MoveTenantParams, body MoveTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*MoveTenantResponse, error)
 
 	// RunQueryWithBodyWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
 	//
@@ -5335,6 +5548,68 @@ func (r RevokeTenantKeyResponse) ContentType() string {
 	return ""
 }
 
+// MoveTenantResponse202Headers the declared response headers of an HTTP 202 response for MoveTenant
+type MoveTenantResponse202Headers struct {
+	Location *string
+}
+
+type MoveTenantResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Tenant
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Running
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *MoveTenantResponse202Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MoveTenantResponse) GetJSON200() *Tenant {
+	return r.JSON200
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r MoveTenantResponse) GetJSON202() *Running {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MoveTenantResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MoveTenantResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MoveTenantResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MoveTenantResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MoveTenantResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // RunQueryResponse503Headers the declared response headers of an HTTP 503 response for RunQuery
 type RunQueryResponse503Headers struct {
 	RetryAfter *int
@@ -6074,6 +6349,48 @@ func (c *ClientWithResponses) RevokeTenantKeyWithResponse(ctx context.Context, i
 		return nil, err
 	}
 	return ParseRevokeTenantKeyResponse(rsp)
+}
+
+// MoveTenantWithBodyWithResponse Move a live tenant to another shard of its region.
+//
+// Its database is copied to the target with logical replication while
+// it keeps serving; then, in a cutover of about a second, its requests
+// are held, the target catches up, row counts are compared, and the
+// tenant switches. Any failure before the switch leaves it on its
+// shard, working. Its old database is kept for a grace period. A move
+// to its own shard, to a shard that is not active, or out of its
+// region gets 409; an unknown shard 404.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+func (c *ClientWithResponses) MoveTenantWithBodyWithResponse(ctx context.Context, id TenantID, params *MoveTenantParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MoveTenantResponse, error) {
+	rsp, err := c.MoveTenantWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMoveTenantResponse(rsp)
+}
+
+// MoveTenantWithResponse Move a live tenant to another shard of its region.
+//
+// Its database is copied to the target with logical replication while
+// it keeps serving; then, in a cutover of about a second, its requests
+// are held, the target catches up, row counts are compared, and the
+// tenant switches. Any failure before the switch leaves it on its
+// shard, working. Its old database is kept for a grace period. A move
+// to its own shard, to a shard that is not active, or out of its
+// region gets 409; an unknown shard 404.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/move (the `MoveTenant` operationId).
+func (c *ClientWithResponses) MoveTenantWithResponse(ctx context.Context, id TenantID, params *MoveTenantParams, body MoveTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*MoveTenantResponse, error) {
+	rsp, err := c.MoveTenant(ctx, id, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMoveTenantResponse(rsp)
 }
 
 // RunQueryWithBodyWithResponse Run one SQL statement on the tenant's database, as the tenant's own role.
@@ -7192,6 +7509,59 @@ func ParseRevokeTenantKeyResponse(rsp *http.Response) (*RevokeTenantKeyResponse,
 	return response, nil
 }
 
+// ParseMoveTenantResponse parses an HTTP response from a MoveTenantWithResponse call
+func ParseMoveTenantResponse(rsp *http.Response) (*MoveTenantResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MoveTenantResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Tenant
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Running
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		var headers MoveTenantResponse202Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers202 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseRunQueryResponse parses an HTTP response from a RunQueryWithResponse call
 func ParseRunQueryResponse(rsp *http.Response) (*RunQueryResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7487,6 +7857,9 @@ type ServerInterface interface {
 	// RevokeTenantKey Revoke one of the tenant's API keys.
 	// (DELETE /v1/tenants/{id}/keys/{keyId})
 	RevokeTenantKey(ctx echo.Context, id TenantID, keyId string) error
+	// MoveTenant Move a live tenant to another shard of its region.
+	// (POST /v1/tenants/{id}/move)
+	MoveTenant(ctx echo.Context, id TenantID, params MoveTenantParams) error
 	// RunQuery Run one SQL statement on the tenant's database, as the tenant's own role.
 	// (POST /v1/tenants/{id}/query)
 	RunQuery(ctx echo.Context, id TenantID) error
@@ -8012,6 +8385,31 @@ func (w *ServerInterfaceWrapper) RevokeTenantKey(ctx echo.Context) error {
 	return err
 }
 
+// MoveTenant converts echo context to params.
+func (w *ServerInterfaceWrapper) MoveTenant(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MoveTenantParams
+	// ------------- Optional query parameter "wait" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "wait", ctx.QueryParams(), &params.Wait, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter wait: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.MoveTenant(ctx, id, params)
+	return err
+}
+
 // RunQuery converts echo context to params.
 func (w *ServerInterfaceWrapper) RunQuery(ctx echo.Context) error {
 	var err error
@@ -8157,6 +8555,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.DELETE(options.BaseURL+"/v1/tenants/:id", wrapper.DeleteTenant, options.OperationMiddlewares["deleteTenant"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id", wrapper.GetTenant, options.OperationMiddlewares["getTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/suspend", wrapper.SuspendTenant, options.OperationMiddlewares["suspendTenant"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/move", wrapper.MoveTenant, options.OperationMiddlewares["moveTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/resume", wrapper.ResumeTenant, options.OperationMiddlewares["resumeTenant"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id/export", wrapper.ExportTenant, options.OperationMiddlewares["exportTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/query", wrapper.RunQuery, options.OperationMiddlewares["runQuery"]...)

@@ -22,6 +22,7 @@ type Provisioner interface {
 	Suspend(ctx context.Context, id string, wait time.Duration) (provisioner.Result, error)
 	Resume(ctx context.Context, id string, wait time.Duration) (provisioner.Result, error)
 	Delete(ctx context.Context, id string, purge bool, wait time.Duration) (provisioner.Result, error)
+	Move(ctx context.Context, req provisioner.MoveRequest, wait time.Duration) (provisioner.Result, error)
 	Export(ctx context.Context, id string, w io.Writer) error
 	Operation(ctx context.Context, id string) (*silo.Operation, error)
 }
@@ -233,6 +234,21 @@ func (s *Server) SuspendTenant(c echo.Context, id TenantID, params SuspendTenant
 		return err
 	}
 	res, err := s.provisioner.Suspend(ctx, id, wait)
+	return s.answer(c, res, err, http.StatusOK)
+}
+
+// MoveTenant moves a live tenant to another shard.
+func (s *Server) MoveTenant(c echo.Context, id TenantID, params MoveTenantParams) error {
+	ctx := c.Request().Context()
+	wait, err := waitOf(ctx, params.Wait)
+	if err != nil {
+		return err
+	}
+	var req TenantMove
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	res, err := s.provisioner.Move(ctx, provisioner.MoveRequest{ID: id, Shard: req.Shard}, wait)
 	return s.answer(c, res, err, http.StatusOK)
 }
 

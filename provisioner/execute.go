@@ -17,6 +17,9 @@ type step struct {
 	run  func(ctx context.Context) error
 }
 
+// stepTimeouts are the steps that may take longer than Config.StepTimeout.
+var stepTimeouts = map[string]time.Duration{"initial-copy": moveCopyTimeout}
+
 // plan is how an operation is carried out. When a forward step fails, the
 // undo steps run; if there are none, or they fail too, the operation stays
 // running and its recovery job tries again later.
@@ -137,7 +140,11 @@ func (r *recorder) run(ctx context.Context, steps []step) error {
 		// A step is recorded when it ends: most take milliseconds, and a
 		// write before each would double the catalog round trips of a create.
 		st.State, st.Attempts, st.StartedAt, st.FinishedAt, st.Error = silo.OpRunning, st.Attempts+1, time.Now().UTC(), nil, ""
-		sctx, cancel := context.WithTimeout(ctx, r.p.cfg.StepTimeout)
+		timeout := r.p.cfg.StepTimeout
+		if t, ok := stepTimeouts[s.name]; ok {
+			timeout = t
+		}
+		sctx, cancel := context.WithTimeout(ctx, timeout)
 		err := s.run(sctx)
 		cancel()
 		now := time.Now().UTC()
@@ -193,7 +200,7 @@ func (p *Provisioner) launch(ctx context.Context, opID string) <-chan struct{} {
 		case <-p.stopping:
 			return // the recovery job takes it
 		}
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		ctx, cancel := context.WithTimeout(ctx, moveCopyTimeout+10*time.Minute)
 		defer cancel()
 		if _, err := p.execute(ctx, opID); err != nil && !errors.Is(err, errLocked) {
 			p.log.Error("operation did not run; it will be resumed", "operation", opID, "err", err)

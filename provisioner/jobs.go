@@ -119,5 +119,24 @@ func (p *Provisioner) PurgeExpired(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	// Moved tenants' old databases, past their grace period.
+	retired, err := p.store.ExpiredRetiredDatabases(ctx, time.Now(), 100)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, r := range retired {
+		sc, err := p.shard(ctx, r.Shard)
+		if err == nil {
+			err = p.dropDatabaseAndRole(ctx, sc, r.Shard, r.Name)
+		}
+		if err == nil {
+			err = p.store.ForgetRetiredDatabase(ctx, r.Shard, r.Name)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.log.Info("retired database dropped", "shard", r.Shard, "database", r.Name, "tenant", r.TenantID)
+	}
 	return errors.Join(errs...)
 }

@@ -54,8 +54,11 @@ var pastTense = map[silo.OperationKind]string{
 
 // plan returns how to carry out an operation.
 func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, error) {
-	if op.Kind == silo.OpCreate {
+	switch op.Kind {
+	case silo.OpCreate:
 		return p.createPlan(op, params)
+	case silo.OpMove:
+		return p.movePlan(op, params)
 	}
 	id, name := op.TenantID, silo.DatabaseName(op.TenantID)
 	var sc *shardConn

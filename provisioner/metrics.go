@@ -8,6 +8,7 @@ type metrics struct {
 	provision  *prometheus.HistogramVec
 	operations *prometheus.CounterVec
 	warmPool   *prometheus.GaugeVec
+	movePause  prometheus.Histogram
 }
 
 func newMetrics() metrics {
@@ -25,11 +26,16 @@ func newMetrics() metrics {
 			Name: "silo_warm_pool_databases",
 			Help: "Ready databases in each shard's warm pool, as last seen by this server.",
 		}, []string{"shard"}),
+		movePause: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "silo_move_cutover_seconds",
+			Help:    "The write pause of each tenant move: from requests held to the tenant switched to its new shard.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12), // 10 ms to 20 s
+		}),
 	}
 }
 
 func (m metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.provision, m.operations, m.warmPool} {
+	for _, c := range []prometheus.Collector{m.provision, m.operations, m.warmPool, m.movePause} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

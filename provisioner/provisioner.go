@@ -58,8 +58,12 @@ type Config struct {
 	// StepTimeout bounds each step of an operation, so a shard that hangs
 	// fails the step instead of holding the operation. Default 30s.
 	StepTimeout time.Duration
-	// PgDump is the pg_dump binary used by Export. Default: "pg_dump" on PATH.
+	// PgDump is the pg_dump binary used by Export and moves. Default:
+	// "pg_dump" on PATH.
 	PgDump string
+	// RetireAfter is how long a moved tenant's old database is kept on its
+	// old shard before it is dropped. Default 24h.
+	RetireAfter time.Duration
 	// Logger gets structured logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registry gets the provisioner's metrics; nil registers none.
@@ -107,6 +111,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StepTimeout == 0 {
 		c.StepTimeout = 30 * time.Second
+	}
+	if c.RetireAfter == 0 {
+		c.RetireAfter = DefaultRetireAfter
 	}
 	if c.PgDump == "" {
 		c.PgDump = "pg_dump"

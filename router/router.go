@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -60,6 +61,13 @@ type Config struct {
 	// shard's breaker: its tenants' requests fail at once with EUNAVAILABLE
 	// until a probe or a trial request succeeds.
 	ProbeInterval time.Duration
+	// MoveHold is how long a request for a tenant in the cutover of a move
+	// (state moving) is held, waiting for the tenant's new route, before it
+	// fails with EUNAVAILABLE and a retry hint. Default 5s.
+	MoveHold time.Duration
+	// MaxHeld bounds the requests held at once for moving tenants; more
+	// fail at once with EUNAVAILABLE. Default 10,000.
+	MaxHeld int
 	// BreakerCooldown is how long an open breaker refuses requests before it
 	// lets one through to try the shard.
 	BreakerCooldown time.Duration
@@ -77,6 +85,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AcquireTimeout == 0 {
 		c.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if c.MoveHold == 0 {
+		c.MoveHold = 5 * time.Second
+	}
+	if c.MaxHeld == 0 {
+		c.MaxHeld = 10000
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
@@ -128,6 +142,7 @@ type Router struct {
 	mu      sync.Mutex
 	shards  map[string]*shardPool
 	tenants *lru.Cache[string, *tenantPool]
+	held    atomic.Int64 // requests held for moving tenants
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -294,12 +309,54 @@ func isConnFailure(err error) bool {
 	return true
 }
 
+// hold waits while a tenant is in the cutover of a move, for its route to
+// change (the catalog's NOTIFY invalidates the cached one), up to MoveHold.
+// The tenant's connections to its old shard are closed as they come back.
+func (r *Router) hold(ctx context.Context, id string) (*Route, error) {
+	if r.held.Add(1) > int64(r.cfg.MaxHeld) {
+		r.held.Add(-1)
+		return nil, &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: time.Second,
+			Message: fmt.Sprintf("tenant %q is being moved; too many requests are waiting for it", id)}
+	}
+	defer r.held.Add(-1)
+	r.mu.Lock()
+	if tp, ok := r.tenants.Get(id); ok {
+		tp.close()
+		r.tenants.Remove(id)
+	}
+	r.mu.Unlock()
+	deadline := time.Now().Add(r.cfg.MoveHold)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		rt, err := r.resolver.resolve(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if rt.State != silo.TenantMoving {
+			return rt, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: time.Second,
+				Message: fmt.Sprintf("tenant %q is being moved to another shard; try again in a moment", id)}
+		}
+	}
+}
+
 // pool returns the tenant's pool, resolving its route and refusing tenants
 // that are not active.
 func (r *Router) pool(ctx context.Context, id string) (*tenantPool, error) {
 	rt, err := r.resolver.resolve(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	if rt.State == silo.TenantMoving {
+		if rt, err = r.hold(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	switch rt.State {
 	case silo.TenantActive:

@@ -145,3 +145,38 @@ func (s *Store) RegionExists(ctx context.Context, region string) (bool, error) {
 	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE region = $1)`, region).Scan(&ok)
 	return ok, catalogError(err, "look up region %q", region)
 }
+
+// RetiredDatabase is a moved tenant's old database (and role, of the same
+// name), kept on its old shard until DropAfter.
+type RetiredDatabase struct {
+	Shard, Name, TenantID string
+	DropAfter             time.Time
+}
+
+// RetireDatabase records a database (and role) about to be renamed to name
+// on shard, to be dropped after dropAfter.
+func (s *Store) RetireDatabase(ctx context.Context, shard, name, tenantID string, dropAfter time.Time) error {
+	_, err := s.pool.Exec(ctx, `
+		INSERT INTO retired_databases (shard, name, tenant_id, drop_after) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (shard, name) DO NOTHING`, shard, name, tenantID, dropAfter)
+	return catalogError(err, "record retired database %q on shard %q", name, shard)
+}
+
+// ExpiredRetiredDatabases lists retired databases past their time, at most
+// limit.
+func (s *Store) ExpiredRetiredDatabases(ctx context.Context, now time.Time, limit int) ([]RetiredDatabase, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT shard, name, tenant_id, drop_after FROM retired_databases
+		WHERE drop_after <= $1 ORDER BY drop_after LIMIT $2`, now, limit)
+	if err != nil {
+		return nil, catalogError(err, "list retired databases")
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[RetiredDatabase])
+	return dbs, catalogError(err, "list retired databases")
+}
+
+// ForgetRetiredDatabase removes a retired database's record, once dropped.
+func (s *Store) ForgetRetiredDatabase(ctx context.Context, shard, name string) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM retired_databases WHERE shard = $1 AND name = $2`, shard, name)
+	return catalogError(err, "forget retired database %q", name)
+}

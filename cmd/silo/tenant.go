@@ -24,7 +24,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newTenantCreateCmd(g), newTenantListCmd(g), newTenantGetCmd(g),
 		newTenantStateCmd(g, "suspend", "Stop a tenant's role from logging in, and end its sessions"),
 		newTenantStateCmd(g, "resume", "Let a suspended tenant's role log in again"),
-		newTenantDeleteCmd(g), newTenantExportCmd(g))
+		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantMoveCmd(g))
 	return cmd
 }
 
@@ -205,6 +205,40 @@ func newTenantStateCmd(g *globals, verb, short string) *cobra.Command {
 			return g.printOutcome(status, body, tenant, op)
 		},
 	}
+	addWaitFlag(cmd, &wait)
+	return cmd
+}
+
+func newTenantMoveCmd(g *globals) *cobra.Command {
+	var to string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "move ID --to SHARD",
+		Short: "Move a live tenant to another shard of its region",
+		Long: "Move a tenant to another active shard of its region while it keeps serving: its\n" +
+			"database is copied by logical replication, then a cutover of about a second holds its\n" +
+			"requests, lets the new shard catch up, checks row counts, and switches. A failure before\n" +
+			"the switch leaves the tenant where it was. The command waits up to --wait; a move still\n" +
+			"copying goes on in the background, and `silo operation get` follows it.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w, err := g.waitParam(cmd, wait)
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.MoveTenantWithResponse(cmd.Context(), args[0], &api.MoveTenantParams{Wait: w}, api.TenantMove{Shard: to})
+			if err != nil {
+				return g.requestError(err)
+			}
+			return g.printOutcome(resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202)
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the shard to move to")
+	_ = cmd.MarkFlagRequired("to")
 	addWaitFlag(cmd, &wait)
 	return cmd
 }

@@ -1,0 +1,191 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/router"
+)
+
+// A live tenant moves from shard a to b while a writer inserts through the
+// router: every acknowledged row is on b once, the writer's longest gap is
+// the cutover's pause, the old database is retired on a, and the tenant
+// keeps working on b.
+func TestMoveLive(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	res, err := p.Create(b.ctx, CreateRequest{ID: "mover", Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'seed-' || g FROM generate_series(1, 2000) g`)
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+
+	rt, err := router.New(router.Config{Catalog: b.pool, Store: b.store, SecretKey: testKey})
+	require.NoError(t, err)
+	require.NoError(t, rt.Start(b.ctx))
+	t.Cleanup(rt.Stop)
+
+	// The writer: one row at a time, each acknowledged or failed.
+	var acked sync.Map
+	var n, failures atomic.Int64
+	var maxGap atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); <-done }
+	t.Cleanup(halt) // before the test's end, whatever happens
+	go func() {
+		defer close(done)
+		last := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			i := n.Add(1)
+			title := fmt.Sprintf("w-%d", i)
+			ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+			err := rt.WithTenant(ctx, "mover", func(c *pgx.Conn) error {
+				_, err := c.Exec(ctx, `INSERT INTO notes (title) VALUES ($1)`, title)
+				return err
+			})
+			cancel()
+			if err != nil {
+				failures.Add(1)
+				t.Errorf("write %s: %v", title, err)
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			acked.Store(title, true)
+			if gap := time.Since(last); gap.Nanoseconds() > maxGap.Load() {
+				maxGap.Store(gap.Nanoseconds())
+			}
+			last = time.Now()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	res, err = p.Move(b.ctx, MoveRequest{ID: "mover", Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation)
+	require.Equal(t, "b", res.Tenant.Shard)
+	require.Equal(t, silo.TenantActive, res.Tenant.State)
+	time.Sleep(300 * time.Millisecond) // writes on the new shard too
+	halt()
+
+	t.Logf("writes: %d acknowledged, %d failed; longest gap %s", countMap(&acked), failures.Load(), time.Duration(maxGap.Load()))
+	require.Zero(t, failures.Load(), "the writer saw no error")
+	require.Less(t, time.Duration(maxGap.Load()), 3*time.Second, "the write pause")
+
+	moved, err := b.store.GetTenant(b.ctx, "mover")
+	require.NoError(t, err)
+	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, moved))
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	var seeds int
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes WHERE title LIKE 'seed-%'`).Scan(&seeds))
+	require.Equal(t, 2000, seeds)
+	rows, err := conn.Query(b.ctx, `SELECT title, count(*) FROM notes WHERE title LIKE 'w-%' GROUP BY title`)
+	require.NoError(t, err)
+	onTarget := map[string]int{}
+	for rows.Next() {
+		var title string
+		var c int
+		require.NoError(t, rows.Scan(&title, &c))
+		onTarget[title] = c
+	}
+	require.NoError(t, rows.Err())
+	lost := 0
+	acked.Range(func(k, _ any) bool {
+		if onTarget[k.(string)] != 1 {
+			lost++
+		}
+		return true
+	})
+	require.Zero(t, lost, "every acknowledged row is on the target once")
+	for title, c := range onTarget {
+		require.Equal(t, 1, c, title)
+	}
+	// The identity sequence followed: a new row gets a new id.
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after the move')`)
+	require.NoError(t, err)
+
+	db, role := b.shardHas(t, "a", "t_mover")
+	require.False(t, db, "the old database is renamed")
+	require.False(t, role)
+	retired, err := b.store.ExpiredRetiredDatabases(b.ctx, time.Now().Add(48*time.Hour), 10)
+	require.NoError(t, err)
+	require.Len(t, retired, 1)
+	require.Equal(t, "a", retired[0].Shard)
+	op, err := p.Operation(b.ctx, res.Operation.ID)
+	require.NoError(t, err)
+	for _, s := range op.Steps {
+		require.Equal(t, silo.OpSucceeded, s.State, s.Name)
+	}
+
+	// Its old database goes after the grace period.
+	require.NoError(t, p.PurgeExpired(b.ctx))
+	_, err = b.pool.Exec(b.ctx, `UPDATE retired_databases SET drop_after = now() - interval '1 second'`)
+	require.NoError(t, err)
+	require.NoError(t, p.PurgeExpired(b.ctx))
+	db, role = b.shardHas(t, "a", retired[0].Name)
+	require.False(t, db)
+	require.False(t, role)
+}
+
+func countMap(m *sync.Map) int {
+	n := 0
+	m.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// Moves that cannot be: refused, and nothing changes.
+func TestMoveBadInput(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	_, err := p.Create(b.ctx, CreateRequest{ID: "stay", Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "us-1", DSN: b.shardDSN(t, "b", "postgres"), Region: "us"})
+	require.NoError(t, err)
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "off", DSN: b.shardDSN(t, "b", "postgres"), Region: "eu"})
+	require.NoError(t, err)
+	_, err = b.store.SetShardState(b.ctx, "off", silo.ShardDisabled)
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		req  MoveRequest
+		code string
+	}{
+		{MoveRequest{ID: "stay", Shard: "a"}, silo.ECONFLICT},
+		{MoveRequest{ID: "stay", Shard: "us-1"}, silo.ECONFLICT},
+		{MoveRequest{ID: "stay", Shard: "off"}, silo.ECONFLICT},
+		{MoveRequest{ID: "stay", Shard: "nowhere"}, silo.ENOTFOUND},
+		{MoveRequest{ID: "stay", Shard: "BAD NAME"}, silo.EINVALID},
+		{MoveRequest{ID: "ghost", Shard: "b"}, silo.ENOTFOUND},
+	} {
+		_, err := p.Move(b.ctx, tc.req, time.Second)
+		requireCode(t, err, tc.code)
+	}
+	tn, err := b.store.GetTenant(b.ctx, "stay")
+	require.NoError(t, err)
+	require.Equal(t, "a", tn.Shard)
+	db, _ := b.shardHas(t, "b", "t_stay")
+	require.False(t, db, "nothing made on the target")
+}
