@@ -422,3 +422,33 @@ func TestTenantExportFails(t *testing.T) {
 	_, err = io.ReadAll(resp.Body)
 	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
 }
+
+// Moves the API refuses: out of the tenant's region, to its own shard, to a
+// shard that does not exist, and bodies that are not a move. Nothing moves.
+func TestMoveTenantRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "stayer")
+	for _, tc := range []struct {
+		body   string
+		status int
+		code   string
+	}{
+		{`{"shard":"s2"}`, 409, "ECONFLICT"}, // s2 is in region us
+		{`{"shard":"s1"}`, 409, "ECONFLICT"},
+		{`{"shard":"nowhere"}`, 404, "ENOTFOUND"},
+		{`{"shard":"Not A Name"}`, 422, "EINVALID"},
+		{`{}`, 422, "EINVALID"},
+		{`{"shard":"s2","extra":1}`, 400, "EMALFORMED"},
+	} {
+		r := b.do(t, "POST", "/v1/tenants/stayer/move", tc.body)
+		require.Equal(t, tc.status, r.status, "%s: %s", tc.body, r.body)
+		require.Equal(t, tc.code, string(r.problem(t).Code), tc.body)
+	}
+	r := b.do(t, "POST", "/v1/tenants/ghost/move", `{"shard":"s1"}`)
+	require.Equal(t, 404, r.status)
+	tn := decode[api.Tenant](t, b.do(t, "GET", "/v1/tenants/stayer", ""))
+	require.Equal(t, "s1", tn.Shard)
+	require.Equal(t, api.TenantStateActive, tn.State)
+}
