@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -133,7 +134,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if level != "logical" {
 				return silo.Errorf(silo.ECONFLICT, "shard %q has wal_level %s; a live move needs logical", from, level)
 			}
-			return nil
+			return p.awaitMigration(ctx, id)
 		}},
 		{name: "target-database", run: func(ctx context.Context) error {
 			if done, err := flipped(ctx); done || err != nil {
@@ -288,6 +289,32 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 		}},
 	}
 	return plan{forward: forward, undo: undo}, nil
+}
+
+// awaitMigration waits until no migration run is migrating the tenant: the
+// runner holds migrations.TenantLockClass on it while it does, and starts
+// none while an operation (this move) runs on the tenant.
+func (p *Provisioner) awaitMigration(ctx context.Context, id string) error {
+	conn, err := p.catalog.Acquire(ctx)
+	if err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	defer conn.Release()
+	for {
+		var free bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, migrations.TenantLockClass, id).Scan(&free); err != nil {
+			return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+		}
+		if free {
+			_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, migrations.TenantLockClass, id)
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "tenant %q is being migrated; the move gave up waiting", id)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // cutover switches a tenant from src to dst: routers hold its requests
