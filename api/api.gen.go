@@ -183,6 +183,24 @@ func (e ProblemCode) Valid() bool {
 	}
 }
 
+// Defines values for RebalancePlanBy.
+const (
+	RebalancePlanByBytes   RebalancePlanBy = "bytes"
+	RebalancePlanByTenants RebalancePlanBy = "tenants"
+)
+
+// Valid indicates whether the value is a known member of the RebalancePlanBy enum.
+func (e RebalancePlanBy) Valid() bool {
+	switch e {
+	case RebalancePlanByBytes:
+		return true
+	case RebalancePlanByTenants:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ShardState.
 const (
 	ShardStateActive   ShardState = "active"
@@ -228,6 +246,24 @@ func (e TenantState) Valid() bool {
 	case TenantStatePurged:
 		return true
 	case TenantStateSuspended:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for PlanRebalanceParamsBy.
+const (
+	PlanRebalanceParamsByBytes   PlanRebalanceParamsBy = "bytes"
+	PlanRebalanceParamsByTenants PlanRebalanceParamsBy = "tenants"
+)
+
+// Valid indicates whether the value is a known member of the PlanRebalanceParamsBy enum.
+func (e PlanRebalanceParamsBy) Valid() bool {
+	switch e {
+	case PlanRebalanceParamsByBytes:
+		return true
+	case PlanRebalanceParamsByTenants:
 		return true
 	default:
 		return false
@@ -490,6 +526,29 @@ type QueryResult struct {
 	// Truncated True when `rows` stops short of the result, at the server's row or size limit.
 	Truncated bool `json:"truncated"`
 }
+
+// RebalancePlan defines model for RebalancePlan.
+type RebalancePlan struct {
+	By    RebalancePlanBy `json:"by"`
+	Moves []struct {
+		Bytes  int64  `json:"bytes"`
+		From   string `json:"from"`
+		Tenant string `json:"tenant"`
+		To     string `json:"to"`
+	} `json:"moves"`
+	Shards []struct {
+		Bytes        int64  `json:"bytes"`
+		BytesAfter   int64  `json:"bytesAfter"`
+		Region       string `json:"region"`
+		Shard        string `json:"shard"`
+		Tenants      int    `json:"tenants"`
+		TenantsAfter int    `json:"tenantsAfter"`
+		Weight       int    `json:"weight"`
+	} `json:"shards"`
+}
+
+// RebalancePlanBy defines model for RebalancePlan.By.
+type RebalancePlanBy string
 
 // SchemaDrift defines model for SchemaDrift.
 type SchemaDrift struct {
@@ -760,6 +819,17 @@ type ListMigrationRunsParams struct {
 	// Limit Page size.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 }
+
+// PlanRebalanceParams defines parameters for PlanRebalance.
+type PlanRebalanceParams struct {
+	By *PlanRebalanceParamsBy `form:"by,omitempty" json:"by,omitempty"`
+
+	// MaxMoves At most this many moves; 0 for no limit.
+	MaxMoves *int `form:"maxMoves,omitempty" json:"maxMoves,omitempty"`
+}
+
+// PlanRebalanceParamsBy defines parameters for PlanRebalance.
+type PlanRebalanceParamsBy string
 
 // ListShardsParams defines parameters for ListShards.
 type ListShardsParams struct {
@@ -1038,6 +1108,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PlanRebalance Plan the moves that even out the active shards.
+	//
+	// Reads every active shard's active tenants (and, by bytes, their
+	// databases' sizes) and returns the moves that bring each shard's load
+	// per unit of weight within 10% of its region's weighted mean, or as
+	// close as single moves can. Tenants stay in their region. Nothing
+	// moves: this is a plan.
+	//
+	// Corresponds with GET /v1/rebalance/plan (the `PlanRebalance` operationId).
+	PlanRebalance(ctx context.Context, params *PlanRebalanceParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListShards List shards, ordered by name.
 	//
@@ -1593,6 +1674,27 @@ func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) 
 // Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 func (c *Client) GetOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetOperationRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PlanRebalance Plan the moves that even out the active shards.
+//
+// Reads every active shard's active tenants (and, by bytes, their
+// databases' sizes) and returns the moves that bring each shard's load
+// per unit of weight within 10% of its region's weighted mean, or as
+// close as single moves can. Tenants stay in their region. Nothing
+// moves: this is a plan.
+//
+// Corresponds with GET /v1/rebalance/plan (the `PlanRebalance` operationId).
+func (c *Client) PlanRebalance(ctx context.Context, params *PlanRebalanceParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPlanRebalanceRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2655,6 +2757,72 @@ func NewGetOperationRequest(server string, id OperationID) (*http.Request, error
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPlanRebalanceRequest constructs an http.Request for the PlanRebalance method
+func NewPlanRebalanceRequest(server string, params *PlanRebalanceParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rebalance/plan")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.By != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "by", *params.By, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.MaxMoves != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "maxMoves", *params.MaxMoves, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -3874,6 +4042,19 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperationWithResponse(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*GetOperationResponse, error)
 
+	// PlanRebalanceWithResponse Plan the moves that even out the active shards.
+	//
+	// Reads every active shard's active tenants (and, by bytes, their
+	// databases' sizes) and returns the moves that bring each shard's load
+	// per unit of weight within 10% of its region's weighted mean, or as
+	// close as single moves can. Tenants stay in their region. Nothing
+	// moves: this is a plan.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rebalance/plan (the `PlanRebalance` operationId).
+	PlanRebalanceWithResponse(ctx context.Context, params *PlanRebalanceParams, reqEditors ...RequestEditorFn) (*PlanRebalanceResponse, error)
+
 	// ListShardsWithResponse List shards, ordered by name.
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -4794,6 +4975,54 @@ func (r GetOperationResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetOperationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PlanRebalanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RebalancePlan
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PlanRebalanceResponse) GetJSON200() *RebalancePlan {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r PlanRebalanceResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r PlanRebalanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PlanRebalanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PlanRebalanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PlanRebalanceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6049,6 +6278,25 @@ func (c *ClientWithResponses) GetOperationWithResponse(ctx context.Context, id O
 	return ParseGetOperationResponse(rsp)
 }
 
+// PlanRebalanceWithResponse Plan the moves that even out the active shards.
+//
+// Reads every active shard's active tenants (and, by bytes, their
+// databases' sizes) and returns the moves that bring each shard's load
+// per unit of weight within 10% of its region's weighted mean, or as
+// close as single moves can. Tenants stay in their region. Nothing
+// moves: this is a plan.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rebalance/plan (the `PlanRebalance` operationId).
+func (c *ClientWithResponses) PlanRebalanceWithResponse(ctx context.Context, params *PlanRebalanceParams, reqEditors ...RequestEditorFn) (*PlanRebalanceResponse, error) {
+	rsp, err := c.PlanRebalance(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePlanRebalanceResponse(rsp)
+}
+
 // ListShardsWithResponse List shards, ordered by name.
 //
 // Returns a wrapper object for the known response body format(s).
@@ -6953,6 +7201,39 @@ func ParseGetOperationResponse(rsp *http.Response) (*GetOperationResponse, error
 	return response, nil
 }
 
+// ParsePlanRebalanceResponse parses an HTTP response from a PlanRebalanceWithResponse call
+func ParsePlanRebalanceResponse(rsp *http.Response) (*PlanRebalanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PlanRebalanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RebalancePlan
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseListShardsResponse parses an HTTP response from a ListShardsWithResponse call
 func ParseListShardsResponse(rsp *http.Response) (*ListShardsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7812,6 +8093,9 @@ type ServerInterface interface {
 	// GetOperation Get an operation, to follow a change that answered 202.
 	// (GET /v1/operations/{id})
 	GetOperation(ctx echo.Context, id OperationID) error
+	// PlanRebalance Plan the moves that even out the active shards.
+	// (GET /v1/rebalance/plan)
+	PlanRebalance(ctx echo.Context, params PlanRebalanceParams) error
 	// ListShards List shards, ordered by name.
 	// (GET /v1/shards)
 	ListShards(ctx echo.Context, params ListShardsParams) error
@@ -8051,6 +8335,31 @@ func (w *ServerInterfaceWrapper) GetOperation(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetOperation(ctx, id)
+	return err
+}
+
+// PlanRebalance converts echo context to params.
+func (w *ServerInterfaceWrapper) PlanRebalance(ctx echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params PlanRebalanceParams
+	// ------------- Optional query parameter "by" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "by", ctx.QueryParams(), &params.By, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter by: %s", err))
+	}
+
+	// ------------- Optional query parameter "maxMoves" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "maxMoves", ctx.QueryParams(), &params.MaxMoves, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter maxMoves: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.PlanRebalance(ctx, params)
 	return err
 }
 
@@ -8564,6 +8873,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/keys", wrapper.CreateTenantKey, options.OperationMiddlewares["createTenantKey"]...)
 	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
+	router.GET(options.BaseURL+"/v1/rebalance/plan", wrapper.PlanRebalance, options.OperationMiddlewares["planRebalance"]...)
 	router.GET(options.BaseURL+"/v1/migrations/status", wrapper.GetMigrationStatus, options.OperationMiddlewares["getMigrationStatus"]...)
 	router.GET(options.BaseURL+"/v1/migrations/runs", wrapper.ListMigrationRuns, options.OperationMiddlewares["listMigrationRuns"]...)
 	router.POST(options.BaseURL+"/v1/migrations/runs", wrapper.StartMigrationRun, options.OperationMiddlewares["startMigrationRun"]...)

@@ -76,6 +76,8 @@ type Config struct {
 	// Migrations runs tenant schema migrations across the fleet. Without
 	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
 	Migrations Migrations
+	// Rebalancer plans moves. Without it, /v1/rebalance answers 503.
+	Rebalancer Rebalancer
 	// QueryTimeout bounds each call of the data API: a query, or a
 	// transaction with all its statements, the wait for a connection
 	// included. PostgreSQL gets it as statement_timeout too, so it stops a
@@ -153,6 +155,7 @@ type Server struct {
 
 	router         Router
 	migrations     Migrations
+	rebalancer     Rebalancer
 	queryTimeout   time.Duration
 	maxRows        int
 	maxResultBytes int
@@ -198,6 +201,7 @@ func New(cfg Config) (*Server, error) {
 		dataRoutes:     keyRoutes(doc),
 		router:         cfg.Router,
 		migrations:     cfg.Migrations,
+		rebalancer:     cfg.Rebalancer,
 		queryTimeout:   cfg.QueryTimeout,
 		maxRows:        cfg.MaxRows,
 		maxResultBytes: cfg.MaxResultBytes,

@@ -29,6 +29,7 @@ import (
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/rebalancer"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -64,6 +65,8 @@ type serverOpts struct {
 	maxResultBytes int
 	// migrationFiles turns on the migration runner, over these files.
 	migrationFiles fs.FS
+	// rebalance turns on the rebalance planner.
+	rebalance bool
 }
 
 // secretKey seals tenant passwords for the provisioner, and opens them for
@@ -109,6 +112,13 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log, Router: rt}
 	if runner != nil {
 		cfg.Migrations = runner
+	}
+	for _, o := range opts {
+		if o.rebalance {
+			reb, err := rebalancer.New(pool, store, 0)
+			require.NoError(t, err)
+			cfg.Rebalancer = reb
+		}
 	}
 	for _, o := range opts {
 		cfg.BodyLimit = o.bodyLimit

@@ -61,6 +61,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		tenant,
 		newQueryCmd(g),
 		newOperationCmd(g),
+		newRebalanceCmd(g),
 		newMigrateCmd(g),
 		newAuditCmd(g),
 		newBenchCmd(g),

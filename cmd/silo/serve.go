@@ -19,6 +19,7 @@ import (
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/rebalancer"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -229,8 +230,12 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	defer rt.Stop()
+	reb, err := rebalancer.New(pool, store, o.connectTimeout)
+	if err != nil {
+		return err
+	}
 	srv, err := api.New(api.Config{
-		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, AdminToken: o.adminToken, Logger: log,
+		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
 	})
 	if err != nil {
