@@ -31,6 +31,7 @@ bench: build
 	./scripts/bench-provision.sh
 	./scripts/bench-route.sh
 	./scripts/bench-migrate.sh
+	./scripts/bench-move.sh
 
 # Regenerates api/api.gen.go from api/openapi.yaml.
 generate:

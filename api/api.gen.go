@@ -183,6 +183,24 @@ func (e ProblemCode) Valid() bool {
 	}
 }
 
+// Defines values for RebalanceApplyBy.
+const (
+	RebalanceApplyByBytes   RebalanceApplyBy = "bytes"
+	RebalanceApplyByTenants RebalanceApplyBy = "tenants"
+)
+
+// Valid indicates whether the value is a known member of the RebalanceApplyBy enum.
+func (e RebalanceApplyBy) Valid() bool {
+	switch e {
+	case RebalanceApplyByBytes:
+		return true
+	case RebalanceApplyByTenants:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for RebalancePlanBy.
 const (
 	RebalancePlanByBytes   RebalancePlanBy = "bytes"
@@ -527,6 +545,15 @@ type QueryResult struct {
 	Truncated bool `json:"truncated"`
 }
 
+// RebalanceApply defines model for RebalanceApply.
+type RebalanceApply struct {
+	By       *RebalanceApplyBy `json:"by,omitempty"`
+	MaxMoves *int              `json:"maxMoves,omitempty"`
+}
+
+// RebalanceApplyBy defines model for RebalanceApply.By.
+type RebalanceApplyBy string
+
 // RebalancePlan defines model for RebalancePlan.
 type RebalancePlan struct {
 	By    RebalancePlanBy `json:"by"`
@@ -549,6 +576,20 @@ type RebalancePlan struct {
 
 // RebalancePlanBy defines model for RebalancePlan.By.
 type RebalancePlanBy string
+
+// RebalanceStarted defines model for RebalanceStarted.
+type RebalanceStarted struct {
+	Moves []struct {
+		// Error Why the move did not start.
+		Error *string `json:"error,omitempty"`
+		From  string  `json:"from"`
+
+		// OperationId The move's operation.
+		OperationId *string `json:"operationId,omitempty"`
+		Tenant      string  `json:"tenant"`
+		To          string  `json:"to"`
+	} `json:"moves"`
+}
 
 // SchemaDrift defines model for SchemaDrift.
 type SchemaDrift struct {
@@ -926,6 +967,9 @@ type SuspendTenantParams struct {
 // StartMigrationRunJSONRequestBody defines body for StartMigrationRun for application/json ContentType.
 type StartMigrationRunJSONRequestBody = MigrationRunCreate
 
+// ApplyRebalanceJSONRequestBody defines body for ApplyRebalance for application/json ContentType.
+type ApplyRebalanceJSONRequestBody = RebalanceApply
+
 // CreateShardJSONRequestBody defines body for CreateShard for application/json ContentType.
 type CreateShardJSONRequestBody = ShardCreate
 
@@ -1109,6 +1153,32 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ApplyRebalanceWithBody Plan the moves that even out the active shards, and start them.
+	//
+	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+	// operation of its own, durable and resumable, and the answer lists
+	// them without waiting: follow each at `/v1/operations/{id}`. A move
+	// that could not start says why. Each server runs a bounded number of
+	// operations at once.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+	ApplyRebalanceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ApplyRebalance Plan the moves that even out the active shards, and start them.
+	//
+	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+	// operation of its own, durable and resumable, and the answer lists
+	// them without waiting: follow each at `/v1/operations/{id}`. A move
+	// that could not start says why. Each server runs a bounded number of
+	// operations at once.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+	ApplyRebalance(ctx context.Context, body ApplyRebalanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// PlanRebalance Plan the moves that even out the active shards.
 	//
 	// Reads every active shard's active tenants (and, by bytes, their
@@ -1173,7 +1243,13 @@ type ClientInterface interface {
 	// Corresponds with POST /v1/shards/{name}/disable (the `DisableShard` operationId).
 	DisableShard(ctx context.Context, name ShardName, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// DrainShard Mark a shard draining, so it gets no new tenants.
+	// DrainShard Mark a shard draining, so it gets no new tenants, and move its active tenants off.
+	//
+	// Each active tenant of the shard starts moving to the least loaded
+	// active shard of its region, as an operation of its own (see
+	// `POST /v1/tenants/{id}/move`). Follow the shard's `tenantCount`, or
+	// `GET /v1/tenants?shard=NAME&state=active`. Suspended and deleted
+	// tenants stay: resume or purge them to empty the shard.
 	//
 	// Corresponds with POST /v1/shards/{name}/drain (the `DrainShard` operationId).
 	DrainShard(ctx context.Context, name ShardName, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1684,6 +1760,52 @@ func (c *Client) GetOperation(ctx context.Context, id OperationID, reqEditors ..
 	return c.Client.Do(req)
 }
 
+// ApplyRebalanceWithBody Plan the moves that even out the active shards, and start them.
+//
+// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+// operation of its own, durable and resumable, and the answer lists
+// them without waiting: follow each at `/v1/operations/{id}`. A move
+// that could not start says why. Each server runs a bounded number of
+// operations at once.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+func (c *Client) ApplyRebalanceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApplyRebalanceRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ApplyRebalance Plan the moves that even out the active shards, and start them.
+//
+// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+// operation of its own, durable and resumable, and the answer lists
+// them without waiting: follow each at `/v1/operations/{id}`. A move
+// that could not start says why. Each server runs a bounded number of
+// operations at once.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+func (c *Client) ApplyRebalance(ctx context.Context, body ApplyRebalanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApplyRebalanceRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // PlanRebalance Plan the moves that even out the active shards.
 //
 // Reads every active shard's active tenants (and, by bytes, their
@@ -1828,7 +1950,13 @@ func (c *Client) DisableShard(ctx context.Context, name ShardName, reqEditors ..
 	return c.Client.Do(req)
 }
 
-// DrainShard Mark a shard draining, so it gets no new tenants.
+// DrainShard Mark a shard draining, so it gets no new tenants, and move its active tenants off.
+//
+// Each active tenant of the shard starts moving to the least loaded
+// active shard of its region, as an operation of its own (see
+// `POST /v1/tenants/{id}/move`). Follow the shard's `tenantCount`, or
+// `GET /v1/tenants?shard=NAME&state=active`. Suspended and deleted
+// tenants stay: resume or purge them to empty the shard.
 //
 // Corresponds with POST /v1/shards/{name}/drain (the `DrainShard` operationId).
 func (c *Client) DrainShard(ctx context.Context, name ShardName, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2763,6 +2891,46 @@ func NewGetOperationRequest(server string, id OperationID) (*http.Request, error
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewApplyRebalanceRequest calls the generic ApplyRebalance builder with application/json body
+func NewApplyRebalanceRequest(server string, body ApplyRebalanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewApplyRebalanceRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewApplyRebalanceRequestWithBody constructs an http.Request for the ApplyRebalance method, with any body, and a specified content type
+func NewApplyRebalanceRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rebalance/apply")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -4042,6 +4210,32 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperationWithResponse(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*GetOperationResponse, error)
 
+	// ApplyRebalanceWithBodyWithResponse Plan the moves that even out the active shards, and start them.
+	//
+	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+	// operation of its own, durable and resumable, and the answer lists
+	// them without waiting: follow each at `/v1/operations/{id}`. A move
+	// that could not start says why. Each server runs a bounded number of
+	// operations at once.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+	ApplyRebalanceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ApplyRebalanceResponse, error)
+
+	// ApplyRebalanceWithResponse Plan the moves that even out the active shards, and start them.
+	//
+	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+	// operation of its own, durable and resumable, and the answer lists
+	// them without waiting: follow each at `/v1/operations/{id}`. A move
+	// that could not start says why. Each server runs a bounded number of
+	// operations at once.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+	ApplyRebalanceWithResponse(ctx context.Context, body ApplyRebalanceJSONRequestBody, reqEditors ...RequestEditorFn) (*ApplyRebalanceResponse, error)
+
 	// PlanRebalanceWithResponse Plan the moves that even out the active shards.
 	//
 	// Reads every active shard's active tenants (and, by bytes, their
@@ -4118,7 +4312,13 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/shards/{name}/disable (the `DisableShard` operationId).
 	DisableShardWithResponse(ctx context.Context, name ShardName, reqEditors ...RequestEditorFn) (*DisableShardResponse, error)
 
-	// DrainShardWithResponse Mark a shard draining, so it gets no new tenants.
+	// DrainShardWithResponse Mark a shard draining, so it gets no new tenants, and move its active tenants off.
+	//
+	// Each active tenant of the shard starts moving to the least loaded
+	// active shard of its region, as an operation of its own (see
+	// `POST /v1/tenants/{id}/move`). Follow the shard's `tenantCount`, or
+	// `GET /v1/tenants?shard=NAME&state=active`. Suspended and deleted
+	// tenants stay: resume or purge them to empty the shard.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -4975,6 +5175,54 @@ func (r GetOperationResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetOperationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ApplyRebalanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *RebalanceStarted
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r ApplyRebalanceResponse) GetJSON202() *RebalanceStarted {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ApplyRebalanceResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ApplyRebalanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ApplyRebalanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ApplyRebalanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ApplyRebalanceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6278,6 +6526,44 @@ func (c *ClientWithResponses) GetOperationWithResponse(ctx context.Context, id O
 	return ParseGetOperationResponse(rsp)
 }
 
+// ApplyRebalanceWithBodyWithResponse Plan the moves that even out the active shards, and start them.
+//
+// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+// operation of its own, durable and resumable, and the answer lists
+// them without waiting: follow each at `/v1/operations/{id}`. A move
+// that could not start says why. Each server runs a bounded number of
+// operations at once.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+func (c *ClientWithResponses) ApplyRebalanceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ApplyRebalanceResponse, error) {
+	rsp, err := c.ApplyRebalanceWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApplyRebalanceResponse(rsp)
+}
+
+// ApplyRebalanceWithResponse Plan the moves that even out the active shards, and start them.
+//
+// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
+// operation of its own, durable and resumable, and the answer lists
+// them without waiting: follow each at `/v1/operations/{id}`. A move
+// that could not start says why. Each server runs a bounded number of
+// operations at once.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rebalance/apply (the `ApplyRebalance` operationId).
+func (c *ClientWithResponses) ApplyRebalanceWithResponse(ctx context.Context, body ApplyRebalanceJSONRequestBody, reqEditors ...RequestEditorFn) (*ApplyRebalanceResponse, error) {
+	rsp, err := c.ApplyRebalance(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApplyRebalanceResponse(rsp)
+}
+
 // PlanRebalanceWithResponse Plan the moves that even out the active shards.
 //
 // Reads every active shard's active tenants (and, by bytes, their
@@ -6402,7 +6688,13 @@ func (c *ClientWithResponses) DisableShardWithResponse(ctx context.Context, name
 	return ParseDisableShardResponse(rsp)
 }
 
-// DrainShardWithResponse Mark a shard draining, so it gets no new tenants.
+// DrainShardWithResponse Mark a shard draining, so it gets no new tenants, and move its active tenants off.
+//
+// Each active tenant of the shard starts moving to the least loaded
+// active shard of its region, as an operation of its own (see
+// `POST /v1/tenants/{id}/move`). Follow the shard's `tenantCount`, or
+// `GET /v1/tenants?shard=NAME&state=active`. Suspended and deleted
+// tenants stay: resume or purge them to empty the shard.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -7188,6 +7480,39 @@ func ParseGetOperationResponse(rsp *http.Response) (*GetOperationResponse, error
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseApplyRebalanceResponse parses an HTTP response from a ApplyRebalanceWithResponse call
+func ParseApplyRebalanceResponse(rsp *http.Response) (*ApplyRebalanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ApplyRebalanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest RebalanceStarted
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem
@@ -8093,6 +8418,9 @@ type ServerInterface interface {
 	// GetOperation Get an operation, to follow a change that answered 202.
 	// (GET /v1/operations/{id})
 	GetOperation(ctx echo.Context, id OperationID) error
+	// ApplyRebalance Plan the moves that even out the active shards, and start them.
+	// (POST /v1/rebalance/apply)
+	ApplyRebalance(ctx echo.Context) error
 	// PlanRebalance Plan the moves that even out the active shards.
 	// (GET /v1/rebalance/plan)
 	PlanRebalance(ctx echo.Context, params PlanRebalanceParams) error
@@ -8114,7 +8442,7 @@ type ServerInterface interface {
 	// DisableShard Keep a shard out of placement and moves.
 	// (POST /v1/shards/{name}/disable)
 	DisableShard(ctx echo.Context, name ShardName) error
-	// DrainShard Mark a shard draining, so it gets no new tenants.
+	// DrainShard Mark a shard draining, so it gets no new tenants, and move its active tenants off.
 	// (POST /v1/shards/{name}/drain)
 	DrainShard(ctx echo.Context, name ShardName) error
 	// ListTenants List tenants, ordered by id.
@@ -8335,6 +8663,15 @@ func (w *ServerInterfaceWrapper) GetOperation(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetOperation(ctx, id)
+	return err
+}
+
+// ApplyRebalance converts echo context to params.
+func (w *ServerInterfaceWrapper) ApplyRebalance(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ApplyRebalance(ctx)
 	return err
 }
 
@@ -8874,6 +9211,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
 	router.GET(options.BaseURL+"/v1/rebalance/plan", wrapper.PlanRebalance, options.OperationMiddlewares["planRebalance"]...)
+	router.POST(options.BaseURL+"/v1/rebalance/apply", wrapper.ApplyRebalance, options.OperationMiddlewares["applyRebalance"]...)
 	router.GET(options.BaseURL+"/v1/migrations/status", wrapper.GetMigrationStatus, options.OperationMiddlewares["getMigrationStatus"]...)
 	router.GET(options.BaseURL+"/v1/migrations/runs", wrapper.ListMigrationRuns, options.OperationMiddlewares["listMigrationRuns"]...)
 	router.POST(options.BaseURL+"/v1/migrations/runs", wrapper.StartMigrationRun, options.OperationMiddlewares["startMigrationRun"]...)

@@ -14,6 +14,51 @@ import (
 // implements it.
 type Rebalancer interface {
 	Plan(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, error)
+	Apply(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, []rebalancer.Started, error)
+	Drain(ctx context.Context, shard string) ([]rebalancer.Started, error)
+}
+
+type startedMove struct {
+	Tenant      string `json:"tenant"`
+	From        string `json:"from"`
+	To          string `json:"to"`
+	OperationID string `json:"operationId,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+type startedBody struct {
+	Moves []startedMove `json:"moves"`
+}
+
+func toStarted(started []rebalancer.Started) startedBody {
+	out := startedBody{Moves: make([]startedMove, 0, len(started))}
+	for _, s := range started {
+		out.Moves = append(out.Moves, startedMove{Tenant: s.Tenant, From: s.From, To: s.To, OperationID: s.OperationID, Error: s.Error})
+	}
+	return out
+}
+
+// ApplyRebalance plans and starts the moves that even out the shards.
+func (s *Server) ApplyRebalance(c echo.Context) error {
+	if s.rebalancer == nil {
+		return silo.Errorf(silo.EUNAVAILABLE, "this server does not rebalance")
+	}
+	var req RebalanceApply
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	var o rebalancer.Options
+	if req.By != nil {
+		o.By = string(*req.By)
+	}
+	if req.MaxMoves != nil {
+		o.MaxMoves = *req.MaxMoves
+	}
+	_, started, err := s.rebalancer.Apply(c.Request().Context(), o)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, toStarted(started))
 }
 
 type planShard struct {

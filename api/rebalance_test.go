@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -50,4 +51,45 @@ func TestRebalancePlan(t *testing.T) {
 	}
 	tn := decode[api.Tenant](t, b.do(t, "GET", "/v1/tenants/rb-1", ""))
 	require.Equal(t, "s1", tn.Shard, "a plan moves nothing")
+}
+
+// Draining a shard moves its active tenants off, to the other active shard
+// of their region; rebalance apply starts the plan's moves.
+func TestDrainAndApply(t *testing.T) {
+	t.Parallel()
+	b := setup(t, serverOpts{rebalance: true})
+	b.addShards(t) // s1 (eu), s2 (us)
+	_, err := b.store.CreateShard(b.ctx, silo.Shard{Name: "s3", DSN: b.fleet.Shards[1].DSN("postgres"), Region: "eu"})
+	require.NoError(t, err)
+	ids := []string{"dr-1", "dr-2", "dr-3"}
+	for _, id := range ids {
+		b.createTenant(t, id) // on s1
+	}
+	r := b.do(t, "POST", "/v1/shards/s1/drain", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			if decode[api.Tenant](t, b.do(t, "GET", "/v1/tenants/"+id, "")).Shard != "s3" {
+				return false
+			}
+		}
+		return true
+	}, 90*time.Second, 200*time.Millisecond, "every tenant moved to s3")
+	q := b.query(t, "dr-2", "SELECT count(*) FROM notes")
+	require.Equal(t, 200, q.status, "served on its new shard: %s", q.body)
+
+	// s1 back in service and empty: applying the plan moves one back.
+	r = b.do(t, "POST", "/v1/shards/s1/activate", "")
+	require.Equal(t, 200, r.status)
+	r = b.do(t, "POST", "/v1/rebalance/apply", `{"by":"tenants"}`)
+	require.Equal(t, 202, r.status, "body: %s", r.body)
+	started := decode[api.RebalanceStarted](t, r)
+	require.Len(t, started.Moves, 1)
+	require.NotNil(t, started.Moves[0].OperationId)
+	require.Equal(t, "s1", started.Moves[0].To)
+	require.Eventually(t, func() bool {
+		return decode[api.Tenant](t, b.do(t, "GET", "/v1/tenants/"+started.Moves[0].Tenant, "")).Shard == "s1"
+	}, 60*time.Second, 200*time.Millisecond)
+	r = b.do(t, "POST", "/v1/rebalance/apply", `{"by":"rows"}`)
+	require.Equal(t, 422, r.status)
 }

@@ -115,7 +115,7 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	}
 	for _, o := range opts {
 		if o.rebalance {
-			reb, err := rebalancer.New(pool, store, 0)
+			reb, err := rebalancer.New(pool, store, prov, 0)
 			require.NoError(t, err)
 			cfg.Rebalancer = reb
 		}

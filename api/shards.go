@@ -125,7 +125,23 @@ func (s *Server) DeleteShard(c echo.Context, name ShardName) error {
 
 // DrainShard marks a shard draining.
 func (s *Server) DrainShard(c echo.Context, name ShardName) error {
-	return s.setShardState(c, name, silo.ShardDraining)
+	ctx := c.Request().Context()
+	sh, err := s.catalog.SetShardState(ctx, name, silo.ShardDraining)
+	if err != nil {
+		return err
+	}
+	if s.rebalancer != nil {
+		started, err := s.rebalancer.Drain(ctx, name)
+		if err != nil {
+			return err
+		}
+		for _, m := range started {
+			if m.Error != "" {
+				s.log.Warn("drain: a tenant did not start moving", "shard", name, "tenant", m.Tenant, "err", m.Error)
+			}
+		}
+	}
+	return c.JSON(http.StatusOK, toShard(sh))
 }
 
 // ActivateShard returns a shard to service.

@@ -21,18 +21,20 @@ type ShardDSNs interface {
 type Rebalancer struct {
 	catalog        *pgxpool.Pool
 	dsns           ShardDSNs
+	mover          Mover
 	connectTimeout time.Duration
 }
 
-// New returns a Rebalancer over the catalog.
-func New(catalog *pgxpool.Pool, dsns ShardDSNs, connectTimeout time.Duration) (*Rebalancer, error) {
+// New returns a Rebalancer over the catalog. Without a mover, it only
+// plans.
+func New(catalog *pgxpool.Pool, dsns ShardDSNs, mover Mover, connectTimeout time.Duration) (*Rebalancer, error) {
 	if catalog == nil || dsns == nil {
 		return nil, errors.New("rebalancer: the catalog and shard DSNs are required")
 	}
 	if connectTimeout <= 0 {
 		connectTimeout = 5 * time.Second
 	}
-	return &Rebalancer{catalog: catalog, dsns: dsns, connectTimeout: connectTimeout}, nil
+	return &Rebalancer{catalog: catalog, dsns: dsns, mover: mover, connectTimeout: connectTimeout}, nil
 }
 
 // Report is a plan with the loads it was made from.

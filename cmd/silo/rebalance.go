@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -67,6 +68,109 @@ func newRebalanceCmd(g *globals) *cobra.Command {
 	}
 	plan.Flags().StringVar(&by, "by", "tenants", "balance tenants or bytes")
 	plan.Flags().IntVar(&maxMoves, "max-moves", 0, "at most this many moves (0: no limit)")
-	cmd.AddCommand(plan)
+	cmd.AddCommand(plan, newRebalanceApplyCmd(g))
+	return cmd
+}
+
+func newRebalanceApplyCmd(g *globals) *cobra.Command {
+	var by string
+	var maxMoves int
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "apply",
+		Short: "Start the moves that even out the active shards",
+		Long: "Plan as `silo rebalance plan` does and start each move, live, as an operation of its\n" +
+			"own (each server runs a few at a time). With --wait, follow them until every one has\n" +
+			"ended; Ctrl-C stops waiting, and the moves go on.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var body api.RebalanceApply
+			if cmd.Flags().Changed("by") {
+				b := api.RebalanceApplyBy(by)
+				body.By = &b
+			}
+			if cmd.Flags().Changed("max-moves") {
+				body.MaxMoves = &maxMoves
+			}
+			resp, err := c.ApplyRebalanceWithResponse(cmd.Context(), body)
+			if err := g.check(resp, err, resp != nil && resp.JSON202 != nil); err != nil {
+				return err
+			}
+			moves := resp.JSON202.Moves
+			state := map[string]string{}
+			failed := 0
+			for _, m := range moves {
+				if m.OperationId == nil {
+					failed++
+				}
+			}
+			lastRunning := -1
+			for wait && cmd.Context().Err() == nil {
+				running := 0
+				for _, m := range moves {
+					if m.OperationId == nil {
+						continue
+					}
+					op, err := c.GetOperationWithResponse(cmd.Context(), *m.OperationId)
+					if err := g.check(op, err, op != nil && op.JSON200 != nil); err != nil {
+						return err
+					}
+					state[*m.OperationId] = string(op.JSON200.State)
+					if op.JSON200.State == api.OperationStateRunning {
+						running++
+					}
+				}
+				if running != lastRunning {
+					fmt.Fprintf(g.stderr, "%d of %d moves running\n", running, len(moves))
+					lastRunning = running
+				}
+				if running == 0 {
+					break
+				}
+				select {
+				case <-cmd.Context().Done():
+				case <-time.After(time.Second):
+				}
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.JSON202)
+			}
+			if len(moves) == 0 {
+				fmt.Fprintln(g.stdout, "Balanced: no move needed.")
+				return nil
+			}
+			rows := make([][]string, 0, len(moves))
+			for _, m := range moves {
+				op, st := "-", "not started"
+				if m.OperationId != nil {
+					op, st = *m.OperationId, "started"
+					if s, ok := state[op]; ok {
+						st = s
+						if s == string(api.OperationStateFailed) {
+							failed++
+						}
+					}
+				}
+				if m.Error != nil {
+					st += ": " + *m.Error
+				}
+				rows = append(rows, []string{m.Tenant, m.From, m.To, op, st})
+			}
+			if err := g.printTable([]string{"TENANT", "FROM", "TO", "OPERATION", "STATE"}, rows); err != nil {
+				return err
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d moves failed or did not start", failed, len(moves))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&by, "by", "tenants", "balance tenants or bytes")
+	cmd.Flags().IntVar(&maxMoves, "max-moves", 0, "at most this many moves (0: no limit)")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the moves until they end")
 	return cmd
 }

@@ -230,7 +230,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	defer rt.Stop()
-	reb, err := rebalancer.New(pool, store, o.connectTimeout)
+	reb, err := rebalancer.New(pool, store, prov, o.connectTimeout)
 	if err != nil {
 		return err
 	}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -118,7 +120,8 @@ func newShardGetCmd(g *globals) *cobra.Command {
 }
 
 func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
-	return &cobra.Command{
+	var wait bool
+	cmd := &cobra.Command{
 		Use:   verb + " NAME",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
@@ -140,8 +143,52 @@ func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
 			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
 				return err
 			}
+			if wait {
+				if err := g.waitDrained(cmd.Context(), c, args[0]); err != nil {
+					return err
+				}
+				resp, err = c.GetShardWithResponse(cmd.Context(), args[0]) // as it is now
+				if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+					return err
+				}
+			}
 			return g.printShards([]api.Shard{*resp.JSON200}, false)
 		},
+	}
+	if verb == "drain" {
+		cmd.Long = "Mark a shard draining: it gets no new tenants, and each of its active tenants starts\n" +
+			"moving, live, to the least loaded active shard of its region. With --wait, wait until\n" +
+			"none is left (Ctrl-C stops waiting; the moves go on). Suspended and deleted tenants\n" +
+			"stay: resume or purge them, then `silo shard remove`."
+		cmd.Flags().BoolVar(&wait, "wait", false, "wait until the shard has no active tenant")
+	}
+	return cmd
+}
+
+// waitDrained waits until a shard has no active tenant, printing how many
+// are left as they go.
+func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, shard string) error {
+	active := api.TenantStateActive
+	limit := 1000
+	last := -1
+	for {
+		resp, err := c.ListTenantsWithResponse(ctx, &api.ListTenantsParams{Shard: &shard, State: &active, Limit: &limit})
+		if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+			return err
+		}
+		left := len(resp.JSON200.Items)
+		if left != last {
+			fmt.Fprintf(g.stderr, "shard %s: %d active tenants left\n", shard, left)
+			last = left
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped waiting; the moves off shard %s go on", shard)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 
