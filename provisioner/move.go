@@ -208,7 +208,11 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			}
 			return onDB(ctx, dst, to, func(c *pgx.Conn) error {
 				_, err := c.Exec(ctx, "CREATE SUBSCRIPTION "+ident(slot)+" CONNECTION "+quoteLiteral(conninfo)+
-					" PUBLICATION "+ident(pub)+" WITH (slot_name = "+quoteLiteral(slot)+")")
+					" PUBLICATION "+ident(pub)+" WITH (slot_name = "+quoteLiteral(slot)+
+					// Commits on the target flush at once, so its reports to
+					// the source (what the cutover waits for) do not lag the
+					// WAL writer.
+					", synchronous_commit = 'on')")
 				if sqlState(err) == "42710" {
 					return nil
 				}
@@ -330,6 +334,8 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 		return err
 	}
 	start := time.Now()
+	phases := []any{}
+	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(start).Milliseconds()) }
 	t.State = silo.TenantMoving
 	if t, err = p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
 		return err
@@ -347,6 +353,7 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	mark("drained")
 	if err := p.setLogin(ctx, src, from, name, false); err != nil {
 		return err
 	}
@@ -364,6 +371,7 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
+	mark("sessions_ended")
 	var lsn string
 	if err := src.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
 		return shardError(err, from)
@@ -384,6 +392,7 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	mark("caught_up")
 	sconn, err := p.connectDB(ctx, src, from, name)
 	if err != nil {
 		return err
@@ -397,6 +406,7 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 	if err := copySequences(ctx, sconn, dconn); err != nil {
 		return err
 	}
+	mark("sequences")
 	// The slot's position says what the target received; its last commits
 	// may take a moment more to show. The counts must meet before the
 	// deadline, or the move is undone.
@@ -410,13 +420,14 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	mark("counted")
 	t.Shard, t.State = to, silo.TenantActive
 	if _, err := p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
 		return err
 	}
 	pause := time.Since(start)
 	p.metrics.movePause.Observe(pause.Seconds())
-	p.log.Info("tenant moved", "tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds())
+	p.log.Info("tenant moved", append([]any{"tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds()}, phases...)...)
 	return p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"pauseMs": pause.Milliseconds()})
 }
 
@@ -449,7 +460,7 @@ func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
 }
 
 // compareCounts refuses a cutover when any table has another number of rows
-// on the target than on the source.
+// on the target than on the source. Both sides count at once.
 func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 	rows, err := src.Query(ctx, `
 		SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -462,17 +473,34 @@ func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
-	for _, table := range tables {
-		var a, b int64
-		q := "SELECT count(*) FROM " + table // quoted by format(%I) above
-		if err := src.QueryRow(ctx, q).Scan(&a); err != nil {
-			return err
+	count := func(conn *pgx.Conn) ([]int64, error) {
+		out := make([]int64, len(tables))
+		for i, table := range tables {
+			// Names quoted by format(%I) above.
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&out[i]); err != nil {
+				return nil, err
+			}
 		}
-		if err := dst.QueryRow(ctx, q).Scan(&b); err != nil {
-			return err
-		}
-		if a != b {
-			return silo.Errorf(silo.EINTERNAL, "table %s has %d rows on the source and %d on the target: the move is undone", table, a, b)
+		return out, nil
+	}
+	var theirs []int64
+	var theirErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		theirs, theirErr = count(dst)
+	}()
+	ours, err := count(src)
+	<-done
+	if err != nil {
+		return err
+	}
+	if theirErr != nil {
+		return theirErr
+	}
+	for i, table := range tables {
+		if ours[i] != theirs[i] {
+			return silo.Errorf(silo.EINTERNAL, "table %s has %d rows on the source and %d on the target: the move is undone", table, ours[i], theirs[i])
 		}
 	}
 	return nil
