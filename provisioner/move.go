@@ -94,6 +94,9 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 	}
 	slot := "silo_move_" + name // one move per tenant at a time; unique on the source
 	pub := "silo_move"
+	// targetMade says this move made (or was about to make) the tenant's
+	// database on the target: only then may its undo drop one there.
+	targetMade, _ := params["targetMade"].(bool)
 	var src, dst *shardConn
 	load := func(ctx context.Context) error {
 		var err error
@@ -143,12 +146,26 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err := load(ctx); err != nil {
 				return err
 			}
+			var exists, hasRole bool
+			if err := dst.pool.QueryRow(ctx, `
+				SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1),
+				       EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&exists, &hasRole); err != nil {
+				return shardError(err, to)
+			}
+			if (exists || hasRole) && !targetMade {
+				return silo.Errorf(silo.ECONFLICT, "shard %q already has a database or role %s that this move did not make", to, name)
+			}
+			// Recorded first: a crash before the database is made leaves a
+			// flag and nothing to drop, never a database the undo would not
+			// drop.
+			if !targetMade {
+				if err := p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"targetMade": true}); err != nil {
+					return err
+				}
+				targetMade = true
+			}
 			if _, err := p.ensureRole(ctx, dst, to, id, name, ""); err != nil {
 				return err
-			}
-			var exists bool
-			if err := dst.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-				return shardError(err, to)
 			}
 			if !exists {
 				// template0: the tenant's schema comes from its source, whole.
@@ -237,6 +254,17 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 					if pending == 0 {
 						return nil
 					}
+					// A table whose copy fails is retried by PostgreSQL for
+					// ever: give up instead, and undo.
+					var syncErrors int64
+					if err := c.QueryRow(ctx, `
+						SELECT coalesce(sum(sync_error_count), 0) FROM pg_stat_subscription_stats WHERE subname = $1`,
+						slot).Scan(&syncErrors); err != nil {
+						return shardError(err, to)
+					}
+					if syncErrors > 0 {
+						return silo.Errorf(silo.EINTERNAL, "the copy of tenant %q's tables to shard %q failed (see the shard's log)", id, to)
+					}
 					select {
 					case <-ctx.Done():
 						return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "the copy of tenant %q to shard %q did not finish in time", id, to)
@@ -269,6 +297,9 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			return p.moveCleanup(ctx, src, dst, from, to, id, name, slot, pub, false)
 		}},
 		{name: "undo:target-database", run: func(ctx context.Context) error {
+			if !targetMade {
+				return nil // not ours to drop
+			}
 			if err := load(ctx); err != nil {
 				return err
 			}

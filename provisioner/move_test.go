@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,8 @@ func TestMoveLive(t *testing.T) {
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
-	res, err := p.Create(b.ctx, CreateRequest{ID: "mover", Shard: "a"}, 30*time.Second)
+	mover := newID("mover")
+	res, err := p.Create(b.ctx, CreateRequest{ID: mover, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
 	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
@@ -61,7 +63,7 @@ func TestMoveLive(t *testing.T) {
 			i := n.Add(1)
 			title := fmt.Sprintf("w-%d", i)
 			ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
-			err := rt.WithTenant(ctx, "mover", func(c *pgx.Conn) error {
+			err := rt.WithTenant(ctx, mover, func(c *pgx.Conn) error {
 				_, err := c.Exec(ctx, `INSERT INTO notes (title) VALUES ($1)`, title)
 				return err
 			})
@@ -82,7 +84,7 @@ func TestMoveLive(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 
-	res, err = p.Move(b.ctx, MoveRequest{ID: "mover", Shard: "b"}, time.Minute)
+	res, err = p.Move(b.ctx, MoveRequest{ID: mover, Shard: "b"}, time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation)
 	require.Equal(t, "b", res.Tenant.Shard)
@@ -94,7 +96,7 @@ func TestMoveLive(t *testing.T) {
 	require.Zero(t, failures.Load(), "the writer saw no error")
 	require.Less(t, time.Duration(maxGap.Load()), 3*time.Second, "the write pause")
 
-	moved, err := b.store.GetTenant(b.ctx, "mover")
+	moved, err := b.store.GetTenant(b.ctx, mover)
 	require.NoError(t, err)
 	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, moved))
 	require.NoError(t, err)
@@ -127,7 +129,7 @@ func TestMoveLive(t *testing.T) {
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after the move')`)
 	require.NoError(t, err)
 
-	db, role := b.shardHas(t, "a", "t_mover")
+	db, role := b.shardHas(t, "a", silo.DatabaseName(mover))
 	require.False(t, db, "the old database is renamed")
 	require.False(t, role)
 	retired, err := b.store.ExpiredRetiredDatabases(b.ctx, time.Now().Add(48*time.Hour), 10)
@@ -188,4 +190,127 @@ func TestMoveBadInput(t *testing.T) {
 	require.Equal(t, "a", tn.Shard)
 	db, _ := b.shardHas(t, "b", "t_stay")
 	require.False(t, db, "nothing made on the target")
+}
+
+// The target shard going down mid-move: the tenant never stops working on
+// its source, the operation cannot finish its undo while the target is
+// down and stays running for its recovery job, and once the target is back
+// the undo removes everything the move made.
+func TestMoveTargetDown(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
+	dir, err := os.MkdirTemp("", "move-target-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	cfg := pgcluster.Config{Dir: filepath.Join(dir, "c"), Fast: true}
+	c, err := pgcluster.Start(b.ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "c", DSN: c.DSN("postgres"), Region: "eu"})
+	require.NoError(t, err)
+
+	id := newID("tgt-down")
+	name := silo.DatabaseName(id)
+	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT repeat('x', 200) FROM generate_series(1, 200000)`)
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+
+	// Stop the target as soon as the move has made the tenant's database
+	// there.
+	stopped := make(chan error, 1)
+	go func() {
+		admin, err := pgx.Connect(b.ctx, c.DSN("postgres"))
+		if err != nil {
+			stopped <- err
+			return
+		}
+		for {
+			var made bool
+			if err := admin.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&made); err != nil {
+				stopped <- err
+				return
+			}
+			if made {
+				admin.Close(b.ctx)
+				stopped <- c.Stop(b.ctx)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	moved, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "c"}, time.Minute)
+	require.NoError(t, <-stopped)
+	require.NoError(t, err, "left running, not failed, while its undo cannot finish")
+	require.Equal(t, silo.OpRunning, moved.Operation.State)
+
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "a", tn.Shard)
+	require.Equal(t, silo.TenantActive, tn.State)
+	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	require.NoError(t, err, "the tenant works on its source")
+	var rows int
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&rows))
+	conn.Close(b.ctx)
+	require.Equal(t, 200000, rows)
+
+	c, err = pgcluster.Start(b.ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	op, err := p.execute(b.ctx, moved.Operation.ID) // what the recovery job does
+	require.NoError(t, err)
+	require.Equal(t, silo.OpFailed, op.State, "%+v", op.Steps)
+	admin, err := pgx.Connect(b.ctx, c.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close(b.ctx)
+	var db, role bool
+	require.NoError(t, admin.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1),
+		EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&db, &role))
+	require.False(t, db || role, "the target is clean")
+	src, err := pgx.Connect(b.ctx, b.shardDSN(t, "a", "postgres"))
+	require.NoError(t, err)
+	defer src.Close(b.ctx)
+	var slots int
+	require.NoError(t, src.QueryRow(b.ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, "silo_move_"+name).Scan(&slots))
+	require.Zero(t, slots, "no slot left on the source")
+	tn, err = b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "a", tn.Shard)
+	require.Equal(t, silo.TenantActive, tn.State)
+}
+
+// A target that already holds a database of the tenant's name (not made by
+// the move): the move fails, and its undo leaves that database alone.
+func TestMoveTargetHasDatabase(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	id := newID("squat")
+	name := silo.DatabaseName(id)
+	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
+	require.NoError(t, err)
+	defer admin.Close(b.ctx)
+	_, err = admin.Exec(b.ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()) })
+
+	_, err = p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
+	requireCode(t, err, silo.ECONFLICT)
+	db, role := b.shardHas(t, "b", name)
+	require.True(t, db, "not the move's to drop")
+	require.False(t, role, "no role made for it either")
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "a", tn.Shard)
+	require.Equal(t, silo.TenantActive, tn.State)
 }
