@@ -302,7 +302,9 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 	defer admin.Close(b.ctx)
 	_, err = admin.Exec(b.ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()) })
+	t.Cleanup(func() {
+		_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+	})
 
 	_, err = p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
 	requireCode(t, err, silo.ECONFLICT)
