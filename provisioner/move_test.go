@@ -302,8 +302,11 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 	defer admin.Close(b.ctx)
 	_, err = admin.Exec(b.ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+	t.Cleanup(func() { // after the deferred Close: a connection of its own
+		if c, err := pgx.Connect(context.Background(), b.shardDSN(t, "b", "postgres")); err == nil {
+			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+			_ = c.Close(context.Background())
+		}
 	})
 
 	_, err = p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
