@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,10 @@ var stepTimeouts = map[string]time.Duration{"initial-copy": moveCopyTimeout}
 type plan struct {
 	forward []step
 	undo    []step
+	// finishUndo: once an undo has begun, recovery finishes it rather than
+	// trying the forward steps again (a move that failed is abandoned, even
+	// if what failed is back by the time it is recovered).
+	finishUndo bool
 }
 
 // lockClass is the first key of the advisory locks that keep two servers
@@ -71,6 +76,13 @@ func (p *Provisioner) execute(ctx context.Context, opID string) (*silo.Operation
 		return p.finish(ctx, op, err)
 	}
 	r := &recorder{p: p, op: op}
+	if cause := undoBegun(op); pl.finishUndo && cause != nil {
+		if uerr := r.run(ctx, pl.undo); uerr != nil {
+			p.log.Warn("operation's undo did not finish; it will be retried", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID, "err", uerr)
+			return op, nil
+		}
+		return p.finish(ctx, op, cause)
+	}
 	ferr := r.run(ctx, pl.forward)
 	if ferr == nil {
 		return p.finish(ctx, op, nil)
@@ -85,6 +97,37 @@ func (p *Provisioner) execute(ctx context.Context, opID string) (*silo.Operation
 		return op, nil
 	}
 	return p.finish(ctx, op, ferr)
+}
+
+// staleConnection tells errors of a connection the server ended (its
+// restart, an administrator), which a new connection does not have.
+func staleConnection(err error) bool {
+	switch sqlState(err) {
+	case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now
+		return true
+	}
+	return false
+}
+
+// undoBegun returns why an operation is being undone (its failed forward
+// step) when an undo step has run, and nil otherwise.
+func undoBegun(op *silo.Operation) error {
+	begun := false
+	var failed *silo.OperationStep
+	for i, s := range op.Steps {
+		if strings.HasPrefix(s.Name, "undo:") && s.Attempts > 0 {
+			begun = true
+		} else if s.State == silo.OpFailed && failed == nil {
+			failed = &op.Steps[i]
+		}
+	}
+	if !begun {
+		return nil
+	}
+	if failed == nil {
+		return silo.Errorf(silo.EUNAVAILABLE, "the %s was undone", op.Kind)
+	}
+	return silo.Errorf(silo.EUNAVAILABLE, "step %s failed, so the %s was undone: %s", failed.Name, op.Kind, failed.Error)
 }
 
 // finish records the end of an operation, its metrics and, when it failed,
@@ -146,6 +189,11 @@ func (r *recorder) run(ctx context.Context, steps []step) error {
 		}
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		err := s.run(sctx)
+		if err != nil && sctx.Err() == nil && staleConnection(err) {
+			// A pooled connection a restarted shard had ended: steps are
+			// idempotent, and the pool opens a fresh one.
+			err = s.run(sctx)
+		}
 		cancel()
 		now := time.Now().UTC()
 		st.FinishedAt = &now

@@ -323,7 +323,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			return err
 		}},
 	}
-	return plan{forward: forward, undo: undo}, nil
+	return plan{forward: forward, undo: undo, finishUndo: true}, nil
 }
 
 // awaitMigration waits until no migration run is migrating the tenant: the

@@ -319,3 +319,97 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 	require.Equal(t, "a", tn.Shard)
 	require.Equal(t, silo.TenantActive, tn.State)
 }
+
+// The source shard going down mid-move: the move gives up, and once the
+// source is back the tenant is in service there, as it was, and nothing of
+// the move is left on either shard.
+func TestMoveSourceDown(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
+	dir, err := os.MkdirTemp("", "move-source-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	cfg := pgcluster.Config{Dir: filepath.Join(dir, "s"), Fast: true}
+	s, err := pgcluster.Start(b.ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "s", DSN: s.DSN("postgres"), Region: "eu"})
+	require.NoError(t, err)
+
+	id := newID("src-down")
+	name := silo.DatabaseName(id)
+	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "s"}, 30*time.Second)
+	require.NoError(t, err)
+	tenantDSN := func() string {
+		sealed, err := b.store.TenantSecret(b.ctx, id)
+		require.NoError(t, err)
+		pw, err := p.sealer.Open(sealed, id)
+		require.NoError(t, err)
+		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", name, pw, s.Port(), name)
+	}
+	conn, err := pgx.Connect(b.ctx, tenantDSN())
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT repeat('x', 200) FROM generate_series(1, 200000)`)
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+	_ = res
+
+	// Stop the source once the move has made the tenant's database on b.
+	stopped := make(chan error, 1)
+	go func() {
+		admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
+		if err != nil {
+			stopped <- err
+			return
+		}
+		defer admin.Close(b.ctx)
+		for {
+			var made bool
+			if err := admin.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&made); err != nil {
+				stopped <- err
+				return
+			}
+			if made {
+				stopped <- s.Stop(b.ctx)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	moved, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
+	require.NoError(t, <-stopped)
+	require.NoError(t, err, "left running while its undo cannot reach the source")
+	require.Equal(t, silo.OpRunning, moved.Operation.State)
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "s", tn.Shard, "still the source's")
+
+	s, err = pgcluster.Start(b.ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	op, err := p.execute(b.ctx, moved.Operation.ID) // what the recovery job does
+	require.NoError(t, err)
+	require.Equal(t, silo.OpFailed, op.State, "%+v", op.Steps)
+
+	tn, err = b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "s", tn.Shard)
+	require.Equal(t, silo.TenantActive, tn.State)
+	conn, err = pgx.Connect(b.ctx, tenantDSN())
+	require.NoError(t, err, "back in service on its source")
+	var rows int
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&rows))
+	conn.Close(b.ctx)
+	require.Equal(t, 200000, rows)
+	db, role := b.shardHas(t, "b", name)
+	require.False(t, db || role, "nothing left on the target")
+	admin, err := pgx.Connect(b.ctx, s.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close(b.ctx)
+	var slots int
+	require.NoError(t, admin.QueryRow(b.ctx, `SELECT count(*) FROM pg_replication_slots`).Scan(&slots))
+	require.Zero(t, slots, "no slot left on the source")
+}
