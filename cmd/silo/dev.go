@@ -184,7 +184,13 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		url := "http://" + addr.String()
 		envFile := filepath.Join(dir, "env")
 		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s SILO_TENANT_MIGRATIONS=%s\n", url, so.adminToken, shellQuote(so.tenantMigrations))
-		if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
+		// Written whole, then renamed: whoever waits for the file never
+		// reads half of it.
+		err := os.WriteFile(envFile+".tmp", []byte(env), 0o600)
+		if err == nil {
+			err = os.Rename(envFile+".tmp", envFile)
+		}
+		if err != nil {
 			fmt.Fprintf(out, "warning: cannot write %s: %v\n", envFile, err)
 		}
 		fmt.Fprintf(out, "\nSilo is running at %s\n\n", url)
