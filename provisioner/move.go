@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -97,6 +98,9 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 	// targetMade says this move made (or was about to make) the tenant's
 	// database on the target: only then may its undo drop one there.
 	targetMade, _ := params["targetMade"].(bool)
+	// dump: the source has no logical replication, so the tenant is paused
+	// and its data dumped and restored instead.
+	dump, _ := params["dump"].(bool)
 	var src, dst *shardConn
 	load := func(ctx context.Context) error {
 		var err error
@@ -134,8 +138,13 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err := src.pool.QueryRow(ctx, `SHOW wal_level`).Scan(&level); err != nil {
 				return shardError(err, from)
 			}
-			if level != "logical" {
-				return silo.Errorf(silo.ECONFLICT, "shard %q has wal_level %s; a live move needs logical", from, level)
+			if level != "logical" && !dump {
+				p.log.Warn("shard has no logical replication: the tenant is moved by dump and restore, paused meanwhile",
+					"shard", from, "wal_level", level, "tenant", id)
+				if err := p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"dump": true}); err != nil {
+					return err
+				}
+				dump = true
 			}
 			return p.awaitMigration(ctx, id)
 		}},
@@ -204,7 +213,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			})
 		}},
 		{name: "replicate", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil {
+			if done, err := flipped(ctx); done || err != nil || dump {
 				return err
 			}
 			if err := load(ctx); err != nil {
@@ -237,7 +246,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			})
 		}},
 		{name: "initial-copy", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil {
+			if done, err := flipped(ctx); done || err != nil || dump {
 				return err
 			}
 			if err := load(ctx); err != nil {
@@ -279,6 +288,9 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			}
 			if err := load(ctx); err != nil {
 				return err
+			}
+			if dump {
+				return p.dumpCutover(ctx, op, src, dst, from, to, name)
 			}
 			return p.cutover(ctx, op, src, dst, from, to, name, slot)
 		}},
@@ -462,6 +474,91 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 	return p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"pauseMs": pause.Milliseconds()})
 }
 
+// dumpCutover moves a tenant whose source has no logical replication: it
+// is paused (state moving, its role may not log in, its sessions ended),
+// its data is dumped from the source and restored on the target (whose
+// schema the copy-schema step made), row counts are compared, and the
+// catalog flips it. Its requests wait for up to the routers' hold and then
+// fail with a retry hint: the pause lasts as long as the copy.
+func (p *Provisioner) dumpCutover(ctx context.Context, op *silo.Operation, src, dst *shardConn, from, to, name string) error {
+	t, err := p.store.GetTenant(ctx, op.TenantID)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	t.State = silo.TenantMoving
+	if t, err = p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+		return err
+	}
+	if err := p.setLogin(ctx, src, from, name, false); err != nil {
+		return err
+	}
+	dconn, err := p.connectDB(ctx, dst, to, name)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	// A retried step starts over: the target's tables are emptied first.
+	if _, err := dconn.Exec(ctx, `
+		DO $$ DECLARE r record; BEGIN
+			FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c
+				JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
+			LOOP EXECUTE 'TRUNCATE ' || r.t || ' CASCADE'; END LOOP;
+		END $$`); err != nil {
+		return shardError(err, to)
+	}
+	// Passwords go in the environment, never on a command line.
+	srcInfo, srcPassword, err := p.clientConninfo(src, from, name)
+	if err != nil {
+		return err
+	}
+	dstInfo, dstPassword, err := p.clientConninfo(dst, to, name)
+	if err != nil {
+		return err
+	}
+	restore := filepath.Join(filepath.Dir(p.cfg.PgDump), "pg_restore")
+	if p.cfg.PgDump == "pg_dump" {
+		restore = "pg_restore"
+	}
+	dumpCmd := exec.CommandContext(ctx, p.cfg.PgDump, "--data-only", "--format=custom", "--dbname="+srcInfo)
+	restoreCmd := exec.CommandContext(ctx, restore, "--data-only", "--disable-triggers", "--single-transaction", "--dbname="+dstInfo)
+	dumpCmd.Env = []string{"PATH=/usr/bin:/bin", "PGPASSWORD=" + srcPassword}
+	restoreCmd.Env = []string{"PATH=/usr/bin:/bin", "PGPASSWORD=" + dstPassword}
+	pipe, err := dumpCmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	restoreCmd.Stdin = pipe
+	var dumpErr, restoreErr bytes.Buffer
+	dumpCmd.Stderr, restoreCmd.Stderr = &dumpErr, &restoreErr
+	if err := dumpCmd.Start(); err != nil {
+		return silo.WrapError(err, silo.EINTERNAL, "start pg_dump: %v", err)
+	}
+	rerr := restoreCmd.Run()
+	derr := dumpCmd.Wait()
+	if derr != nil || rerr != nil {
+		return silo.Errorf(silo.EUNAVAILABLE, "dump and restore of tenant %q failed: %s %s", op.TenantID,
+			strings.Join(strings.Fields(dumpErr.String()), " "), strings.Join(strings.Fields(restoreErr.String()), " "))
+	}
+	sconn, err := p.connectDB(ctx, src, from, name)
+	if err != nil {
+		return err
+	}
+	defer sconn.Close(context.WithoutCancel(ctx))
+	if err := compareCounts(ctx, sconn, dconn); err != nil {
+		return err
+	}
+	t.Shard, t.State = to, silo.TenantActive
+	if _, err := p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+		return err
+	}
+	pause := time.Since(start)
+	p.metrics.movePause.Observe(pause.Seconds())
+	p.log.Info("tenant moved by dump and restore", "tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds())
+	return nil
+}
+
 // copySequences sets every sequence of the target to the source's value:
 // logical replication carries rows, not sequences.
 func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
@@ -633,6 +730,21 @@ func (p *Provisioner) conninfo(sc *shardConn, shard, db string) (string, error) 
 		s += " sslmode=disable"
 	}
 	return s, nil
+}
+
+// clientConninfo is how pg_dump and pg_restore reach database db on a
+// shard as its admin, with the password apart (for PGPASSWORD).
+func (p *Provisioner) clientConninfo(sc *shardConn, shard, db string) (string, string, error) {
+	cfg, err := pgx.ParseConfig(sc.dsn)
+	if err != nil {
+		return "", "", silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
+	}
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
+		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(db), int(p.cfg.ConnectTimeout.Seconds()))
+	if cfg.TLSConfig == nil {
+		s += " sslmode=disable"
+	}
+	return s, cfg.Password, nil
 }
 
 // dumpSchema returns the tenant database's schema as SQL from pg_dump,

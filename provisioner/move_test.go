@@ -413,3 +413,44 @@ func TestMoveSourceDown(t *testing.T) {
 	require.NoError(t, admin.QueryRow(b.ctx, `SELECT count(*) FROM pg_replication_slots`).Scan(&slots))
 	require.Zero(t, slots, "no slot left on the source")
 }
+
+// A source without logical replication (wal_level replica): the tenant is
+// moved by dump and restore, paused meanwhile, with all its rows.
+func TestMoveByDump(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	dir, err := os.MkdirTemp("", "move-dump-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	r, err := pgcluster.Start(b.ctx, pgcluster.Config{Dir: filepath.Join(dir, "r"), Fast: true,
+		Settings: map[string]string{"wal_level": "replica"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "r", DSN: r.DSN("postgres"), Region: "eu"})
+	require.NoError(t, err)
+
+	id := newID("dumped")
+	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
+	require.NoError(t, err)
+	admin, err := pgx.Connect(b.ctx, r.DSN(silo.DatabaseName(id)))
+	require.NoError(t, err)
+	_, err = admin.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 5000) g`)
+	require.NoError(t, err)
+	admin.Close(b.ctx)
+
+	res, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	require.Equal(t, "a", res.Tenant.Shard)
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	var n int
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&n))
+	require.Equal(t, 5000, n)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after')`)
+	require.NoError(t, err, "its sequence followed")
+}
