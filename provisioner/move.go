@@ -470,6 +470,7 @@ func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst 
 	}
 	pause := time.Since(start)
 	p.metrics.movePause.Observe(pause.Seconds())
+	p.countMovedBytes(ctx, dconn)
 	p.log.Info("tenant moved", append([]any{"tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds()}, phases...)...)
 	return p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"pauseMs": pause.Milliseconds()})
 }
@@ -555,8 +556,18 @@ func (p *Provisioner) dumpCutover(ctx context.Context, op *silo.Operation, src, 
 	}
 	pause := time.Since(start)
 	p.metrics.movePause.Observe(pause.Seconds())
+	p.countMovedBytes(ctx, dconn)
 	p.log.Info("tenant moved by dump and restore", "tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds())
 	return nil
+}
+
+// countMovedBytes adds the moved database's size on the target to the
+// bytes-moved metric.
+func (p *Provisioner) countMovedBytes(ctx context.Context, dst *pgx.Conn) {
+	var size int64
+	if err := dst.QueryRow(ctx, `SELECT pg_database_size(current_database())`).Scan(&size); err == nil {
+		p.metrics.moveBytes.Add(float64(size))
+	}
 }
 
 // copySequences sets every sequence of the target to the source's value:
@@ -631,8 +642,30 @@ func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 			return silo.Errorf(silo.EINTERNAL, "table %s has %d rows on the source and %d on the target: the move is undone", table, ours[i], theirs[i])
 		}
 	}
+	// Where it is cheap, the rows themselves: a checksum of each small
+	// table, in a stable order.
+	for i, table := range tables {
+		if ours[i] > checksumRows {
+			continue
+		}
+		q := "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM " + table + " t"
+		var a, b string
+		if err := src.QueryRow(ctx, q).Scan(&a); err != nil {
+			return err
+		}
+		if err := dst.QueryRow(ctx, q).Scan(&b); err != nil {
+			return err
+		}
+		if a != b {
+			return silo.Errorf(silo.EINTERNAL, "table %s has other rows on the target than on the source: the move is undone", table)
+		}
+	}
 	return nil
 }
+
+// checksumRows is the most rows a table may have for the cutover to
+// compare a checksum of its rows, not only their count.
+const checksumRows = 10000
 
 // moveCleanup removes the replication of a move. After a cutover (retire),
 // the source database and role are renamed and kept for a grace period;
