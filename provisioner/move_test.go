@@ -16,6 +16,7 @@ import (
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/router"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // A live tenant moves from shard a to b while a writer inserts through the
@@ -453,4 +454,49 @@ func TestMoveByDump(t *testing.T) {
 	require.Equal(t, 5000, n)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after')`)
 	require.NoError(t, err, "its sequence followed")
+}
+
+// A server that dies mid-move, after it made the target's database, copied
+// the schema and started the replication: the next server resumes the move
+// from its steps, which are idempotent, and finishes it.
+func TestCrashedMoveIsResumed(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	id := newID("crash-move")
+	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	require.NoError(t, err)
+	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'c-' || g FROM generate_series(1, 3000) g`)
+	require.NoError(t, err)
+	conn.Close(b.ctx)
+
+	// What the dead server did: accept the move and run its first steps.
+	opID := newUUID()
+	params := map[string]any{"operation": opID, "from": "a", "to": "b"}
+	require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+id, params, func(tx pgx.Tx) error {
+		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: id, Params: params})
+	}))
+	op, err := p.store.GetOperation(b.ctx, opID)
+	require.NoError(t, err)
+	pl, err := p.movePlan(op, params)
+	require.NoError(t, err)
+	for _, s := range pl.forward[:4] { // check-source .. replicate
+		require.NoError(t, s.run(b.ctx), s.name)
+	}
+
+	done, err := p.execute(b.ctx, opID) // what the recovery job does
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, done.State, "%+v", done.Steps)
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "b", tn.Shard)
+	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	require.NoError(t, err)
+	defer conn.Close(b.ctx)
+	var n int
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes WHERE title LIKE 'c-%'`).Scan(&n))
+	require.Equal(t, 3000, n, "every row once")
 }
