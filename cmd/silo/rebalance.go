@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -109,6 +110,7 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 				}
 			}
 			lastRunning := -1
+			tty := isTerminal(g.stderr)
 			for wait && cmd.Context().Err() == nil {
 				running := 0
 				for _, m := range moves {
@@ -124,7 +126,20 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 						running++
 					}
 				}
-				if running != lastRunning {
+				started := len(moves) - failed
+				if tty {
+					// A bar rewritten in place: moves ended of those started.
+					const width = 20
+					filled := 0
+					if started > 0 {
+						filled = (started - running) * width / started
+					}
+					fmt.Fprintf(g.stderr, "\r[%s%s] %d/%d moves done\033[K", strings.Repeat("#", filled),
+						strings.Repeat("-", width-filled), started-running, started)
+					if running == 0 {
+						fmt.Fprintln(g.stderr)
+					}
+				} else if running != lastRunning {
 					fmt.Fprintf(g.stderr, "%d of %d moves running\n", running, len(moves))
 					lastRunning = running
 				}
