@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os/exec"
 	"strings"
@@ -50,18 +49,13 @@ func (p *Provisioner) dump(ctx context.Context, id string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := pgx.ParseConfig(sc.dsn)
-	if err != nil {
-		return silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", t.Shard)
-	}
 	// The password travels in the environment, never on the command line.
-	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
-		cfg.Host, cfg.Port, quoteConninfo(cfg.User), quoteConninfo(t.Database), int(p.cfg.ConnectTimeout.Seconds()))
-	if cfg.TLSConfig == nil {
-		conninfo += " sslmode=disable"
+	conninfo, password, err := p.clientConninfo(sc, t.Shard, t.Database)
+	if err != nil {
+		return err
 	}
 	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--dbname="+conninfo)
-	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
+	cmd.Env = []string{"PGPASSWORD=" + password, "PATH=/usr/bin:/bin"}
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = w, &stderr
 	if err := cmd.Run(); err != nil {

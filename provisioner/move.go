@@ -114,14 +114,6 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 		}
 		return err
 	}
-	onDB := func(ctx context.Context, sc *shardConn, shard string, f func(*pgx.Conn) error) error {
-		conn, err := p.connectDB(ctx, sc, shard, name)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(context.WithoutCancel(ctx))
-		return f(conn)
-	}
 	flipped := func(ctx context.Context) (bool, error) {
 		t, err := p.store.GetTenant(ctx, id)
 		if err != nil {
@@ -192,7 +184,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 				return err
 			}
 			var tables int
-			err := onDB(ctx, dst, to, func(c *pgx.Conn) error {
+			err := p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
 				return c.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 					WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'`).Scan(&tables)
 			})
@@ -203,7 +195,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err != nil {
 				return err
 			}
-			return onDB(ctx, dst, to, func(c *pgx.Conn) error {
+			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
 				// As the tenant's role, so that it owns what it gets.
 				_, err := c.Exec(ctx, "SET ROLE "+ident(name)+";\n"+schema+"\nRESET ROLE;")
 				if err != nil {
@@ -219,7 +211,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err := load(ctx); err != nil {
 				return err
 			}
-			if err := onDB(ctx, src, from, func(c *pgx.Conn) error {
+			if err := p.onDatabase(ctx, src, from, name, func(c *pgx.Conn) error {
 				_, err := c.Exec(ctx, "CREATE PUBLICATION "+ident(pub)+" FOR ALL TABLES")
 				if sqlState(err) == "42710" { // duplicate_object: an earlier attempt made it
 					return nil
@@ -232,7 +224,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err != nil {
 				return err
 			}
-			return onDB(ctx, dst, to, func(c *pgx.Conn) error {
+			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
 				_, err := c.Exec(ctx, "CREATE SUBSCRIPTION "+ident(slot)+" CONNECTION "+quoteLiteral(conninfo)+
 					" PUBLICATION "+ident(pub)+" WITH (slot_name = "+quoteLiteral(slot)+
 					// Commits on the target flush at once, so its reports to
@@ -252,7 +244,7 @@ func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan,
 			if err := load(ctx); err != nil {
 				return err
 			}
-			return onDB(ctx, dst, to, func(c *pgx.Conn) error {
+			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
 				for {
 					var pending int
 					if err := c.QueryRow(ctx, `
@@ -736,13 +728,7 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 
 // onDatabase runs f on a connection to database db of a shard, as admin.
 func (p *Provisioner) onDatabase(ctx context.Context, sc *shardConn, shard, db string, f func(*pgx.Conn) error) error {
-	cfg, err := pgx.ParseConfig(sc.dsn)
-	if err != nil {
-		return silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
-	cfg.Database = db
-	cfg.ConnectTimeout = p.cfg.ConnectTimeout
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := p.connectDB(ctx, sc, shard, db)
 	if err != nil {
 		return err
 	}
@@ -751,29 +737,26 @@ func (p *Provisioner) onDatabase(ctx context.Context, sc *shardConn, shard, db s
 }
 
 // conninfo is how the target's subscription reaches the tenant's database
-// on the source: as the source's admin (replication needs it).
+// on the source: as the source's admin (replication needs it), password
+// included, as a subscription keeps it.
 func (p *Provisioner) conninfo(sc *shardConn, shard, db string) (string, error) {
-	cfg, err := pgx.ParseConfig(sc.dsn)
+	s, password, err := p.clientConninfo(sc, shard, db)
 	if err != nil {
-		return "", silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
+		return "", err
 	}
-	s := fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s connect_timeout=5",
-		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(cfg.Password), quoteConninfo(db))
-	if cfg.TLSConfig == nil {
-		s += " sslmode=disable"
-	}
-	return s, nil
+	return s + " password=" + quoteConninfo(password), nil
 }
 
 // clientConninfo is how pg_dump and pg_restore reach database db on a
-// shard as its admin, with the password apart (for PGPASSWORD).
+// shard as its admin, with the password apart (for PGPASSWORD: never on a
+// command line).
 func (p *Provisioner) clientConninfo(sc *shardConn, shard, db string) (string, string, error) {
 	cfg, err := pgx.ParseConfig(sc.dsn)
 	if err != nil {
 		return "", "", silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
 	}
 	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
-		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(db), int(p.cfg.ConnectTimeout.Seconds()))
+		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(db), max(1, int(p.cfg.ConnectTimeout.Seconds())))
 	if cfg.TLSConfig == nil {
 		s += " sslmode=disable"
 	}
@@ -783,18 +766,13 @@ func (p *Provisioner) clientConninfo(sc *shardConn, shard, db string) (string, s
 // dumpSchema returns the tenant database's schema as SQL from pg_dump,
 // without owners, privileges, publications or psql's meta-commands.
 func (p *Provisioner) dumpSchema(ctx context.Context, sc *shardConn, shard, db string) (string, error) {
-	cfg, err := pgx.ParseConfig(sc.dsn)
+	conninfo, password, err := p.clientConninfo(sc, shard, db)
 	if err != nil {
-		return "", silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
-	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
-		cfg.Host, cfg.Port, quoteConninfo(cfg.User), quoteConninfo(db), int(p.cfg.ConnectTimeout.Seconds()))
-	if cfg.TLSConfig == nil {
-		conninfo += " sslmode=disable"
+		return "", err
 	}
 	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--schema-only", "--no-owner", "--no-privileges",
 		"--no-publications", "--no-subscriptions", "--dbname="+conninfo)
-	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
+	cmd.Env = []string{"PGPASSWORD=" + password, "PATH=/usr/bin:/bin"}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
