@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -227,7 +228,7 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 			SELECT coalesce(max(schema_version), 0) FROM tenants WHERE state IN ('active', 'suspended')`).Scan(&highest); err != nil {
 			return nil, catalogError(err)
 		}
-		if cur, err := TargetVersion(ctx, r.cfg.Catalog, latest); err == nil {
+		if cur, err := TargetVersion(ctx, r.cfg.Catalog, func() (int64, error) { return latest, nil }); err == nil {
 			highest = max(highest, cur)
 		}
 		if target >= highest {
@@ -254,7 +255,7 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 		return nil, err
 	}
 
-	id := newID()
+	id := uuid.NewString()
 	actor := silo.ActorFrom(ctx)
 	params := map[string]any{"direction": o.Direction, "target": target, "concurrency": o.Concurrency,
 		"perShard": o.PerShard, "canary": canary, "continueOnError": o.ContinueOnError}
@@ -303,13 +304,13 @@ func checkVersion(files fs.FS, v int64) error {
 }
 
 // TargetVersion returns the tenant schema version new tenants are born at:
-// the target of the latest run. Before the first run, it records latest
-// (the latest file's version) as the target, so that files added later wait
-// for a run.
+// the target of the latest run. Before the first run, it records the
+// version latest returns (the latest file's) as the target, so that files
+// added later wait for a run; latest is called only then.
 func TargetVersion(ctx context.Context, catalog interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-}, latest int64) (int64, error) {
+}, latest func() (int64, error)) (int64, error) {
 	for {
 		var v int64
 		err := catalog.QueryRow(ctx, `SELECT version FROM tenant_schema_target`).Scan(&v)
@@ -321,8 +322,12 @@ func TargetVersion(ctx context.Context, catalog interface {
 		}
 		// The first: whoever inserts first sets it, and the next SELECT, a
 		// statement of its own, sees whichever row won.
+		v, err = latest()
+		if err != nil {
+			return 0, err
+		}
 		if _, err := catalog.Exec(ctx, `
-			INSERT INTO tenant_schema_target (version) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, latest); err != nil {
+			INSERT INTO tenant_schema_target (version) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, v); err != nil {
 			return 0, catalogError(err)
 		}
 	}
@@ -549,17 +554,9 @@ func (r *Runner) progress(ctx context.Context, run *silo.MigrationRun) error {
 }
 
 func validRunID(id string) error {
-	if len(id) != 36 {
+	// The canonical form only: the catalog compares ids as text.
+	if u, err := uuid.Parse(id); err != nil || u.String() != id {
 		return silo.Errorf(silo.EINVALID, "migration run id %q is not a UUID", id)
-	}
-	for i, c := range id {
-		ok := c >= '0' && c <= '9' || c >= 'a' && c <= 'f'
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			ok = c == '-'
-		}
-		if !ok {
-			return silo.Errorf(silo.EINVALID, "migration run id %q is not a UUID", id)
-		}
 	}
 	return nil
 }
@@ -580,13 +577,4 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return b
-}
-
-// newID returns a random (version 4) UUID.
-func newID() string {
-	b := randomBytes(16)
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }

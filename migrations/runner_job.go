@@ -545,7 +545,7 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 	if err != nil {
 		return nil, silo.WrapError(err, silo.EINVALID, "%v", err)
 	}
-	target, err := TargetVersion(ctx, r.cfg.Catalog, latest)
+	target, err := TargetVersion(ctx, r.cfg.Catalog, func() (int64, error) { return latest, nil })
 	if err != nil {
 		return nil, err
 	}
@@ -593,18 +593,10 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 	if err != nil {
 		return nil, catalogError(err)
 	}
+	// The run in progress, else the latest (one run at a time: it is both).
 	runs, err := r.Runs(ctx, 1)
 	if err != nil {
 		return nil, err
-	}
-	if active, err := r.activeRun(ctx); err != nil {
-		return nil, err
-	} else if active != "" {
-		run, err := r.Run(ctx, active)
-		if err != nil {
-			return nil, err
-		}
-		runs = []*silo.MigrationRun{run}
 	}
 	if len(runs) > 0 {
 		st.Run = runs[0]

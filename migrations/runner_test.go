@@ -518,14 +518,16 @@ func TestTargetVersionConcurrently(t *testing.T) {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { got[i], errs[i] = migrations.TargetVersion(ctx, pool, int64(7+i%2)) })
+		wg.Go(func() {
+			got[i], errs[i] = migrations.TargetVersion(ctx, pool, func() (int64, error) { return int64(7 + i%2), nil })
+		})
 	}
 	wg.Wait()
 	for i := range n {
 		require.NoError(t, errs[i])
 		require.Equal(t, got[0], got[i])
 	}
-	v, err := migrations.TargetVersion(ctx, pool, 99)
+	v, err := migrations.TargetVersion(ctx, pool, func() (int64, error) { return 99, nil })
 	require.NoError(t, err)
 	require.Equal(t, got[0], v, "set once")
 }

@@ -457,11 +457,13 @@ func (p *Provisioner) templateVersion(ctx context.Context, shard string) (int64,
 // the target of the latest migration run, or the latest file's before the
 // first.
 func (p *Provisioner) targetVersion(ctx context.Context) (int64, error) {
-	latest, err := migrations.LatestVersion(p.cfg.TenantMigrations)
-	if err != nil {
-		return 0, silo.WrapError(err, silo.EINTERNAL, "%v", err)
-	}
-	return migrations.TargetVersion(ctx, p.catalog, latest)
+	return migrations.TargetVersion(ctx, p.catalog, func() (int64, error) {
+		v, err := migrations.LatestVersion(p.cfg.TenantMigrations)
+		if err != nil {
+			return 0, silo.WrapError(err, silo.EINTERNAL, "%v", err)
+		}
+		return v, nil
+	})
 }
 
 // MigrateTemplate brings the shard's template and its warm units to
