@@ -202,16 +202,7 @@ func TestMoveTargetDown(t *testing.T) {
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
-	dir, err := os.MkdirTemp("", "move-target-")
-	require.NoError(t, err)
-	require.NoError(t, os.Chmod(dir, 0o755))
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	cfg := pgcluster.Config{Dir: filepath.Join(dir, "c"), Fast: true}
-	c, err := pgcluster.Start(b.ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "c", DSN: c.DSN("postgres"), Region: "eu"})
-	require.NoError(t, err)
+	c, cfg := b.ownShard(t, "c", nil)
 
 	id := newID("tgt-down")
 	name := silo.DatabaseName(id)
@@ -329,16 +320,7 @@ func TestMoveSourceDown(t *testing.T) {
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
-	dir, err := os.MkdirTemp("", "move-source-")
-	require.NoError(t, err)
-	require.NoError(t, os.Chmod(dir, 0o755))
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	cfg := pgcluster.Config{Dir: filepath.Join(dir, "s"), Fast: true}
-	s, err := pgcluster.Start(b.ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Stop(context.Background()) })
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "s", DSN: s.DSN("postgres"), Region: "eu"})
-	require.NoError(t, err)
+	s, cfg := b.ownShard(t, "s", nil)
 
 	id := newID("src-down")
 	name := silo.DatabaseName(id)
@@ -422,16 +404,7 @@ func TestMoveByDump(t *testing.T) {
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
-	dir, err := os.MkdirTemp("", "move-dump-")
-	require.NoError(t, err)
-	require.NoError(t, os.Chmod(dir, 0o755))
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	r, err := pgcluster.Start(b.ctx, pgcluster.Config{Dir: filepath.Join(dir, "r"), Fast: true,
-		Settings: map[string]string{"wal_level": "replica"}})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = r.Stop(context.Background()) })
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "r", DSN: r.DSN("postgres"), Region: "eu"})
-	require.NoError(t, err)
+	r, _ := b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
 
 	id := newID("dumped")
 	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
@@ -499,4 +472,22 @@ func TestCrashedMoveIsResumed(t *testing.T) {
 	var n int
 	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes WHERE title LIKE 'c-%'`).Scan(&n))
 	require.Equal(t, 3000, n, "every row once")
+}
+
+// ownShard starts a cluster of the test's own (which it may stop) and
+// registers it as shard name in region eu; it returns the cluster and its
+// config, to start it again.
+func (b *bundle) ownShard(t *testing.T, name string, settings map[string]string) (*pgcluster.Cluster, pgcluster.Config) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "move-"+name+"-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	cfg := pgcluster.Config{Dir: filepath.Join(dir, name), Fast: true, Settings: settings}
+	c, err := pgcluster.Start(b.ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: name, DSN: c.DSN("postgres"), Region: "eu"})
+	require.NoError(t, err)
+	return c, cfg
 }
