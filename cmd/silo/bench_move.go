@@ -55,25 +55,17 @@ func newBenchMoveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, err := shardmap.ParseSecretKey(secretKey)
-			if err != nil {
-				return err
-			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-			pool, err := shardmap.OpenCatalog(ctx, catalogDSN, 4, 5*time.Second, 30*time.Second)
+			pool, store, key, err := openBenchCatalog(ctx, catalogDSN, secretKey, 4)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log})
-			if err != nil {
-				return err
-			}
+			log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 			rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: key, Logger: log})
 			if err != nil {
 				return err

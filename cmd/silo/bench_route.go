@@ -72,25 +72,17 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 			if catalogDSN == "" || secretKey == "" {
 				return fmt.Errorf("--dir, or --catalog-dsn and --secret-key, are required")
 			}
-			key, err := shardmap.ParseSecretKey(secretKey)
-			if err != nil {
-				return err
-			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-			pool, err := shardmap.OpenCatalog(ctx, catalogDSN, 8, 5*time.Second, 30*time.Second)
+			pool, store, key, err := openBenchCatalog(ctx, catalogDSN, secretKey, 8)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log})
-			if err != nil {
-				return err
-			}
+			log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 			newRouter := func() (*router.Router, error) {
 				rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: key, Logger: log,
 					ShardBudget: budget, AcquireTimeout: 30 * time.Second})
@@ -247,6 +239,26 @@ func newBenchRouteCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&catalogDSN, "catalog-dsn", "", "the catalog (without --dir)")
 	cmd.Flags().StringVar(&secretKey, "secret-key", "", "the secret key (without --dir)")
 	return cmd
+}
+
+// openBenchCatalog opens the catalog and parses the secret key, for a
+// benchmark that runs the router in its own process. The caller closes the
+// pool.
+func openBenchCatalog(ctx context.Context, catalogDSN, secretKey string, conns int32) (*pgxpool.Pool, *shardmap.Store, []byte, error) {
+	key, err := shardmap.ParseSecretKey(secretKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pool, err := shardmap.OpenCatalog(ctx, catalogDSN, conns, 5*time.Second, 30*time.Second)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	if err != nil {
+		pool.Close()
+		return nil, nil, nil, err
+	}
+	return pool, store, key, nil
 }
 
 // readDevDir returns the catalog DSN and secret key of a silo dev directory.
