@@ -6,25 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 silo=./bin/silo
-n=${BENCH_TENANTS:-1000}
+# shellcheck source=scripts/dev-lib.sh
+source scripts/dev-lib.sh
 
 dir=$(mktemp -d /tmp/silo-bench-XXXXXX)
 chmod 755 "$dir"
-pid=
-cleanup() {
-	if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null || true; wait "$pid" || true; fi
-	rm -rf "$dir"
-}
-trap cleanup EXIT
+trap 'stop_dev; rm -rf "$dir"' EXIT
 mkdir "$dir/migrations"
 cp migrations/tenant/*.sql "$dir/migrations/"
-"$silo" dev --dir "$dir/dev" --listen 127.0.0.1:0 --tenant-migrations "$dir/migrations" \
-	--warm-pool-size 20 --log-level warn >"$dir/out" 2>"$dir/err" &
-pid=$!
-for _ in $(seq 1 360); do [ -f "$dir/dev/env" ] && break; sleep 0.5; done
-if [ ! -f "$dir/dev/env" ]; then
-	echo "silo dev did not start in 3 minutes:"; cat "$dir/out" "$dir/err"; exit 1
-fi
-# shellcheck disable=SC1091
-source "$dir/dev/env"
-"$silo" bench migrate --dir "$dir/dev" --migrations "$dir/migrations" -n "$n"
+start_dev "$dir" --tenant-migrations "$dir/migrations" --warm-pool-size 20
+"$silo" bench migrate --dir "$dir/dev" --migrations "$dir/migrations" -n "${BENCH_TENANTS:-1000}"

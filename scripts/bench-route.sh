@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 silo=./bin/silo
+# shellcheck source=scripts/dev-lib.sh
+source scripts/dev-lib.sh
 n=${BENCH_TENANTS:-1000}
 clients=${BENCH_CLIENTS:-16}
 duration=${BENCH_DURATION:-10s}
@@ -16,25 +18,15 @@ fi
 
 dir=$(mktemp -d /tmp/silo-bench-XXXXXX)
 chmod 755 "$dir"
-trap 'rm -rf "$dir"' EXIT
+trap 'stop_dev; rm -rf "$dir"' EXIT
 
 run() { # run BUDGET: one silo dev, reusing the tenants of an earlier run
-	local budget=$1 pid
-	rm -f "$dir/dev/env"
+	local budget=$1
 	# The baseline keeps a connection per tenant (n/2 per shard), so the
 	# shards' max_connections must hold them all, plus the server's budget.
-	"$silo" dev --dir "$dir/dev" --listen 127.0.0.1:0 --shard-budget "$budget" \
-		--shard-max-connections $((n * 3 / 2 + 200)) --warm-pool-size 20 --log-level warn >"$dir/out" 2>"$dir/err" &
-	pid=$!
-	for _ in $(seq 1 360); do [ -f "$dir/dev/env" ] && break; sleep 0.5; done
-	if [ ! -f "$dir/dev/env" ]; then
-		echo "silo dev did not start in 3 minutes:"; cat "$dir/out" "$dir/err"; kill "$pid"; exit 1
-	fi
-	# shellcheck disable=SC1091
-	source "$dir/dev/env"
+	start_dev "$dir" --shard-budget "$budget" --shard-max-connections $((n * 3 / 2 + 200)) --warm-pool-size 20
 	"$silo" bench route --dir "$dir/dev" -n "$n" -c "$clients" --duration "$duration" --shard-budget "$budget"
-	kill -INT "$pid"
-	wait "$pid" || true
+	stop_dev
 }
 
 run 20
