@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,19 +82,66 @@ func (e *statementError) Unwrap() error { return e.err }
 
 // statement is a statement ready to send: SQL and its parameters as text.
 type statement struct {
-	sql  string
+	sql string
+	// args are the options of pgx's Query, then the parameters: args[0] is
+	// the QueryExecMode (see Server.execMode), args[1] asks for every result
+	// column as text, which jsonValue reads.
 	args []any
+}
+
+// The leading arguments of statement.args.
+var textResults = pgx.QueryResultFormats{pgx.TextFormatCode}
+
+// unprepared returns st to be sent unnamed.
+func (st statement) unprepared() statement {
+	st.args = slices.Clone(st.args)
+	st.args[0] = pgx.QueryExecModeExec
+	return st
+}
+
+// Prepared statements: a tenant's statement of up to preparedMaxSQL bytes
+// is prepared once it is seen again among the last seenStatements
+// statements of all tenants (see Server.execMode).
+const (
+	preparedMaxSQL = 8 << 10
+	seenStatements = 1 << 16
+)
+
+// execMode chooses how a tenant's statement is sent. The first time,
+// unnamed (pgx.QueryExecModeExec): the parameters go as text with no type,
+// PostgreSQL infers each one's type from the statement, and nothing is kept
+// on the server, as suits SQL that may be anything and may run once. A
+// statement the tenant sent before, among the recent ones, is prepared on
+// each connection that runs it and kept in that connection's statement
+// cache (pgx's, an LRU of 512): PostgreSQL then skips parsing and planning
+// it, most of its work for a point select. Its parameters still go as text
+// and PostgreSQL still infers their types, from the same Parse, so the two
+// answer alike. As with JDBC's prepareThreshold, SQL that carries its values
+// as literals, new text each time, never fills the cache nor pays a
+// Prepare's round trip.
+func (s *Server) execMode(tenant, sql string) pgx.QueryExecMode {
+	if len(sql) > preparedMaxSQL {
+		return pgx.QueryExecModeExec
+	}
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(tenant)
+	h.WriteByte(0)
+	h.WriteString(sql)
+	k := h.Sum64()
+	if _, ok := s.seen.Get(k); ok {
+		return pgx.QueryExecModeCacheStatement
+	}
+	s.seen.Add(k, struct{}{})
+	return pgx.QueryExecModeExec
 }
 
 func parseStatement(b statementBody) (statement, error) {
 	if strings.TrimSpace(b.SQL) == "" {
 		return statement{}, silo.Errorf(silo.EINVALID, "sql is empty: send one SQL statement")
 	}
-	// QueryExecModeExec sends the parameters as text with no type, so
-	// PostgreSQL infers each one's type from the statement, and nothing is
-	// prepared and kept on the server: a tenant's SQL is anything at all.
-	st := statement{sql: b.SQL, args: make([]any, 0, len(b.Params)+1)}
-	st.args = append(st.args, pgx.QueryExecModeExec)
+	st := statement{sql: b.SQL, args: make([]any, 0, len(b.Params)+2)}
+	st.args = append(st.args, pgx.QueryExecModeExec, textResults)
 	for i, raw := range b.Params {
 		v, err := paramOf(raw)
 		if err != nil {
@@ -200,6 +249,7 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 	if err != nil {
 		return err
 	}
+	st.args[0] = s.execMode(id, st.sql)
 	b := s.newBudget()
 	var res queryResult
 	err = s.router.WithTenant(ctx, id, func(conn *pgx.Conn) error {
@@ -209,7 +259,7 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 			return err
 		}
 		var err error
-		res, err = b.run(ctx, conn, st)
+		res, err = b.run(ctx, conn, conn, st)
 		return err
 	})
 	if err != nil {
@@ -243,18 +293,37 @@ func (s *Server) RunTransaction(c echo.Context, id TenantID) error {
 			code := silo.ErrorCode(err)
 			return &statementError{err: silo.WrapError(err, code, "statements[%d]: %s", i, silo.ErrorMessage(err)), index: &i}
 		}
+		st.args[0] = s.execMode(id, st.sql)
 		stmts[i] = st
 	}
+	out, current, err := s.runTransaction(ctx, id, stmts)
+	if isStalePrepared(err) {
+		// A prepared statement went stale after it was cached, and the
+		// transaction rolled back: run it all again, unprepared.
+		for i := range stmts {
+			stmts[i] = stmts[i].unprepared()
+		}
+		out, current, err = s.runTransaction(ctx, id, stmts)
+	}
+	if err != nil {
+		return s.dataError(ctx, err, id, current)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// runTransaction runs stmts in one transaction. current is the statement
+// that failed, or -1.
+func (s *Server) runTransaction(ctx context.Context, id string, stmts []statement) (out transactionResult, current int, err error) {
 	b := s.newBudget()
-	out := transactionResult{Results: make([]queryResult, 0, len(stmts))}
-	current := -1 // the statement running, for the problem
+	out = transactionResult{Results: make([]queryResult, 0, len(stmts))}
+	current = -1
 	err = s.router.WithTenantTx(ctx, id, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT set_config('statement_timeout', $1, true)", s.statementTimeout(ctx)); err != nil {
 			return err
 		}
 		for i, st := range stmts {
 			current = i
-			res, err := b.run(ctx, tx, st)
+			res, err := b.run(ctx, tx, tx.Conn(), st)
 			if err != nil {
 				return err
 			}
@@ -268,10 +337,7 @@ func (s *Server) RunTransaction(c echo.Context, id TenantID) error {
 		current = -1
 		return nil
 	})
-	if err != nil {
-		return s.dataError(ctx, err, id, current)
-	}
-	return c.JSON(http.StatusOK, out)
+	return out, current, err
 }
 
 // endsTransaction reports whether sql starts with a command that ends the
@@ -363,14 +429,32 @@ type queryer interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-// run runs one statement and reads its rows while the budget lasts. The
-// rows past it are read and dropped, so the statement completes and
-// RowsAffected counts them all.
-func (b *budget) run(ctx context.Context, q queryer, st statement) (queryResult, error) {
-	res := queryResult{Columns: []string{}, Rows: []json.RawMessage{}}
+// run runs one statement on conn, through q (conn, or a transaction on
+// it), and reads its rows while the budget lasts. The rows past it are read
+// and dropped, so the statement completes and RowsAffected counts them all.
+//
+// A prepared statement that fails before it runs is run once more
+// unprepared, so that the answer is the one PostgreSQL gives any statement:
+// its cached plan went stale (see isStalePrepared), or pgx refused its
+// arguments before sending them (their count: PostgreSQL's own error says
+// it better). Not in a failed transaction, which the caller retries whole.
+func (b *budget) run(ctx context.Context, q queryer, conn *pgx.Conn, st statement) (queryResult, error) {
+	res, sent, err := b.runOnce(ctx, q, st)
+	if err == nil || st.args[0] != pgx.QueryExecModeCacheStatement || conn.IsClosed() || conn.PgConn().TxStatus() == 'E' {
+		return res, err
+	}
+	if _, isPg := errors.AsType[*pgconn.PgError](err); isStalePrepared(err) || !sent && !isPg {
+		res, _, err = b.runOnce(ctx, q, st.unprepared())
+	}
+	return res, err
+}
+
+// runOnce runs st; sent is false when Query failed, before any row.
+func (b *budget) runOnce(ctx context.Context, q queryer, st statement) (res queryResult, sent bool, err error) {
+	res = queryResult{Columns: []string{}, Rows: []json.RawMessage{}}
 	rows, err := q.Query(ctx, st.sql, st.args...)
 	if err != nil {
-		return res, err
+		return res, false, err
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
@@ -385,7 +469,7 @@ func (b *budget) run(ctx context.Context, q queryer, st statement) (queryResult,
 		}
 		values, err := rows.Values()
 		if err != nil {
-			return res, err
+			return res, true, err
 		}
 		raw := rows.RawValues()
 		for i, v := range values {
@@ -393,7 +477,7 @@ func (b *budget) run(ctx context.Context, q queryer, st statement) (queryResult,
 		}
 		enc, err := json.Marshal(row)
 		if err != nil {
-			return res, fmt.Errorf("encode a row: %w", err)
+			return res, true, fmt.Errorf("encode a row: %w", err)
 		}
 		if b.bytes+len(enc) > b.maxBytes {
 			res.Truncated = true
@@ -405,10 +489,29 @@ func (b *budget) run(ctx context.Context, q queryer, st statement) (queryResult,
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return res, err
+		return res, true, err
 	}
 	res.RowsAffected = rows.CommandTag().RowsAffected()
-	return res, nil
+	return res, true, nil
+}
+
+// isStalePrepared reports whether err is PostgreSQL refusing one of pgx's
+// cached prepared statements before running it: DDL changed the columns
+// it returns, or the session's statements were deallocated (DISCARD ALL,
+// DEALLOCATE ALL in a tenant's SQL). pgx drops the statement from its cache
+// on the error, so it is prepared afresh next time.
+func isStalePrepared(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok {
+		return false
+	}
+	switch pgErr.Code {
+	case "0A000": // feature_not_supported
+		return strings.Contains(pgErr.Message, "cached plan must not change result type")
+	case "26000": // invalid_sql_statement_name
+		return strings.Contains(pgErr.Message, `"stmtcache_`)
+	}
+	return false
 }
 
 // timestampLayout is RFC 3339 without a zone, for timestamps that have none.

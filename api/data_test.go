@@ -108,7 +108,9 @@ func TestQuery(t *testing.T) {
 	require.JSONEq(t, `{"columns":[],"rows":[],"rowsAffected":1,"truncated":false}`, string(b.query(t, "q-acme", `UPDATE notes SET body = 'again'`).body))
 
 	// Values: JSON's own types where they fit, text where they do not.
-	res = requireResult(t, b.query(t, "q-acme", `SELECT
+	// The statement is sent unnamed, then prepared: both answer alike.
+	values := func() rawResult {
+		return requireResult(t, b.query(t, "q-acme", `SELECT
 		1::int AS i, 12345678901234567::bigint AS big, 1.50::numeric AS n, 'x'::text AS t, true AS bo,
 		NULL::text AS nu, '\xdeadbeef'::bytea AS by, '2024-01-02'::date AS d,
 		'2024-01-02 03:04:05.5'::timestamp AS ts, '2024-01-02 03:04:05+02'::timestamptz AS tz,
@@ -117,6 +119,10 @@ func TestQuery(t *testing.T) {
 		'10.0.0.0/8'::cidr AS net, '1 day 2 hours'::interval AS iv,
 		'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, 'a'::"char" AS ch, 'infinity'::date AS dinf,
 		ARRAY['2024-01-02'::date] AS darr, ARRAY[1.5::numeric] AS narr, ARRAY['\x01'::bytea] AS barr`))
+	}
+	res = values()
+	require.Equal(t, res, values())
+	require.Equal(t, res, values())
 	require.Equal(t, []string{"i", "big", "n", "t", "bo", "nu", "by", "d", "ts", "tz", "j", "js", "arr", "tarr",
 		"nan", "ninf", "f4", "net", "iv", "u", "ch", "dinf", "darr", "narr", "barr"}, res.Columns)
 	require.Equal(t, []string{
@@ -128,10 +134,12 @@ func TestQuery(t *testing.T) {
 
 	// Parameters are text; PostgreSQL infers their types. Numbers keep
 	// their exact literal, and JSON values their JSON.
-	res = requireResult(t, b.query(t, "q-acme",
-		`SELECT $1::int + 1 AS n, $2 AS s, $3::boolean AS b, $4::text IS NULL AS isnull, $5::jsonb ->> 'k' AS k, $6::numeric AS exact, $7::int[] AS ints`,
-		41, "x", true, nil, map[string]any{"k": "v"}, json.Number("12345678901234567890.50"), "{1,2}"))
-	require.Equal(t, []string{`42`, `"x"`, `true`, `true`, `"v"`, `"12345678901234567890.50"`, `[1,2]`}, rowText(res.Rows[0]))
+	for range 3 {
+		res = requireResult(t, b.query(t, "q-acme",
+			`SELECT $1::int + 1 AS n, $2 AS s, $3::boolean AS b, $4::text IS NULL AS isnull, $5::jsonb ->> 'k' AS k, $6::numeric AS exact, $7::int[] AS ints`,
+			41, "x", true, nil, map[string]any{"k": "v"}, json.Number("12345678901234567890.50"), "{1,2}"))
+		require.Equal(t, []string{`42`, `"x"`, `true`, `true`, `"v"`, `"12345678901234567890.50"`, `[1,2]`}, rowText(res.Rows[0]))
+	}
 	res = requireResult(t, b.query(t, "q-acme", `SELECT title FROM notes WHERE id = $1`, "1"))
 	require.Equal(t, [][]string{{`"hello"`}}, [][]string{rowText(res.Rows[0])})
 	require.EqualValues(t, 1, res.RowsAffected)
@@ -222,6 +230,46 @@ func TestTransaction(t *testing.T) {
 	require.Equal(t, "3", count())
 }
 
+// A statement sent again is prepared and cached on its connection. When
+// DDL changes what it returns, or the tenant's SQL deallocates it, PostgreSQL
+// refuses it before it runs: the call is retried unprepared and answers as
+// if nothing were cached, in a query and in a transaction.
+func TestPreparedStatementsGoStale(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "stale-acme")
+	requireResult(t, b.query(t, "stale-acme", `CREATE TABLE wide (a int)`))
+	requireResult(t, b.query(t, "stale-acme", `INSERT INTO wide VALUES (1)`))
+
+	check := func(columns []string, row []string) {
+		t.Helper()
+		for range 4 {
+			res := requireResult(t, b.query(t, "stale-acme", `SELECT * FROM wide`))
+			require.Equal(t, columns, res.Columns)
+			require.Equal(t, row, rowText(res.Rows[0]))
+			r := b.transaction(t, "stale-acme", `SELECT * FROM wide`, `INSERT INTO wide SELECT * FROM wide WHERE false`)
+			require.Equal(t, 200, r.status, "body: %s", r.body)
+			out := decode[struct{ Results []rawResult }](t, r)
+			require.Equal(t, columns, out.Results[0].Columns)
+			require.Equal(t, row, rowText(out.Results[0].Rows[0]))
+		}
+	}
+	check([]string{"a"}, []string{"1"})
+	requireResult(t, b.query(t, "stale-acme", `ALTER TABLE wide ADD COLUMN b int DEFAULT 7`))
+	check([]string{"a", "b"}, []string{"1", "7"})
+	requireResult(t, b.query(t, "stale-acme", `DEALLOCATE ALL`))
+	check([]string{"a", "b"}, []string{"1", "7"})
+
+	// The tenant's own prepared statements are the tenant's business:
+	// their errors come back as they are.
+	requireResult(t, b.query(t, "stale-acme", `DEALLOCATE ALL`))
+	for range 2 {
+		p := requireProblem(t, b.query(t, "stale-acme", `EXECUTE mine`), 422, silo.EINVALID)
+		require.Equal(t, "26000", *p.Sqlstate)
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 func TestDataBadInput(t *testing.T) {
@@ -255,20 +303,25 @@ func TestDataBadInput(t *testing.T) {
 		{"no privilege", `{"sql":"CREATE DATABASE other"}`, 422, silo.EINVALID, "permission denied", "42501"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := b.do(t, "POST", "/v1/tenants/bad-acme/query", tc.body)
-			p := requireProblem(t, r, tc.status, tc.code)
-			require.Contains(t, *p.Detail, tc.detail)
-			if tc.sqlstate == "" {
-				require.Nil(t, p.Sqlstate)
-			} else {
-				require.Equal(t, tc.sqlstate, *p.Sqlstate)
+			// Sent unnamed the first time, prepared after: the same answer.
+			for range 3 {
+				r := b.do(t, "POST", "/v1/tenants/bad-acme/query", tc.body)
+				p := requireProblem(t, r, tc.status, tc.code)
+				require.Contains(t, *p.Detail, tc.detail)
+				if tc.sqlstate == "" {
+					require.Nil(t, p.Sqlstate)
+				} else {
+					require.Equal(t, tc.sqlstate, *p.Sqlstate)
+				}
+				require.Nil(t, p.Statement)
 			}
-			require.Nil(t, p.Statement)
 		})
 	}
-	r := b.do(t, "POST", "/v1/tenants/bad-acme/query", `{"sql":"SELECT 1 FROM notes WHERE nope = 1"}`)
-	p := requireProblem(t, r, 422, silo.EINVALID)
-	require.Equal(t, 27, *p.Position, "where PostgreSQL found the error: nope")
+	for range 3 {
+		r := b.do(t, "POST", "/v1/tenants/bad-acme/query", `{"sql":"SELECT 1 FROM notes WHERE nope = 1"}`)
+		p := requireProblem(t, r, 422, silo.EINVALID)
+		require.Equal(t, 27, *p.Position, "where PostgreSQL found the error: nope")
+	}
 
 	// After all that, the tenant's connections work.
 	res := requireResult(t, b.query(t, "bad-acme", `SELECT 1`))

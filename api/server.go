@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -160,7 +162,9 @@ type Server struct {
 	maxRows        int
 	maxResultBytes int
 
-	timeouts sessionTimeouts // see data.go
+	timeouts sessionTimeouts              // see data.go
+	seen     *lru.Cache[uint64, struct{}] // hashes of statements sent, see execMode
+	seed     maphash.Seed
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -205,6 +209,7 @@ func New(cfg Config) (*Server, error) {
 		queryTimeout:   cfg.QueryTimeout,
 		maxRows:        cfg.MaxRows,
 		maxResultBytes: cfg.MaxResultBytes,
+		seed:           maphash.MakeSeed(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "silo_http_requests_total",
 			Help: "HTTP requests answered, by route pattern, method and status.",
@@ -214,6 +219,9 @@ func New(cfg Config) (*Server, error) {
 			Help:    "Time to answer HTTP requests, by route pattern, method and status.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms to 16 s
 		}, []string{"route", "method", "status"}),
+	}
+	if s.seen, err = lru.New[uint64, struct{}](seenStatements); err != nil {
+		return nil, err
 	}
 	for _, c := range []prometheus.Collector{
 		s.requests, s.latency,
