@@ -211,10 +211,27 @@ func (s *Server) statementTimeout(ctx context.Context) string {
 // again. Keys are weak: a closed connection's entry goes with it.
 type sessionTimeouts struct{ m sync.Map } // weak.Pointer[pgx.Conn] -> int64 ms
 
+// forget drops what is remembered of conn's statement_timeout, after SQL
+// that may have changed it.
+func (t *sessionTimeouts) forget(conn *pgx.Conn) { t.m.Delete(weak.Make(conn)) }
+
+// changesSettings reports whether sql is a command that may change the
+// session's settings, statement_timeout among them: SET, RESET, DISCARD.
+// (A function such as set_config is not caught; ctx's deadline still
+// bounds what it lets run.)
+func changesSettings(sql string) bool {
+	switch leadingWords(sql, 1)[0] {
+	case "set", "reset", "discard":
+		return true
+	}
+	return false
+}
+
 // setStatementTimeout sets the session's statement_timeout to what is left
 // of ctx (see statementTimeout), unless the value already set is no larger
-// and within a tenth of it. SQL that changed the setting since is still
-// bounded by ctx's deadline, the backstop.
+// and within a tenth of it. After a SET, RESET or DISCARD it is set again;
+// SQL that changed the setting some other way is still bounded by ctx's
+// deadline, the backstop.
 func (s *Server) setStatementTimeout(ctx context.Context, conn *pgx.Conn) error {
 	want := s.statementTimeout(ctx)
 	ms, _ := strconv.ParseInt(want, 10, 64)
@@ -224,7 +241,9 @@ func (s *Server) setStatementTimeout(ctx context.Context, conn *pgx.Conn) error 
 			return nil
 		}
 	}
-	if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", want); err != nil {
+	// Unnamed, as the transaction's: a tenant's DISCARD ALL or DEALLOCATE
+	// ALL would leave a cached statement stale.
+	if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", pgx.QueryExecModeExec, want); err != nil {
 		s.timeouts.m.Delete(key)
 		return err
 	}
@@ -260,6 +279,9 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 		}
 		var err error
 		res, err = b.run(ctx, conn, conn, st)
+		if changesSettings(st.sql) {
+			s.timeouts.forget(conn)
+		}
 		return err
 	})
 	if err != nil {
@@ -318,11 +340,15 @@ func (s *Server) runTransaction(ctx context.Context, id string, stmts []statemen
 	out = transactionResult{Results: make([]queryResult, 0, len(stmts))}
 	current = -1
 	err = s.router.WithTenantTx(ctx, id, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT set_config('statement_timeout', $1, true)", s.statementTimeout(ctx)); err != nil {
+		if _, err := tx.Exec(ctx, "SELECT set_config('statement_timeout', $1, true)", pgx.QueryExecModeExec, s.statementTimeout(ctx)); err != nil {
 			return err
 		}
 		for i, st := range stmts {
 			current = i
+			if changesSettings(st.sql) {
+				// A SET without LOCAL outlives the transaction.
+				s.timeouts.forget(tx.Conn())
+			}
 			res, err := b.run(ctx, tx, tx.Conn(), st)
 			if err != nil {
 				return err

@@ -427,6 +427,18 @@ func TestQueryTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { return active() == 0 }, 500*time.Millisecond, 20*time.Millisecond)
 	res = requireResult(t, b.query(t, "slow-acme", `SELECT count(*) FROM notes`))
 	require.Equal(t, []string{"0"}, rowText(res.Rows[0]), "nothing of the timed-out transactions stays")
+	// A SET, RESET or DISCARD on the session: the next call sets the
+	// timeout again.
+	for _, sql := range []string{`SET statement_timeout = 0`, `RESET statement_timeout`, `DISCARD ALL`} {
+		requireResult(t, b.query(t, "slow-acme", sql))
+		res = requireResult(t, b.query(t, "slow-acme", `SHOW statement_timeout`))
+		require.NotEqual(t, `"0"`, rowText(res.Rows[0])[0], "after %s", sql)
+	}
+	r = b.transaction(t, "slow-acme", `SET statement_timeout = 0`)
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	res = requireResult(t, b.query(t, "slow-acme", `SHOW statement_timeout`))
+	require.NotEqual(t, `"0"`, rowText(res.Rows[0])[0], "after a SET in a transaction")
+
 	r = b.query(t, "slow-acme", `SELECT set_config('statement_timeout', '0', false), pg_sleep(5)`)
 	requireProblem(t, r, 504, silo.ETIMEOUT)
 	require.Eventually(t, func() bool { return active() == 0 }, 500*time.Millisecond, 20*time.Millisecond)
