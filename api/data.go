@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/silo-db/silo"
 )
@@ -121,6 +122,7 @@ const (
 // Prepare's round trip.
 func (s *Server) execMode(tenant, sql string) pgx.QueryExecMode {
 	if len(sql) > preparedMaxSQL {
+		s.unnamed.Inc()
 		return pgx.QueryExecModeExec
 	}
 	var h maphash.Hash
@@ -130,9 +132,11 @@ func (s *Server) execMode(tenant, sql string) pgx.QueryExecMode {
 	h.WriteString(sql)
 	k := h.Sum64()
 	if _, ok := s.seen.Get(k); ok {
+		s.prepared.Inc()
 		return pgx.QueryExecModeCacheStatement
 	}
 	s.seen.Add(k, struct{}{})
+	s.unnamed.Inc()
 	return pgx.QueryExecModeExec
 }
 
@@ -325,6 +329,7 @@ func (s *Server) RunTransaction(c echo.Context, id TenantID) error {
 		for i := range stmts {
 			stmts[i] = stmts[i].unprepared()
 		}
+		s.unpreparedReruns.Inc()
 		out, current, err = s.runTransaction(ctx, id, stmts)
 	}
 	if err != nil {
@@ -445,10 +450,11 @@ func skipBlockComment(s string) string {
 type budget struct {
 	rows, bytes       int
 	maxRows, maxBytes int
+	reruns            prometheus.Counter // see Server.unpreparedReruns
 }
 
 func (s *Server) newBudget() *budget {
-	return &budget{maxRows: s.maxRows, maxBytes: s.maxResultBytes}
+	return &budget{maxRows: s.maxRows, maxBytes: s.maxResultBytes, reruns: s.unpreparedReruns}
 }
 
 type queryer interface {
@@ -470,6 +476,7 @@ func (b *budget) run(ctx context.Context, q queryer, conn *pgx.Conn, st statemen
 		return res, err
 	}
 	if _, isPg := errors.AsType[*pgconn.PgError](err); isStalePrepared(err) || !sent && !isPg {
+		b.reruns.Inc()
 		res, _, err = b.runOnce(ctx, q, st.unprepared())
 	}
 	return res, err

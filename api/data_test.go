@@ -3,6 +3,8 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -268,6 +270,20 @@ func TestPreparedStatementsGoStale(t *testing.T) {
 		p := requireProblem(t, b.query(t, "stale-acme", `EXECUTE mine`), 422, silo.EINVALID)
 		require.Equal(t, "26000", *p.Sqlstate)
 	}
+
+	// Metrics: the statements by how they were sent, and the reruns (after
+	// the ALTER and after the DEALLOCATE at least).
+	metric := func(name string) int {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\d+)$`).FindStringSubmatch(string(b.doAuth(t, "", "GET", "/metrics", "").body))
+		require.NotNil(t, m, "no %s", name)
+		n, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		return n
+	}
+	require.GreaterOrEqual(t, metric(`silo_data_unprepared_reruns_total`), 2)
+	require.Greater(t, metric(`silo_data_statements_total{mode="prepared"}`), 20)
+	require.Greater(t, metric(`silo_data_statements_total{mode="unnamed"}`), 5)
 }
 
 func ptr[T any](v T) *T { return &v }

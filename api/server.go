@@ -168,6 +168,11 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	// The data API's statements by how they were sent (see execMode), and
+	// the prepared ones run again unprepared.
+	statements        *prometheus.CounterVec
+	prepared, unnamed prometheus.Counter
+	unpreparedReruns  prometheus.Counter
 }
 
 // Context keys set on echo contexts.
@@ -223,8 +228,17 @@ func New(cfg Config) (*Server, error) {
 	if s.seen, err = lru.New[uint64, struct{}](seenStatements); err != nil {
 		return nil, err
 	}
+	s.statements = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "silo_data_statements_total",
+		Help: "Statements run through the data API, by how they were sent: prepared (cached on the connection) or unnamed.",
+	}, []string{"mode"})
+	s.prepared, s.unnamed = s.statements.WithLabelValues("prepared"), s.statements.WithLabelValues("unnamed")
+	s.unpreparedReruns = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "silo_data_unprepared_reruns_total",
+		Help: "Data API calls run again unprepared after a prepared statement was refused before it ran (stale after DDL or DEALLOCATE, or a wrong argument count).",
+	})
 	for _, c := range []prometheus.Collector{
-		s.requests, s.latency,
+		s.requests, s.latency, s.statements, s.unpreparedReruns,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
