@@ -232,9 +232,11 @@ func TestTenantIdempotencyKey(t *testing.T) {
 	b := setup(t)
 	b.addShards(t)
 
-	first := b.do(t, "POST", "/v1/tenants", `{"id":"idem-a"}`, "Idempotency-Key", "key-1")
+	// A long wait: on a busy machine a create can outlast the default 10s,
+	// and the first outcome would be a 202 instead.
+	first := b.do(t, "POST", "/v1/tenants?wait=25s", `{"id":"idem-a"}`, "Idempotency-Key", "key-1")
 	require.Equal(t, 201, first.status, "body: %s", first.body)
-	again := b.do(t, "POST", "/v1/tenants", `{"id":"idem-a"}`, "Idempotency-Key", "key-1")
+	again := b.do(t, "POST", "/v1/tenants?wait=25s", `{"id":"idem-a"}`, "Idempotency-Key", "key-1")
 	require.Equal(t, 201, again.status, "a retry answers the first outcome: %s", again.body)
 	require.Equal(t, decode[api.Tenant](t, first), decode[api.Tenant](t, again))
 
