@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"time"
 
@@ -102,9 +103,9 @@ func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *p
 			s.open++
 			s.mu.Unlock()
 			if victim != nil {
-				// Closed before the new connection opens, so the shard never
-				// holds more than the budget; closing is a local write.
-				victim.conn.Close(context.Background())
+				// Gone before the new connection opens, so the shard never
+				// holds more than the budget.
+				hangUp(ctx, victim.conn)
 			}
 			conn, err := dial(ctx, tp.route.connConfig)
 			if err != nil {
@@ -149,9 +150,43 @@ func (tp *tenantPool) release(conn *pgx.Conn) {
 // only once its connection is gone.
 func (tp *tenantPool) discard(conn *pgx.Conn) {
 	if conn != nil {
-		conn.Close(context.Background())
+		hangUp(context.Background(), conn)
 	}
 	tp.shard.free(map[*tenantPool]int{tp: 1})
+}
+
+// hangUpWait bounds how long hangUp waits for a backend to go.
+const hangUpWait = 2 * time.Second
+
+// terminate is the protocol's Terminate message.
+var terminate = []byte{'X', 0, 0, 0, 4}
+
+// hangUp closes conn and waits until its backend is gone from the shard, up
+// to hangUpWait or ctx's deadline. pgx's Close sends Terminate and closes
+// the socket at once, and the backend then exits in its own time: a slot
+// freed there and reused at once by a new connection would put the shard
+// over its budget for a moment (pg_stat_activity showed 22 of 20 under
+// churn), and near max_connections that is a refused connection. A backend
+// leaves the proc array before it closes its socket, so hangUp waits for
+// the end of the stream. A connection that is already closed (the server
+// ended it, or a query's deadline did) is left as it is.
+func hangUp(ctx context.Context, conn *pgx.Conn) {
+	hc, err := conn.PgConn().Hijack()
+	if err != nil {
+		conn.Close(context.Background())
+		return
+	}
+	nc := hc.Conn
+	defer nc.Close()
+	deadline := time.Now().Add(hangUpWait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	if _, err := nc.Write(terminate); err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, nc) // until the server closes its end
 }
 
 // free gives up slots whose connections are closed, per owner.
@@ -170,7 +205,7 @@ func (s *shardPool) free(slots map[*tenantPool]int) {
 func (s *shardPool) closeAndFree(conns []*idleConn) {
 	slots := map[*tenantPool]int{}
 	for _, ic := range conns {
-		ic.conn.Close(context.Background())
+		hangUp(context.Background(), ic.conn)
 		slots[ic.owner]++
 	}
 	if len(slots) > 0 {

@@ -186,6 +186,37 @@ func TestRefusalsAndInvalidation(t *testing.T) {
 	}, time.Second, 10*time.Millisecond, "deleted tenants are gone for their users")
 }
 
+// With a budget of one connection, two tenants take turns: each turn
+// evicts the other's connection, and the new one may open only once the
+// old backend is gone from the shard. Each session leaves temporary tables
+// behind, so that its backend takes its time to exit.
+func TestBudgetEvictionWaitsForBackend(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	prefix := newID("evict")
+	ids := []string{prefix + "-a", prefix + "-b"}
+	for _, id := range ids {
+		_, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "s1"}, time.Minute)
+		require.NoError(t, err)
+	}
+	r := b.router(t, router.Config{ShardBudget: 1, TenantMaxConns: 1, AcquireTimeout: 10 * time.Second})
+	dbPrefix := silo.DatabaseName(prefix) + "%"
+	for i := range 10 {
+		id := ids[i%2]
+		require.NoError(t, r.WithTenant(b.ctx, id, func(conn *pgx.Conn) error {
+			var n int
+			if err := conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1`, dbPrefix).Scan(&n); err != nil {
+				return err
+			}
+			require.Equal(t, 1, n, "turn %d: the shard holds the evicted connection's backend too", i)
+			_, err := conn.Exec(b.ctx, `DO $$ BEGIN
+				FOR i IN 1..200 LOOP EXECUTE format('CREATE TEMP TABLE t%s (x int)', i); END LOOP;
+				END $$`)
+			return err
+		}))
+	}
+}
+
 // 500 tenants on 2 shards with a budget of 20 connections per shard, under
 // concurrent load on all of them: no shard ever sees more than 20 of the
 // router's connections, and no query fails.
