@@ -13,13 +13,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
-	"weak"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -63,6 +60,57 @@ type queryResult struct {
 	Rows         []json.RawMessage `json:"rows"`
 	RowsAffected int64             `json:"rowsAffected"`
 	Truncated    bool              `json:"truncated"`
+}
+
+// appendJSON appends r as JSON, as json.Marshal would write it: its rows
+// are JSON already, and encoding/json would only parse them again. This is
+// the data API's hot path.
+func (r *queryResult) appendJSON(b []byte) []byte {
+	b = append(b, `{"columns":[`...)
+	for i, c := range r.Columns {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, c)
+	}
+	b = append(b, `],"rows":[`...)
+	for i, row := range r.Rows {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, row...)
+	}
+	b = append(b, `],"rowsAffected":`...)
+	b = strconv.AppendInt(b, r.RowsAffected, 10)
+	b = append(b, `,"truncated":`...)
+	b = strconv.AppendBool(b, r.Truncated)
+	return append(b, '}')
+}
+
+// size is about the length of r's JSON, to size its buffer.
+func (r *queryResult) size() int {
+	n := 64
+	for _, c := range r.Columns {
+		n += len(c) + 3
+	}
+	for _, row := range r.Rows {
+		n += len(row) + 1
+	}
+	return n
+}
+
+// appendJSONString appends s as a JSON string: plain ASCII as it is, and
+// anything else through encoding/json, which escapes it.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			enc, _ := json.Marshal(s) // a string always encodes
+			return append(b, enc...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 type transactionResult struct {
@@ -210,14 +258,16 @@ func (s *Server) statementTimeout(ctx context.Context) string {
 	return strconv.FormatInt(max(1, left.Milliseconds()), 10)
 }
 
-// sessionTimeouts remembers the statement_timeout last set on each pooled
-// connection, so /query skips a round trip when it would set about the same
-// again. Keys are weak: a closed connection's entry goes with it.
-type sessionTimeouts struct{ m sync.Map } // weak.Pointer[pgx.Conn] -> int64 ms
+// timeoutKey is the key, in each connection's pgconn CustomData, of the
+// statement_timeout the API last set on it, in milliseconds (int64), so
+// /query skips a round trip when it would set about the same again. The
+// data lives and dies with the connection, and a connection serves one
+// call at a time.
+const timeoutKey = "silo.statementTimeoutMs"
 
-// forget drops what is remembered of conn's statement_timeout, after SQL
-// that may have changed it.
-func (t *sessionTimeouts) forget(conn *pgx.Conn) { t.m.Delete(weak.Make(conn)) }
+// forgetTimeout drops what is remembered of conn's statement_timeout,
+// after SQL that may have changed it.
+func forgetTimeout(conn *pgx.Conn) { delete(conn.PgConn().CustomData(), timeoutKey) }
 
 // changesSettings reports whether sql is a command that may change the
 // session's settings, statement_timeout among them: SET, RESET, DISCARD.
@@ -239,21 +289,17 @@ func changesSettings(sql string) bool {
 func (s *Server) setStatementTimeout(ctx context.Context, conn *pgx.Conn) error {
 	want := s.statementTimeout(ctx)
 	ms, _ := strconv.ParseInt(want, 10, 64)
-	key := weak.Make(conn)
-	if v, ok := s.timeouts.m.Load(key); ok {
-		if have := v.(int64); have <= ms && have*10 >= ms*9 {
-			return nil
-		}
+	data := conn.PgConn().CustomData()
+	if have, ok := data[timeoutKey].(int64); ok && have <= ms && have*10 >= ms*9 {
+		return nil
 	}
+	delete(data, timeoutKey)
 	// Unnamed, as the transaction's: a tenant's DISCARD ALL or DEALLOCATE
 	// ALL would leave a cached statement stale.
 	if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", pgx.QueryExecModeExec, want); err != nil {
-		s.timeouts.m.Delete(key)
 		return err
 	}
-	if _, loaded := s.timeouts.m.Swap(key, ms); !loaded {
-		runtime.AddCleanup(conn, func(k weak.Pointer[pgx.Conn]) { s.timeouts.m.Delete(k) }, key)
-	}
+	data[timeoutKey] = ms
 	return nil
 }
 
@@ -284,14 +330,14 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 		var err error
 		res, err = b.run(ctx, conn, conn, st)
 		if changesSettings(st.sql) {
-			s.timeouts.forget(conn)
+			forgetTimeout(conn)
 		}
 		return err
 	})
 	if err != nil {
 		return s.dataError(ctx, err, id, -1)
 	}
-	return c.JSON(http.StatusOK, res)
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(res.appendJSON(make([]byte, 0, res.size())), '\n'))
 }
 
 // RunTransaction runs statements in one transaction on the tenant's
@@ -335,7 +381,18 @@ func (s *Server) RunTransaction(c echo.Context, id TenantID) error {
 	if err != nil {
 		return s.dataError(ctx, err, id, current)
 	}
-	return c.JSON(http.StatusOK, out)
+	size := 16
+	for _, r := range out.Results {
+		size += r.size()
+	}
+	b := append(make([]byte, 0, size), `{"results":[`...)
+	for i, r := range out.Results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = r.appendJSON(b)
+	}
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, "]}\n"...))
 }
 
 // runTransaction runs stmts in one transaction. current is the statement
@@ -352,7 +409,7 @@ func (s *Server) runTransaction(ctx context.Context, id string, stmts []statemen
 			current = i
 			if changesSettings(st.sql) {
 				// A SET without LOCAL outlives the transaction.
-				s.timeouts.forget(tx.Conn())
+				forgetTimeout(tx.Conn())
 			}
 			res, err := b.run(ctx, tx, tx.Conn(), st)
 			if err != nil {

@@ -80,3 +80,23 @@ func TestFloat(t *testing.T) {
 	}
 	require.Equal(t, float32(0.25), float(0.25, float32(0.25)), "a float4 keeps its type, for its shortest text")
 }
+
+// appendJSON writes what encoding/json writes, byte for byte.
+func TestQueryResultJSON(t *testing.T) {
+	t.Parallel()
+	row := func(v ...any) json.RawMessage {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		return b
+	}
+	for _, r := range []queryResult{
+		{Columns: []string{}, Rows: []json.RawMessage{}},
+		{Columns: []string{"id", "title"}, Rows: []json.RawMessage{row(1, "a"), row(2, nil)}, RowsAffected: 2},
+		{Columns: []string{`quo"te`, `back\slash`, "tab\there", "<html>&", "naïve", "日本", "\x00\x1f", "\xff"},
+			Rows: []json.RawMessage{row("x", 1.5, true, map[string]any{"k": []any{1, "<"}})}, RowsAffected: -1, Truncated: true},
+	} {
+		want, err := json.Marshal(r)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(r.appendJSON(nil)))
+	}
+}

@@ -162,9 +162,8 @@ type Server struct {
 	maxRows        int
 	maxResultBytes int
 
-	timeouts sessionTimeouts              // see data.go
-	seen     *lru.Cache[uint64, struct{}] // hashes of statements sent, see execMode
-	seed     maphash.Seed
+	seen *lru.Cache[uint64, struct{}] // hashes of statements sent, see execMode
+	seed maphash.Seed
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
