@@ -486,7 +486,7 @@ func (r *Runner) Run(ctx context.Context, id string) (*silo.MigrationRun, error)
 	if err != nil {
 		return nil, catalogError(err)
 	}
-	return run, r.progress(ctx, run)
+	return run, r.progress(ctx, r.cfg.Catalog, run)
 }
 
 // Runs returns the latest runs, newest first.
@@ -494,7 +494,16 @@ func (r *Runner) Runs(ctx context.Context, limit int) ([]*silo.MigrationRun, err
 	if limit < 1 || limit > silo.MaxPageLimit {
 		return nil, silo.Errorf(silo.EINVALID, "limit %d must be between 1 and %d", limit, silo.MaxPageLimit)
 	}
-	rows, err := r.cfg.Catalog.Query(ctx, `SELECT `+runColumns+` FROM migration_runs ORDER BY created_at DESC LIMIT $1`, limit)
+	return r.runs(ctx, r.cfg.Catalog, limit)
+}
+
+// querier is the catalog pool, or a transaction on it.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func (r *Runner) runs(ctx context.Context, q querier, limit int) ([]*silo.MigrationRun, error) {
+	rows, err := q.Query(ctx, `SELECT `+runColumns+` FROM migration_runs ORDER BY created_at DESC LIMIT $1`, limit)
 	if err != nil {
 		return nil, catalogError(err)
 	}
@@ -503,7 +512,7 @@ func (r *Runner) Runs(ctx context.Context, limit int) ([]*silo.MigrationRun, err
 		return nil, catalogError(err)
 	}
 	for _, run := range runs {
-		if err := r.progress(ctx, run); err != nil {
+		if err := r.progress(ctx, q, run); err != nil {
 			return nil, err
 		}
 	}
@@ -511,8 +520,8 @@ func (r *Runner) Runs(ctx context.Context, limit int) ([]*silo.MigrationRun, err
 }
 
 // progress fills in a run's counts by state and, while it runs, its ETA.
-func (r *Runner) progress(ctx context.Context, run *silo.MigrationRun) error {
-	rows, err := r.cfg.Catalog.Query(ctx, `
+func (r *Runner) progress(ctx context.Context, q querier, run *silo.MigrationRun) error {
+	rows, err := q.Query(ctx, `
 		SELECT state, count(*), min(started_at) FROM migration_tenants WHERE run_id = $1 GROUP BY state`, run.ID)
 	if err != nil {
 		return catalogError(err)

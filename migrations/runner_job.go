@@ -550,7 +550,14 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 		return nil, err
 	}
 	st := &silo.MigrationStatus{LatestVersion: latest, TargetVersion: target}
-	rows, err := r.cfg.Catalog.Query(ctx, `
+	// One snapshot for the versions, the failures and the run, so that a
+	// run seen finished never comes with tenants seen behind it.
+	tx, err := r.cfg.Catalog.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, catalogError(err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rows, err := tx.Query(ctx, `
 		SELECT shard, schema_version, count(*) FROM tenants
 		WHERE state IN ('active', 'suspended') GROUP BY shard, schema_version ORDER BY shard, schema_version`)
 	if err != nil {
@@ -575,7 +582,7 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 		return nil, catalogError(err)
 	}
 	// Each tenant's latest failure, while it is still not at the target.
-	rows, err = r.cfg.Catalog.Query(ctx, `
+	rows, err = tx.Query(ctx, `
 		SELECT f.tenant_id, f.shard, f.run_id, t.schema_version, f.error, f.sqlstate, f.finished_at
 		FROM (SELECT DISTINCT ON (tenant_id) tenant_id, shard, run_id, state, error, sqlstate, finished_at
 		      FROM migration_tenants WHERE state IN ('done', 'failed')
@@ -594,7 +601,7 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 		return nil, catalogError(err)
 	}
 	// The run in progress, else the latest (one run at a time: it is both).
-	runs, err := r.Runs(ctx, 1)
+	runs, err := r.runs(ctx, tx, 1)
 	if err != nil {
 		return nil, err
 	}
