@@ -66,7 +66,7 @@ type queryResult struct {
 // are JSON already, and encoding/json would only parse them again. This is
 // the data API's hot path.
 func (r *queryResult) appendJSON(b []byte) []byte {
-	b = append(b, `{"columns":[`...)
+	b = append(slices.Grow(b, r.size()), `{"columns":[`...)
 	for i, c := range r.Columns {
 		if i > 0 {
 			b = append(b, ',')
@@ -115,6 +115,22 @@ func appendJSONString(b []byte, s string) []byte {
 
 type transactionResult struct {
 	Results []queryResult `json:"results"`
+}
+
+// appendJSON appends t as JSON, as queryResult.appendJSON does.
+func (t *transactionResult) appendJSON(b []byte) []byte {
+	size := 16
+	for _, r := range t.Results {
+		size += r.size()
+	}
+	b = append(slices.Grow(b, size), `{"results":[`...)
+	for i, r := range t.Results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = r.appendJSON(b)
+	}
+	return append(b, "]}"...)
 }
 
 // statementError is a failed data API call, with what its problem shows
@@ -337,7 +353,7 @@ func (s *Server) RunQuery(c echo.Context, id TenantID) error {
 	if err != nil {
 		return s.dataError(ctx, err, id, -1)
 	}
-	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(res.appendJSON(make([]byte, 0, res.size())), '\n'))
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(res.appendJSON(nil), '\n'))
 }
 
 // RunTransaction runs statements in one transaction on the tenant's
@@ -381,18 +397,7 @@ func (s *Server) RunTransaction(c echo.Context, id TenantID) error {
 	if err != nil {
 		return s.dataError(ctx, err, id, current)
 	}
-	size := 16
-	for _, r := range out.Results {
-		size += r.size()
-	}
-	b := append(make([]byte, 0, size), `{"results":[`...)
-	for i, r := range out.Results {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = r.appendJSON(b)
-	}
-	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, "]}\n"...))
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(out.appendJSON(nil), '\n'))
 }
 
 // runTransaction runs stmts in one transaction. current is the statement

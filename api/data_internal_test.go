@@ -99,4 +99,11 @@ func TestQueryResultJSON(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(r.appendJSON(nil)))
 	}
+	tx := transactionResult{Results: []queryResult{
+		{Columns: []string{"a"}, Rows: []json.RawMessage{row(1)}, RowsAffected: 1},
+		{Columns: []string{}, Rows: []json.RawMessage{}, RowsAffected: 3},
+	}}
+	want, err := json.Marshal(tx)
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(tx.appendJSON(nil)))
 }
