@@ -168,6 +168,7 @@ type Cluster struct {
 	dir, dataDir, logPath string
 	user, password        string
 	port                  int
+	major                 int
 	logf                  func(format string, args ...any)
 	proc                  *process
 }
@@ -227,6 +228,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.major = majorNumber(version)
 	if err := stopStale(ctx, c.dataDir, c.logf); err != nil {
 		return nil, err
 	}
@@ -281,7 +283,7 @@ func (c *Cluster) prepareData(ctx context.Context, cfg Config, su *serverUser, v
 	}
 	if dataVersion := strings.TrimSpace(string(b)); dataVersion != version {
 		return fmt.Errorf("data directory %s was created by PostgreSQL %s, but the server binaries in %s are PostgreSQL %s: "+
-			"set SILO_PG_BINDIR to PostgreSQL %s binaries, or remove %s to start afresh",
+			"run PostgreSQL %s (SILO_PG_VERSION or SILO_PG_BINDIR), or remove %s to start afresh",
 			c.dataDir, dataVersion, cfg.BinDir, version, dataVersion, c.dir)
 	}
 	pwPath := filepath.Join(c.dir, "password")
@@ -646,6 +648,11 @@ func (c *Cluster) Port() int { return c.port }
 
 // Host returns the address the server listens on, "127.0.0.1".
 func (c *Cluster) Host() string { return host }
+
+// Major returns the server's major version, such as 15 or 17 (9 for 9.6),
+// from `postgres --version`, so that callers can branch on what the server
+// supports.
+func (c *Cluster) Major() int { return c.major }
 
 // User returns the superuser's name.
 func (c *Cluster) User() string { return c.user }

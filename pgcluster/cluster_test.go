@@ -99,6 +99,9 @@ func TestStartStopRestart(t *testing.T) {
 	require.Equal(t, "logical", show(t, conn, "wal_level"))
 	require.Equal(t, "42", show(t, conn, "max_connections"))
 	require.Equal(t, "off", show(t, conn, "fsync"))
+	num, err := strconv.Atoi(show(t, conn, "server_version_num"))
+	require.NoError(t, err)
+	require.Equal(t, num/10000, c.Major())
 	_, err = conn.Exec(ctx, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')")
 	require.NoError(t, err)
 	require.NoError(t, conn.Close(ctx))
@@ -249,9 +252,17 @@ func TestFindBinDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(debian15, "postgres")); err != nil {
 		t.Skip("PostgreSQL 15 from Debian packages is not installed")
 	}
+	// The search, whatever the test run asked for.
+	t.Setenv("SILO_PG_BINDIR", "")
+	t.Setenv("SILO_PG_VERSION", "")
 	dir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
 	require.Equal(t, debian15, dir)
+
+	t.Setenv("SILO_PG_VERSION", "15")
+	dir, err = pgcluster.FindBinDir()
+	require.NoError(t, err)
+	require.Equal(t, debian15, dir, "a major the machine has is used, not fetched")
 
 	t.Setenv("SILO_PG_BINDIR", debian15)
 	dir, err = pgcluster.FindBinDir()
@@ -382,4 +393,36 @@ func TestStartAllPartialFailure(t *testing.T) {
 	require.ErrorContains(t, err, "start the broken cluster")
 	require.True(t, clusters[0].Running())
 	require.NoError(t, clusters[0].Stop(ctx))
+}
+
+// TestStartRequestedMajor installs the major that SILO_PG_VERSION asks for
+// (from npm, unless the machine has it) and starts a cluster of it.
+func TestStartRequestedMajor(t *testing.T) {
+	want := os.Getenv("SILO_PG_VERSION")
+	if want == "" {
+		t.Skip("SILO_PG_VERSION is unset: set it (e.g. 17) to install and start that major")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	binDir, err := pgcluster.EnsureBinDir(ctx, &progress)
+	require.NoError(t, err, progress.String())
+	t.Logf("PostgreSQL %s in %s\n%s", want, binDir, progress.String())
+	again, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	require.Equal(t, binDir, again, "the install is found again, without npm")
+
+	c := start(t, pgcluster.Config{Dir: clusterDir(t), BinDir: binDir, Fast: true})
+	require.Equal(t, want, strconv.Itoa(c.Major()))
+	conn := connect(t, c)
+	num, err := strconv.Atoi(show(t, conn, "server_version_num"))
+	require.NoError(t, err)
+	require.Equal(t, c.Major(), num/10000)
+	require.Equal(t, "logical", show(t, conn, "wal_level"))
+	var n int
+	_, err = conn.Exec(ctx, "CREATE TABLE t AS SELECT g FROM generate_series(1, 3) g")
+	require.NoError(t, err)
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n))
+	require.Equal(t, 3, n)
 }

