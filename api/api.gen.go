@@ -1069,6 +1069,11 @@ type ClientInterface interface {
 
 	// GetMetrics Prometheus metrics.
 	//
+	// Open to anyone who can reach the server, unless it runs with a
+	// metrics token (`--metrics-token`, `SILO_METRICS_TOKEN`): then only
+	// `Authorization: Bearer TOKEN` with that token reads it, and the admin
+	// token does not.
+	//
 	// Corresponds with GET /metrics (the `GetMetrics` operationId).
 	GetMetrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
@@ -1407,7 +1412,10 @@ type ClientInterface interface {
 	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 	// or `false`, `null` is NULL, and an array or object its JSON text
 	// (for json and jsonb parameters). Cast where the statement leaves a
-	// type open: `$1::int`.
+	// type open: `$1::int`. A statement the tenant sends again is
+	// prepared and kept on the connection, which changes nothing in its
+	// answer; if DDL has changed its columns since, it is re-run
+	// unprepared.
 	//
 	// Values come back as JSON: numbers for integers and floats (NaN and
 	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -1452,7 +1460,10 @@ type ClientInterface interface {
 	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 	// or `false`, `null` is NULL, and an array or object its JSON text
 	// (for json and jsonb parameters). Cast where the statement leaves a
-	// type open: `$1::int`.
+	// type open: `$1::int`. A statement the tenant sends again is
+	// prepared and kept on the connection, which changes nothing in its
+	// answer; if DDL has changed its columns since, it is re-run
+	// unprepared.
 	//
 	// Values come back as JSON: numbers for integers and floats (NaN and
 	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -1555,6 +1566,11 @@ func (c *Client) GetHealth(ctx context.Context, reqEditors ...RequestEditorFn) (
 }
 
 // GetMetrics Prometheus metrics.
+//
+// Open to anyone who can reach the server, unless it runs with a
+// metrics token (`--metrics-token`, `SILO_METRICS_TOKEN`): then only
+// `Authorization: Bearer TOKEN` with that token reads it, and the admin
+// token does not.
 //
 // Corresponds with GET /metrics (the `GetMetrics` operationId).
 func (c *Client) GetMetrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2244,7 +2260,10 @@ func (c *Client) MoveTenant(ctx context.Context, id TenantID, params *MoveTenant
 // itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 // or `false`, `null` is NULL, and an array or object its JSON text
 // (for json and jsonb parameters). Cast where the statement leaves a
-// type open: `$1::int`.
+// type open: `$1::int`. A statement the tenant sends again is
+// prepared and kept on the connection, which changes nothing in its
+// answer; if DDL has changed its columns since, it is re-run
+// unprepared.
 //
 // Values come back as JSON: numbers for integers and floats (NaN and
 // infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -2299,7 +2318,10 @@ func (c *Client) RunQueryWithBody(ctx context.Context, id TenantID, contentType 
 // itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 // or `false`, `null` is NULL, and an array or object its JSON text
 // (for json and jsonb parameters). Cast where the statement leaves a
-// type open: `$1::int`.
+// type open: `$1::int`. A statement the tenant sends again is
+// prepared and kept on the connection, which changes nothing in its
+// answer; if DDL has changed its columns since, it is re-run
+// unprepared.
 //
 // Values come back as JSON: numbers for integers and floats (NaN and
 // infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -4106,6 +4128,11 @@ type ClientWithResponsesInterface interface {
 
 	// GetMetricsWithResponse Prometheus metrics.
 	//
+	// Open to anyone who can reach the server, unless it runs with a
+	// metrics token (`--metrics-token`, `SILO_METRICS_TOKEN`): then only
+	// `Authorization: Bearer TOKEN` with that token reads it, and the admin
+	// token does not.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /metrics (the `GetMetrics` operationId).
@@ -4490,7 +4517,10 @@ type ClientWithResponsesInterface interface {
 	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 	// or `false`, `null` is NULL, and an array or object its JSON text
 	// (for json and jsonb parameters). Cast where the statement leaves a
-	// type open: `$1::int`.
+	// type open: `$1::int`. A statement the tenant sends again is
+	// prepared and kept on the connection, which changes nothing in its
+	// answer; if DDL has changed its columns since, it is re-run
+	// unprepared.
 	//
 	// Values come back as JSON: numbers for integers and floats (NaN and
 	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -4535,7 +4565,10 @@ type ClientWithResponsesInterface interface {
 	// itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 	// or `false`, `null` is NULL, and an array or object its JSON text
 	// (for json and jsonb parameters). Cast where the statement leaves a
-	// type open: `$1::int`.
+	// type open: `$1::int`. A statement the tenant sends again is
+	// prepared and kept on the connection, which changes nothing in its
+	// answer; if DDL has changed its columns since, it is re-run
+	// unprepared.
 	//
 	// Values come back as JSON: numbers for integers and floats (NaN and
 	// infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -4670,6 +4703,13 @@ func (r GetHealthResponse) ContentType() string {
 type GetMetricsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetMetricsResponse) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -6350,6 +6390,11 @@ func (c *ClientWithResponses) GetHealthWithResponse(ctx context.Context, reqEdit
 
 // GetMetricsWithResponse Prometheus metrics.
 //
+// Open to anyone who can reach the server, unless it runs with a
+// metrics token (`--metrics-token`, `SILO_METRICS_TOKEN`): then only
+// `Authorization: Bearer TOKEN` with that token reads it, and the admin
+// token does not.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /metrics (the `GetMetrics` operationId).
@@ -6944,7 +6989,10 @@ func (c *ClientWithResponses) MoveTenantWithResponse(ctx context.Context, id Ten
 // itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 // or `false`, `null` is NULL, and an array or object its JSON text
 // (for json and jsonb parameters). Cast where the statement leaves a
-// type open: `$1::int`.
+// type open: `$1::int`. A statement the tenant sends again is
+// prepared and kept on the connection, which changes nothing in its
+// answer; if DDL has changed its columns since, it is re-run
+// unprepared.
 //
 // Values come back as JSON: numbers for integers and floats (NaN and
 // infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -6995,7 +7043,10 @@ func (c *ClientWithResponses) RunQueryWithBodyWithResponse(ctx context.Context, 
 // itself, a number its literal (`1.50` stays `1.50`), a boolean `true`
 // or `false`, `null` is NULL, and an array or object its JSON text
 // (for json and jsonb parameters). Cast where the statement leaves a
-// type open: `$1::int`.
+// type open: `$1::int`. A statement the tenant sends again is
+// prepared and kept on the connection, which changes nothing in its
+// answer; if DDL has changed its columns since, it is re-run
+// unprepared.
 //
 // Values come back as JSON: numbers for integers and floats (NaN and
 // infinities as the strings `NaN`, `Infinity`, `-Infinity`), strings
@@ -7152,6 +7203,16 @@ func ParseGetMetricsResponse(rsp *http.Response) (*GetMetricsResponse, error) {
 	response := &GetMetricsResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
 	}
 
 	return response, nil

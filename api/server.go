@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +65,10 @@ type Config struct {
 	// Registry receives the API's metrics and the Go runtime's, and is
 	// served at /metrics. Default: a new registry.
 	Registry *prometheus.Registry
+	// MetricsToken, when set, is the bearer token /metrics asks for
+	// (compared in constant time); at least 16 characters. Unset, /metrics
+	// is open to anyone who can reach the server.
+	MetricsToken string
 	// BodyLimit caps request bodies, in bytes: 1 MiB by default, 10 MiB at
 	// most.
 	BodyLimit int64
@@ -128,6 +133,8 @@ func (c Config) validate() error {
 		return errors.New("api: Config.Provisioner is required")
 	case len(c.AdminToken) < 16:
 		return errors.New("api: the admin token must be at least 16 characters")
+	case c.MetricsToken != "" && len(c.MetricsToken) < 16:
+		return errors.New("api: the metrics token must be at least 16 characters")
 	case c.BodyLimit < 1 || c.BodyLimit > MaxBodyLimit:
 		return fmt.Errorf("api: body limit %d must be between 1 and %d bytes", c.BodyLimit, MaxBodyLimit)
 	case c.RequestTimeout < 0:
@@ -147,10 +154,12 @@ type Server struct {
 	provisioner    Provisioner
 	log            *slog.Logger
 	tokenHash      [32]byte
+	metricsHash    *[32]byte // of the metrics token; nil when /metrics is open
 	requestTimeout time.Duration
 	registry       *prometheus.Registry
 	public         map[string]bool
 	dataRoutes     map[string]bool // "POST /v1/tenants/:id/query": the routes keys may call
+	metricsRoutes  map[string]bool // "GET /metrics": the routes the metrics token guards
 	routes         map[string]bool // registered patterns, the only route labels
 	bodyLimit      int64
 	echo           *echo.Echo
@@ -207,6 +216,7 @@ func New(cfg Config) (*Server, error) {
 		registry:       cfg.Registry,
 		public:         publicRoutes(doc),
 		dataRoutes:     keyRoutes(doc),
+		metricsRoutes:  metricsRoutes(doc),
 		router:         cfg.Router,
 		migrations:     cfg.Migrations,
 		rebalancer:     cfg.Rebalancer,
@@ -223,6 +233,10 @@ func New(cfg Config) (*Server, error) {
 			Help:    "Time to answer HTTP requests, by route pattern, method and status.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms to 16 s
 		}, []string{"route", "method", "status"}),
+	}
+	if cfg.MetricsToken != "" {
+		h := sha256.Sum256([]byte(cfg.MetricsToken))
+		s.metricsHash = &h
 	}
 	if s.seen, err = lru.New[uint64, struct{}](seenStatements); err != nil {
 		return nil, err
@@ -378,6 +392,9 @@ func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if s.public[route] {
 			return next(c)
 		}
+		if s.metricsRoutes[route] {
+			return s.metricsAuth(c, next)
+		}
 		data := s.dataRoutes[route]
 		auth := c.Request().Header.Get(echo.HeaderAuthorization)
 		token, ok := strings.CutPrefix(auth, "Bearer ")
@@ -413,6 +430,43 @@ func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
 	}
+}
+
+// metricsRoutes returns the route patterns of the operations whose security
+// accepts the metricsToken scheme: /metrics.
+func metricsRoutes(doc *openapi3.T) map[string]bool {
+	return routesWhere(doc, func(op *openapi3.Operation) bool {
+		if op.Security == nil {
+			return false
+		}
+		for _, req := range *op.Security {
+			if _, ok := req["metricsToken"]; ok {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// metricsAuth lets a request through to /metrics when the server has no
+// metrics token, or when the request sends it. The admin token does not
+// open /metrics: a scraper's credential reaches nothing else, and the admin
+// token need not sit in a Prometheus configuration.
+func (s *Server) metricsAuth(c echo.Context, next echo.HandlerFunc) error {
+	if s.metricsHash == nil {
+		return next(c)
+	}
+	token, ok := strings.CutPrefix(c.Request().Header.Get(echo.HeaderAuthorization), "Bearer ")
+	if !ok || token == "" {
+		return silo.Errorf(silo.EUNAUTHORIZED, "the metrics token is required: send Authorization: Bearer TOKEN")
+	}
+	// As for the admin token: hashes keep the comparison constant-time
+	// whatever the length of the token sent.
+	got := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(got[:], s.metricsHash[:]) != 1 {
+		return silo.Errorf(silo.EUNAUTHORIZED, "the metrics token is not valid")
+	}
+	return next(c)
 }
 
 // timeoutMiddleware bounds each request's work; database calls take the

@@ -6,6 +6,7 @@
 // failure entry when it does not, so the audit log is the complete record of
 // who asked for what. Lists are paged with opaque keyset cursors.
 //
-// Shard DSNs are kept whole in the catalog because Silo must connect to the
-// shards; they are redacted (silo.RedactDSN) wherever they are shown or logged.
+// Shard DSNs, like tenant passwords, are kept sealed in the catalog (Sealer)
+// and opened only for Silo's own connections; they are redacted
+// (silo.RedactDSN) wherever they are shown or logged.
 package shardmap

@@ -11,14 +11,45 @@ import (
 	"github.com/silo-db/silo"
 )
 
-const shardColumns = `s.name, s.dsn, s.region, s.weight, s.state, s.created_at, s.updated_at,
+const shardColumns = `s.name, s.dsn_sealed, s.region, s.weight, s.state, s.created_at, s.updated_at,
 	(SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')`
 
-func scanShard(row pgx.Row) (silo.Shard, error) {
+// scanShard reads a row of shardColumns and opens its DSN.
+func (s *Store) scanShard(row pgx.Row) (silo.Shard, error) {
 	var sh silo.Shard
-	err := row.Scan(&sh.Name, &sh.DSN, &sh.Region, &sh.Weight, &sh.State, &sh.CreatedAt, &sh.UpdatedAt, &sh.TenantCount)
+	var sealed []byte
+	if err := row.Scan(&sh.Name, &sealed, &sh.Region, &sh.Weight, &sh.State, &sh.CreatedAt, &sh.UpdatedAt, &sh.TenantCount); err != nil {
+		return sh, err
+	}
+	var err error
+	sh.DSN, err = s.openDSN(sh.Name, sealed)
 	return sh, err
 }
+
+// dsnOwner is the owner a shard's DSN is sealed for, so that a sealed DSN
+// copied to another shard's row, or to a tenant's, does not open.
+func dsnOwner(name string) string { return "shard/" + name }
+
+// sealDSN seals a shard's DSN for the catalog, which holds no other form.
+func (s *Store) sealDSN(name, dsn string) ([]byte, error) {
+	if s.sealer == nil {
+		return nil, errNoSealer
+	}
+	return s.sealer.Seal([]byte(dsn), dsnOwner(name)), nil
+}
+
+func (s *Store) openDSN(name string, sealed []byte) (string, error) {
+	if s.sealer == nil {
+		return "", errNoSealer
+	}
+	if sealed == nil {
+		return "", silo.Errorf(silo.EINTERNAL, "the DSN of shard %q is not sealed yet: `silo serve` seals plaintext DSNs when it starts", name)
+	}
+	plain, err := s.sealer.Open(sealed, dsnOwner(name))
+	return string(plain), err
+}
+
+var errNoSealer = silo.Errorf(silo.EINTERNAL, "shardmap: the Store has no Sealer, so it can neither store nor read shard DSNs")
 
 // CreateShard registers a shard after checking that its DSN connects and
 // that its role may create databases and roles. Region and weight default to
@@ -47,19 +78,22 @@ func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, er
 		if exists {
 			return silo.Errorf(silo.ECONFLICT, "shard %q already exists", sh.Name)
 		}
+		sealed, err := s.sealDSN(sh.Name, sh.DSN)
+		if err != nil {
+			return err
+		}
 		if err := s.probe(ctx, sh.DSN); err != nil {
 			return err
 		}
 		row := tx.QueryRow(ctx, `
 			WITH s AS (
-				INSERT INTO shards (name, dsn, region, weight, state)
+				INSERT INTO shards (name, dsn_sealed, region, weight, state)
 				VALUES ($1, $2, $3, $4, 'active')
 				RETURNING *
 			)
-			SELECT s.name, s.dsn, s.region, s.weight, s.state, s.created_at, s.updated_at, 0 FROM s`,
-			sh.Name, sh.DSN, sh.Region, sh.Weight)
-		var err error
-		if created, err = scanShard(row); err != nil {
+			SELECT s.name, s.dsn_sealed, s.region, s.weight, s.state, s.created_at, s.updated_at, 0 FROM s`,
+			sh.Name, sealed, sh.Region, sh.Weight)
+		if created, err = s.scanShard(row); err != nil {
 			return catalogError(err, "register shard %q", sh.Name)
 		}
 		return nil
@@ -138,7 +172,7 @@ func redactErr(err error, dsn string) string {
 
 // GetShard returns the shard with the given name, or ENOTFOUND.
 func (s *Store) GetShard(ctx context.Context, name string) (*silo.Shard, error) {
-	sh, err := scanShard(s.pool.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
+	sh, err := s.scanShard(s.pool.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
 	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
@@ -148,15 +182,19 @@ func (s *Store) GetShard(ctx context.Context, name string) (*silo.Shard, error) 
 	return &sh, nil
 }
 
-// ShardDSN returns a shard's connection string (whole: for Silo's own
-// connections, never to be shown), or ENOTFOUND.
+// ShardDSN returns a shard's connection string, opened (whole: for Silo's
+// own connections, never to be shown), or ENOTFOUND. It returns EINTERNAL
+// when the sealed DSN does not open with the Store's Sealer.
 func (s *Store) ShardDSN(ctx context.Context, name string) (string, error) {
-	var dsn string
-	err := s.pool.QueryRow(ctx, `SELECT dsn FROM shards WHERE name = $1`, name).Scan(&dsn)
+	var sealed []byte
+	err := s.pool.QueryRow(ctx, `SELECT dsn_sealed FROM shards WHERE name = $1`, name).Scan(&sealed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 	}
-	return dsn, catalogError(err, "get shard %q", name)
+	if err != nil {
+		return "", catalogError(err, "get shard %q", name)
+	}
+	return s.openDSN(name, sealed)
 }
 
 // ListShards returns one page of shards ordered by name. It returns EINVALID
@@ -170,7 +208,7 @@ func (s *Store) ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Sha
 	if err != nil {
 		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
 	}
-	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.Shard, error) { return scanShard(r) })
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.Shard, error) { return s.scanShard(r) })
 	if err != nil {
 		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
 	}
@@ -202,7 +240,7 @@ func (s *Store) SetShardState(ctx context.Context, name string, state silo.Shard
 		if err != nil {
 			return catalogError(err, "set state of shard %q", name)
 		}
-		out, err = scanShard(tx.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
+		out, err = s.scanShard(tx.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 		}

@@ -26,6 +26,10 @@ type Config struct {
 	ProbeTimeout time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
+	// Sealer seals shard DSNs before they are stored and opens them when
+	// they are read. Without it, shards can be neither registered nor read
+	// (EINTERNAL); the rest of the Store works.
+	Sealer *Sealer
 }
 
 func (c Config) withDefaults() Config {
@@ -43,6 +47,7 @@ type Store struct {
 	pool         *pgxpool.Pool
 	probeTimeout time.Duration
 	log          *slog.Logger
+	sealer       *Sealer
 }
 
 // New returns a Store over cfg.Pool.
@@ -51,7 +56,7 @@ func New(cfg Config) (*Store, error) {
 		return nil, errors.New("shardmap: Config.Pool is required")
 	}
 	cfg = cfg.withDefaults()
-	return &Store{pool: cfg.Pool, probeTimeout: cfg.ProbeTimeout, log: cfg.Logger}, nil
+	return &Store{pool: cfg.Pool, probeTimeout: cfg.ProbeTimeout, log: cfg.Logger, sealer: cfg.Sealer}, nil
 }
 
 // Ping checks that the catalog answers a query. It returns EUNAVAILABLE

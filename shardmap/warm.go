@@ -122,7 +122,7 @@ func (s *Store) ShardFor(ctx context.Context, tx pgx.Tx, region string) (*silo.S
 	}
 	// Counting per shard uses tenants_shard_state_id_idx; the fleet holds
 	// tens of shards, not thousands.
-	sh, err := scanShard(db.QueryRow(ctx, `
+	sh, err := s.scanShard(db.QueryRow(ctx, `
 		SELECT `+shardColumns+` FROM shards s
 		WHERE s.state = 'active' AND ($1 = '' OR s.region = $1)
 		ORDER BY (SELECT count(*) FROM tenants t WHERE t.shard = s.name AND t.state <> 'purged')::float8 / s.weight, s.name

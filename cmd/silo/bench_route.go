@@ -268,7 +268,12 @@ func openBenchCatalog(ctx context.Context, catalogDSN, secretKey string, conns i
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	sealer, err := shardmap.NewSealer(key)
+	if err != nil {
+		pool.Close()
+		return nil, nil, nil, err
+	}
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)), Sealer: sealer})
 	if err != nil {
 		pool.Close()
 		return nil, nil, nil, err

@@ -64,6 +64,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newRebalanceCmd(g),
 		newMigrateCmd(g),
 		newAuditCmd(g),
+		newSecretsCmd(g),
 		newBenchCmd(g),
 		newVersionCmd(g),
 		newPGBinDirCmd(g),

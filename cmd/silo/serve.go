@@ -39,6 +39,8 @@ type serveOptions struct {
 	logLevel         string
 
 	secretKey           string
+	secretKeyPrevious   []string
+	metricsToken        string
 	tenantMigrations    string
 	warmPoolSize        int
 	gracePeriod         time.Duration
@@ -66,7 +68,9 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.DurationVar(&o.statementTimeout, "statement-timeout", 10*time.Second, "time limit of each catalog statement")
 	f.Int32Var(&o.catalogMaxConns, "catalog-max-conns", 25, "connections to the catalog at most")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.secretKey, "secret-key", "", "64 hex characters that seal tenant passwords in the catalog")
+	f.StringVar(&o.secretKey, "secret-key", "", "64 hex characters that seal tenant passwords and shard DSNs in the catalog")
+	f.StringSliceVar(&o.secretKeyPrevious, "secret-key-previous", nil, "earlier secret keys, comma-separated: they open what they sealed until `silo secrets reseal` moves it to --secret-key")
+	f.StringVar(&o.metricsToken, "metrics-token", "", "bearer token that /metrics asks for, 16 characters at least (default: /metrics is open)")
 	f.StringVar(&o.tenantMigrations, "tenant-migrations", "", "directory of goose SQL files for tenant databases (default: the embedded example schema)")
 	f.IntVar(&o.warmPoolSize, "warm-pool-size", provisioner.DefaultWarmPoolSize, "ready databases kept on each shard for fast creates (0 turns the pool off)")
 	f.DurationVar(&o.gracePeriod, "grace-period", provisioner.DefaultGracePeriod, "how long a deleted tenant's database is kept before it is purged")
@@ -83,7 +87,8 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
 	})
 	envNames(cmd, map[string]string{
-		"secret-key": "SILO_SECRET_KEY", "tenant-migrations": "SILO_TENANT_MIGRATIONS",
+		"secret-key": "SILO_SECRET_KEY", "secret-key-previous": "SILO_SECRET_KEY_PREVIOUS",
+		"metrics-token": "SILO_METRICS_TOKEN", "tenant-migrations": "SILO_TENANT_MIGRATIONS",
 		"warm-pool-size": "SILO_WARM_POOL_SIZE", "grace-period": "SILO_GRACE_PERIOD",
 		"recovery-delay": "SILO_RECOVERY_DELAY", "step-timeout": "SILO_STEP_TIMEOUT",
 		"maintenance-interval": "SILO_MAINTENANCE_INTERVAL", "max-operations": "SILO_MAX_OPERATIONS",
@@ -141,12 +146,14 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if len(o.adminToken) < 16 {
 		return fmt.Errorf("--admin-token (or SILO_ADMIN_TOKEN) must be at least 16 characters")
 	}
-	if o.secretKey == "" {
-		return fmt.Errorf("--secret-key (or SILO_SECRET_KEY) is required: 64 hex characters, e.g. from `openssl rand -hex 32`")
+	if o.metricsToken != "" && len(o.metricsToken) < 16 {
+		return fmt.Errorf("--metrics-token (or SILO_METRICS_TOKEN) must be at least 16 characters")
 	}
-	key, err := shardmap.ParseSecretKey(o.secretKey)
+	// key is the key ring: the provisioner and the router seal with its
+	// first key and open with any.
+	key, sealer, err := secretKeys(o.secretKey, o.secretKeyPrevious)
 	if err != nil {
-		return fmt.Errorf("--secret-key: %v", err)
+		return err
 	}
 	tenantFS, err := migrations.TenantFS(o.tenantMigrations)
 	if err != nil {
@@ -168,10 +175,16 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	log.Info("catalog ready", "version", v)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: o.connectTimeout})
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: o.connectTimeout, Sealer: sealer})
 	if err != nil {
 		return err
 	}
+	// A catalog upgraded from before sealed DSNs has its plaintext ones
+	// sealed now, before anything reads them.
+	if _, err := store.SealPlaintextDSNs(ctx); err != nil {
+		return fmt.Errorf("seal the shard DSNs: %w", err)
+	}
+	log.Info("secret keys", "current", sealer.KeyID(), "previous", sealer.PreviousKeyIDs())
 	if setup != nil {
 		if err := setup(ctx, store); err != nil {
 			return err
@@ -236,7 +249,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	}
 	srv, err := api.New(api.Config{
 		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, AdminToken: o.adminToken, Logger: log,
-		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout,
+		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
 	})
 	if err != nil {
 		return err
