@@ -39,6 +39,17 @@ type Operation struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	FinishedAt *time.Time
+	// Move is what a move has chosen and measured so far; nil for other
+	// kinds.
+	Move *MoveOutcome
+}
+
+// MoveOutcome is how a move carries a tenant's data and the write pause
+// its cutover caused.
+type MoveOutcome struct {
+	Path       string // "live" (logical replication) or "dump" (copied while paused); "" until chosen
+	PathReason string
+	PauseMs    int64 // once cut over
 }
 
 // OperationStep is one idempotent step of an operation.

@@ -1,6 +1,7 @@
 package silo
 
 import (
+	"crypto/rand"
 	"regexp"
 	"slices"
 	"strings"
@@ -48,6 +49,46 @@ type Tenant struct {
 	// grace period ends and the database is dropped.
 	DeletedAt  *time.Time
 	PurgeAfter *time.Time
+	// Limits bound what the tenant's role may take of its shard.
+	Limits TenantLimits
+}
+
+// TenantLimits are a tenant's resource bounds, set on its role on the
+// shard, where PostgreSQL enforces them for every Silo server at once and
+// the tenant cannot change them. -1 means no limit.
+type TenantLimits struct {
+	// Connections is the role's CONNECTION LIMIT: its sessions on the
+	// shard at once, Silo's own included.
+	Connections int
+	// TempFileMB is the role's temp_file_limit, per session, in MiB: the
+	// disk one query may fill with sorts and hashes. Only a superuser may
+	// set it, so the tenant cannot raise it.
+	TempFileMB int
+}
+
+// Defaults and bounds of TenantLimits.
+const (
+	DefaultTenantConnections = 20
+	DefaultTenantTempFileMB  = 5120
+	MaxTenantConnections     = 10000
+	MaxTenantTempFileMB      = 2097151 // temp_file_limit is an int of kB
+)
+
+// DefaultTenantLimits returns the limits of a tenant created without any.
+func DefaultTenantLimits() TenantLimits {
+	return TenantLimits{Connections: DefaultTenantConnections, TempFileMB: DefaultTenantTempFileMB}
+}
+
+// Validate checks the limits: each -1 (none) or within its range. It
+// returns EINVALID naming the bound broken.
+func (l TenantLimits) Validate() error {
+	if l.Connections != -1 && (l.Connections < 1 || l.Connections > MaxTenantConnections) {
+		return Errorf(EINVALID, "the connection limit %d must be -1 (none) or 1 to %d", l.Connections, MaxTenantConnections)
+	}
+	if l.TempFileMB != -1 && (l.TempFileMB < 1 || l.TempFileMB > MaxTenantTempFileMB) {
+		return Errorf(EINVALID, "the temp file limit %d MiB must be -1 (none) or 1 to %d", l.TempFileMB, MaxTenantTempFileMB)
+	}
+	return nil
 }
 
 // MaxTenantIDLen keeps "t_" + id within PostgreSQL's 63-byte identifiers
@@ -83,4 +124,33 @@ func ValidateTenantID(id string) error {
 // quoting in psql (Silo quotes it anyway).
 func DatabaseName(id string) string {
 	return "t_" + strings.ReplaceAll(id, "-", "_")
+}
+
+// MaxDatabaseNameLen is PostgreSQL's limit on identifiers.
+const MaxDatabaseNameLen = 63
+
+var databaseNameRE = regexp.MustCompile(`^t_[a-z0-9_]+$`)
+
+// ValidateDatabaseName checks the name of a tenant's database and role as
+// the catalog holds it: "t_" and lowercase letters, digits and
+// underscores, within PostgreSQL's 63 bytes. Every name Silo puts in DDL
+// passes it first, and is quoted as well. It returns EINVALID.
+func ValidateDatabaseName(name string) error {
+	if len(name) > MaxDatabaseNameLen || !databaseNameRE.MatchString(name) {
+		return Errorf(EINVALID, "database name %q must be t_ and lowercase letters, digits and underscores, at most %d characters", name, MaxDatabaseNameLen)
+	}
+	return nil
+}
+
+// opaqueNameLen is the random part of a new tenant's database name: 20
+// base32 characters, 100 bits.
+const opaqueNameLen = 20
+
+// NewDatabaseName returns a random name for a new tenant's database and
+// role: "t_" and 20 lowercase letters and digits. Every tenant can list
+// the databases and roles of its shard (pg_database, pg_roles,
+// pg_stat_activity), so a name made from the tenant id would tell it who
+// its neighbours are; this one says nothing. The catalog maps id to name.
+func NewDatabaseName() string {
+	return "t_" + strings.ToLower(rand.Text()[:opaqueNameLen])
 }

@@ -87,6 +87,24 @@ func (e MigrationRunState) Valid() bool {
 	}
 }
 
+// Defines values for MoveOutcomePath.
+const (
+	Dump MoveOutcomePath = "dump"
+	Live MoveOutcomePath = "live"
+)
+
+// Valid indicates whether the value is a known member of the MoveOutcomePath enum.
+func (e MoveOutcomePath) Valid() bool {
+	switch e {
+	case Dump:
+		return true
+	case Live:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for OperationKind.
 const (
 	Create  OperationKind = "create"
@@ -444,6 +462,25 @@ type MigrationStatus struct {
 	TargetVersion int64 `json:"targetVersion"`
 }
 
+// MoveOutcome How a move carries the tenant's data, once it has chosen, and the write pause of its cutover.
+type MoveOutcome struct {
+	// Path `live`: logical replication while the tenant serves, then a
+	// pause of a fraction of a second. `dump`: the tenant is paused
+	// while its rows are copied, as its own role.
+	Path *MoveOutcomePath `json:"path,omitempty"`
+
+	// PathReason Why this path.
+	PathReason *string `json:"pathReason,omitempty"`
+
+	// PauseMs The write pause of the cutover, in milliseconds.
+	PauseMs *int64 `json:"pauseMs,omitempty"`
+}
+
+// MoveOutcomePath `live`: logical replication while the tenant serves, then a
+// pause of a fraction of a second. `dump`: the tenant is paused
+// while its rows are copied, as its own role.
+type MoveOutcomePath string
+
 // Operation A durable change to a tenant, recorded in the catalog as it runs.
 type Operation struct {
 	CreatedAt time.Time `json:"createdAt"`
@@ -454,11 +491,14 @@ type Operation struct {
 	// ErrorCode The error code of a failed operation, as in problems.
 	//
 	// Example: EUNAVAILABLE
-	ErrorCode  *string        `json:"errorCode,omitempty"`
-	FinishedAt *time.Time     `json:"finishedAt,omitempty"`
-	Id         string         `json:"id"`
-	Kind       OperationKind  `json:"kind"`
-	State      OperationState `json:"state"`
+	ErrorCode  *string       `json:"errorCode,omitempty"`
+	FinishedAt *time.Time    `json:"finishedAt,omitempty"`
+	Id         string        `json:"id"`
+	Kind       OperationKind `json:"kind"`
+
+	// Move How a move carries the tenant's data, once it has chosen, and the write pause of its cutover.
+	Move  *MoveOutcome   `json:"move,omitempty"`
+	State OperationState `json:"state"`
 
 	// Steps The steps started so far, in order.
 	Steps []OperationStep `json:"steps"`
@@ -680,9 +720,12 @@ type Statement struct {
 type Tenant struct {
 	CreatedAt time.Time `json:"createdAt"`
 
-	// Database The name of its database and login role on the shard.
+	// Database The name of its database and login role on the shard: random for
+	// tenants created since names were made opaque (every tenant can
+	// list its shard's databases and roles), `t_` and the id before.
 	//
-	// Example: t_acme
+	//
+	// Example: t_k3bq7xw2mzd5r6tnyv4e
 	Database string `json:"database"`
 
 	// DeletedAt When it was deleted.
@@ -693,6 +736,12 @@ type Tenant struct {
 
 	// Id Example: acme
 	Id string `json:"id"`
+
+	// Limits A tenant's resource bounds, set on its role on the shard, where
+	// PostgreSQL enforces them across every Silo server and the tenant
+	// cannot change them. -1 means no limit. Omitted on create: the
+	// server's defaults.
+	Limits TenantLimits `json:"limits"`
 
 	// PurgeAfter When the grace period of a soft delete ends and its database is dropped.
 	PurgeAfter *time.Time `json:"purgeAfter,omitempty"`
@@ -723,6 +772,12 @@ type TenantCreate struct {
 	//
 	// Example: acme
 	Id string `json:"id"`
+
+	// Limits A tenant's resource bounds, set on its role on the shard, where
+	// PostgreSQL enforces them across every Silo server and the tenant
+	// cannot change them. -1 means no limit. Omitted on create: the
+	// server's defaults.
+	Limits *TenantLimits `json:"limits,omitempty"`
 
 	// Region Place the tenant on a shard of this region, which it never leaves. Default the region of its shard.
 	//
@@ -780,6 +835,22 @@ type TenantKeyList struct {
 	NextCursor *string     `json:"nextCursor,omitempty"`
 }
 
+// TenantLimits A tenant's resource bounds, set on its role on the shard, where
+// PostgreSQL enforces them across every Silo server and the tenant
+// cannot change them. -1 means no limit. Omitted on create: the
+// server's defaults.
+type TenantLimits struct {
+	// Connections The role's CONNECTION LIMIT, Silo's own sessions included. -1 or 1 to 10000.
+	//
+	// Example: 20
+	Connections int `json:"connections"`
+
+	// TempFileMB The role's temp_file_limit in MiB, per session (sorts and hashes that spill to disk). -1 or 1 to 2097151.
+	//
+	// Example: 5120
+	TempFileMB int `json:"tempFileMB"`
+}
+
 // TenantList defines model for TenantList.
 type TenantList struct {
 	Items      []Tenant `json:"items"`
@@ -798,6 +869,15 @@ type TenantMove struct {
 // `moving` for the second or so of a move's cutover, while its requests
 // are held.
 type TenantState string
+
+// TenantUpdate defines model for TenantUpdate.
+type TenantUpdate struct {
+	// Limits A tenant's resource bounds, set on its role on the shard, where
+	// PostgreSQL enforces them across every Silo server and the tenant
+	// cannot change them. -1 means no limit. Omitted on create: the
+	// server's defaults.
+	Limits TenantLimits `json:"limits"`
+}
 
 // Transaction defines model for Transaction.
 type Transaction struct {
@@ -975,6 +1055,9 @@ type CreateShardJSONRequestBody = ShardCreate
 
 // CreateTenantJSONRequestBody defines body for CreateTenant for application/json ContentType.
 type CreateTenantJSONRequestBody = TenantCreate
+
+// UpdateTenantJSONRequestBody defines body for UpdateTenant for application/json ContentType.
+type UpdateTenantJSONRequestBody = TenantUpdate
 
 // CreateTenantKeyJSONRequestBody defines body for CreateTenantKey for application/json ContentType.
 type CreateTenantKeyJSONRequestBody = TenantKeyCreate
@@ -1318,6 +1401,32 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
 	GetTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateTenantWithBody Change a tenant's resource bounds.
+	//
+	// Sets the limits on the tenant's role on its shard and in the
+	// catalog, together: a shard that cannot be reached changes nothing
+	// (503). A session already open keeps the temp file limit it started
+	// with. Limits out of range are refused with 422; a tenant being
+	// created or moved with 409; an unknown or purged one with 404.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+	UpdateTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateTenant Change a tenant's resource bounds.
+	//
+	// Sets the limits on the tenant's role on its shard and in the
+	// catalog, together: a shard that cannot be reached changes nothing
+	// (503). A session already open keeps the temp file limit it started
+	// with. Limits out of range are refused with 422; a tenant being
+	// created or moved with 409; an unknown or purged one with 404.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+	UpdateTenant(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	//
@@ -2087,6 +2196,52 @@ func (c *Client) DeleteTenant(ctx context.Context, id TenantID, params *DeleteTe
 // Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
 func (c *Client) GetTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetTenantRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateTenantWithBody Change a tenant's resource bounds.
+//
+// Sets the limits on the tenant's role on its shard and in the
+// catalog, together: a shard that cannot be reached changes nothing
+// (503). A session already open keeps the temp file limit it started
+// with. Limits out of range are refused with 422; a tenant being
+// created or moved with 409; an unknown or purged one with 404.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+func (c *Client) UpdateTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateTenantRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateTenant Change a tenant's resource bounds.
+//
+// Sets the limits on the tenant's role on its shard and in the
+// catalog, together: a shard that cannot be reached changes nothing
+// (503). A session already open keeps the temp file limit it started
+// with. Limits out of range are refused with 422; a tenant being
+// created or moved with 409; an unknown or purged one with 404.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+func (c *Client) UpdateTenant(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateTenantRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3590,6 +3745,53 @@ func NewGetTenantRequest(server string, id TenantID) (*http.Request, error) {
 	return req, nil
 }
 
+// NewUpdateTenantRequest calls the generic UpdateTenant builder with application/json body
+func NewUpdateTenantRequest(server string, id TenantID, body UpdateTenantJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateTenantRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewUpdateTenantRequestWithBody constructs an http.Request for the UpdateTenant method, with any body, and a specified content type
+func NewUpdateTenantRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewExportTenantRequest constructs an http.Request for the ExportTenant method
 func NewExportTenantRequest(server string, id TenantID) (*http.Request, error) {
 	var err error
@@ -4417,6 +4619,32 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
 	GetTenantWithResponse(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*GetTenantResponse, error)
+
+	// UpdateTenantWithBodyWithResponse Change a tenant's resource bounds.
+	//
+	// Sets the limits on the tenant's role on its shard and in the
+	// catalog, together: a shard that cannot be reached changes nothing
+	// (503). A session already open keeps the temp file limit it started
+	// with. Limits out of range are refused with 422; a tenant being
+	// created or moved with 409; an unknown or purged one with 404.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+	UpdateTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateTenantResponse, error)
+
+	// UpdateTenantWithResponse Change a tenant's resource bounds.
+	//
+	// Sets the limits on the tenant's role on its shard and in the
+	// catalog, together: a shard that cannot be reached changes nothing
+	// (503). A session already open keeps the temp file limit it started
+	// with. Limits out of range are refused with 422; a tenant being
+	// created or moved with 409; an unknown or purged one with 404.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+	UpdateTenantWithResponse(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateTenantResponse, error)
 
 	// ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
 	//
@@ -5873,6 +6101,54 @@ func (r GetTenantResponse) ContentType() string {
 	return ""
 }
 
+type UpdateTenantResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Tenant
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateTenantResponse) GetJSON200() *Tenant {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r UpdateTenantResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateTenantResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateTenantResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateTenantResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateTenantResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ExportTenantResponse200Headers the declared response headers of an HTTP 200 response for ExportTenant
 type ExportTenantResponse200Headers struct {
 	ContentDisposition *string
@@ -6846,6 +7122,44 @@ func (c *ClientWithResponses) GetTenantWithResponse(ctx context.Context, id Tena
 		return nil, err
 	}
 	return ParseGetTenantResponse(rsp)
+}
+
+// UpdateTenantWithBodyWithResponse Change a tenant's resource bounds.
+//
+// Sets the limits on the tenant's role on its shard and in the
+// catalog, together: a shard that cannot be reached changes nothing
+// (503). A session already open keeps the temp file limit it started
+// with. Limits out of range are refused with 422; a tenant being
+// created or moved with 409; an unknown or purged one with 404.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+func (c *ClientWithResponses) UpdateTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateTenantResponse, error) {
+	rsp, err := c.UpdateTenantWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateTenantResponse(rsp)
+}
+
+// UpdateTenantWithResponse Change a tenant's resource bounds.
+//
+// Sets the limits on the tenant's role on its shard and in the
+// catalog, together: a shard that cannot be reached changes nothing
+// (503). A session already open keeps the temp file limit it started
+// with. Limits out of range are refused with 422; a tenant being
+// created or moved with 409; an unknown or purged one with 404.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
+func (c *ClientWithResponses) UpdateTenantWithResponse(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateTenantResponse, error) {
+	rsp, err := c.UpdateTenant(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateTenantResponse(rsp)
 }
 
 // ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
@@ -8029,6 +8343,39 @@ func ParseGetTenantResponse(rsp *http.Response) (*GetTenantResponse, error) {
 	return response, nil
 }
 
+// ParseUpdateTenantResponse parses an HTTP response from a UpdateTenantWithResponse call
+func ParseUpdateTenantResponse(rsp *http.Response) (*UpdateTenantResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateTenantResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Tenant
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseExportTenantResponse parses an HTTP response from a ExportTenantWithResponse call
 func ParseExportTenantResponse(rsp *http.Response) (*ExportTenantResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -8518,6 +8865,9 @@ type ServerInterface interface {
 	// GetTenant Get a tenant.
 	// (GET /v1/tenants/{id})
 	GetTenant(ctx echo.Context, id TenantID) error
+	// UpdateTenant Change a tenant's resource bounds.
+	// (PATCH /v1/tenants/{id})
+	UpdateTenant(ctx echo.Context, id TenantID) error
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	// (GET /v1/tenants/{id}/export)
 	ExportTenant(ctx echo.Context, id TenantID) error
@@ -9004,6 +9354,22 @@ func (w *ServerInterfaceWrapper) GetTenant(ctx echo.Context) error {
 	return err
 }
 
+// UpdateTenant converts echo context to params.
+func (w *ServerInterfaceWrapper) UpdateTenant(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.UpdateTenant(ctx, id)
+	return err
+}
+
 // ExportTenant converts echo context to params.
 func (w *ServerInterfaceWrapper) ExportTenant(ctx echo.Context) error {
 	var err error
@@ -9261,6 +9627,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants", wrapper.CreateTenant, options.OperationMiddlewares["createTenant"]...)
 	router.DELETE(options.BaseURL+"/v1/tenants/:id", wrapper.DeleteTenant, options.OperationMiddlewares["deleteTenant"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id", wrapper.GetTenant, options.OperationMiddlewares["getTenant"]...)
+	router.PATCH(options.BaseURL+"/v1/tenants/:id", wrapper.UpdateTenant, options.OperationMiddlewares["updateTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/suspend", wrapper.SuspendTenant, options.OperationMiddlewares["suspendTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/move", wrapper.MoveTenant, options.OperationMiddlewares["moveTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/resume", wrapper.ResumeTenant, options.OperationMiddlewares["resumeTenant"]...)

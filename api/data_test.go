@@ -152,7 +152,9 @@ func TestQuery(t *testing.T) {
 
 	// The tenant's own role and database; no way to another database.
 	res = requireResult(t, b.query(t, "q-acme", `SELECT current_user, current_database()`))
-	require.Equal(t, []string{`"t_q_acme"`, `"t_q_acme"`}, rowText(res.Rows[0]))
+	tn, err := b.store.GetTenant(b.ctx, "q-acme")
+	require.NoError(t, err)
+	require.Equal(t, []string{`"` + tn.Database + `"`, `"` + tn.Database + `"`}, rowText(res.Rows[0]))
 }
 
 func TestTransaction(t *testing.T) {

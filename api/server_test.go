@@ -92,9 +92,12 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	var jobs []provisioner.JobSource
 	for _, o := range opts {
 		if o.migrationFiles != nil {
-			var err error
+			sealer, err := shardmap.NewSealer(secretKey)
+			require.NoError(t, err)
+			dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer})
+			require.NoError(t, err)
 			runner, err = migrations.NewRunner(migrations.Config{
-				Catalog: pool, Store: store, Files: o.migrationFiles, Logger: log,
+				Catalog: pool, Store: store, Dialer: dialer, Files: o.migrationFiles, Logger: log,
 				Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
 					return prov.MigrateTemplate(ctx, shard, v)
 				}),

@@ -24,6 +24,7 @@ type Provisioner interface {
 	Delete(ctx context.Context, id string, purge bool, wait time.Duration) (provisioner.Result, error)
 	Move(ctx context.Context, req provisioner.MoveRequest, wait time.Duration) (provisioner.Result, error)
 	Export(ctx context.Context, id string, w io.Writer) error
+	SetLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error)
 	Operation(ctx context.Context, id string) (*silo.Operation, error)
 }
 
@@ -69,6 +70,7 @@ func toTenant(t *silo.Tenant) Tenant {
 		UpdatedAt:     t.UpdatedAt,
 		DeletedAt:     t.DeletedAt,
 		PurgeAfter:    t.PurgeAfter,
+		Limits:        TenantLimits{Connections: t.Limits.Connections, TempFileMB: t.Limits.TempFileMB},
 	}
 }
 
@@ -88,6 +90,17 @@ func toOperation(op *silo.Operation) Operation {
 	}
 	if op.ErrorCode != "" {
 		out.ErrorCode = &op.ErrorCode
+	}
+	if m := op.Move; m != nil {
+		out.Move = &MoveOutcome{}
+		if m.Path != "" {
+			path, reason := MoveOutcomePath(m.Path), m.PathReason
+			out.Move.Path, out.Move.PathReason = &path, &reason
+		}
+		if m.PauseMs > 0 {
+			pause := m.PauseMs
+			out.Move.PauseMs = &pause
+		}
 	}
 	for _, st := range op.Steps {
 		step := OperationStep{
@@ -169,6 +182,9 @@ func (s *Server) CreateTenant(c echo.Context, params CreateTenantParams) error {
 			return silo.Errorf(silo.EINVALID, "region must not be empty: omit it to place the tenant in any region")
 		}
 	}
+	if body.Limits != nil {
+		req.Limits = &silo.TenantLimits{Connections: body.Limits.Connections, TempFileMB: body.Limits.TempFileMB}
+	}
 	if params.IdempotencyKey != nil {
 		req.IdempotencyKey = *params.IdempotencyKey
 		if n := utf8.RuneCountInString(req.IdempotencyKey); n < 1 || n > provisioner.MaxIdempotencyKeyLen {
@@ -177,6 +193,20 @@ func (s *Server) CreateTenant(c echo.Context, params CreateTenantParams) error {
 	}
 	res, err := s.provisioner.Create(ctx, req, wait)
 	return s.answer(c, res, err, http.StatusCreated)
+}
+
+// UpdateTenant changes a tenant's limits.
+func (s *Server) UpdateTenant(c echo.Context, id TenantID) error {
+	var body TenantUpdate
+	if err := decodeJSON(c, &body); err != nil {
+		return err
+	}
+	t, err := s.provisioner.SetLimits(c.Request().Context(), id, silo.TenantLimits{
+		Connections: body.Limits.Connections, TempFileMB: body.Limits.TempFileMB})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, toTenant(t))
 }
 
 // ListTenants answers one page of tenants, filtered.

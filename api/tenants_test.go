@@ -89,17 +89,43 @@ func TestTenantLifecycle(t *testing.T) {
 	require.Equal(t, "/v1/tenants/life-acme", r.header.Get("Location"))
 	require.NotContains(t, strings.ToLower(string(r.body)), "password")
 	created := decode[api.Tenant](t, r)
+	require.Regexp(t, `^t_[a-z2-7]{20}$`, created.Database, "a name that says nothing of the tenant")
 	require.Equal(t, api.Tenant{
-		Id: "life-acme", Shard: "s1", Database: "t_life_acme", State: api.TenantStateActive, Region: "eu",
+		Id: "life-acme", Shard: "s1", Database: created.Database, State: api.TenantStateActive, Region: "eu",
 		SchemaVersion: created.SchemaVersion, Epoch: created.Epoch, CreatedAt: created.CreatedAt, UpdatedAt: created.UpdatedAt,
+		Limits: api.TenantLimits{Connections: silo.DefaultTenantConnections, TempFileMB: silo.DefaultTenantTempFileMB},
 	}, created)
 	require.Positive(t, created.SchemaVersion, "the tenant's database is migrated")
 	require.Positive(t, created.Epoch)
-	require.True(t, b.databaseExists(t, 0, "t_life_acme"))
+	require.True(t, b.databaseExists(t, 0, created.Database))
 
 	r = b.do(t, "GET", "/v1/tenants/life-acme", "")
 	require.Equal(t, 200, r.status)
 	require.Equal(t, created, decode[api.Tenant](t, r))
+
+	// Limits: changed on the role and in the catalog; bad ones change nothing.
+	r = b.do(t, "PATCH", "/v1/tenants/life-acme", `{"limits":{"connections":7,"tempFileMB":-1}}`)
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	require.Equal(t, api.TenantLimits{Connections: 7, TempFileMB: -1}, decode[api.Tenant](t, r).Limits)
+	for _, bad := range []struct {
+		body   string
+		status int
+		code   string
+	}{
+		{`{"limits":{"connections":0,"tempFileMB":10}}`, 422, silo.EINVALID},
+		{`{"limits":{"connections":7,"tempFileMB":-2}}`, 422, silo.EINVALID},
+		{`{"limits":{"connections":"many","tempFileMB":10}}`, 400, silo.EMALFORMED},
+		{`{"limits":{"connections":7,"tempFileMB":10},"superuser":true}`, 400, silo.EMALFORMED},
+	} {
+		r = b.do(t, "PATCH", "/v1/tenants/life-acme", bad.body)
+		require.Equal(t, bad.status, r.status, "%s: %s", bad.body, r.body)
+		require.Equal(t, api.ProblemCode(bad.code), r.problem(t).Code)
+	}
+	r = b.do(t, "PATCH", "/v1/tenants/nobody", `{"limits":{"connections":7,"tempFileMB":10}}`)
+	require.Equal(t, 404, r.status, "body: %s", r.body)
+	r = b.do(t, "GET", "/v1/tenants/life-acme", "")
+	require.Equal(t, api.TenantLimits{Connections: 7, TempFileMB: -1}, decode[api.Tenant](t, r).Limits)
+	created = decode[api.Tenant](t, r)
 
 	// Placement by region: us has only s2.
 	r = b.do(t, "POST", "/v1/tenants", `{"id":"life-beta","region":"us"}`)
@@ -159,13 +185,13 @@ func TestTenantLifecycle(t *testing.T) {
 	require.Greater(t, deleted.Epoch, created.Epoch)
 	r = b.do(t, "GET", "/v1/tenants/life-acme", "")
 	require.Equal(t, api.TenantStateDeleted, decode[api.Tenant](t, r).State)
-	require.True(t, b.databaseExists(t, 0, "t_life_acme"))
+	require.True(t, b.databaseExists(t, 0, created.Database))
 
 	// Purging drops the database; the id stays taken.
 	r = b.do(t, "DELETE", "/v1/tenants/life-acme?purge=true", "")
 	require.Equal(t, 200, r.status, "body: %s", r.body)
 	require.Equal(t, api.TenantStatePurged, decode[api.Tenant](t, r).State)
-	require.False(t, b.databaseExists(t, 0, "t_life_acme"))
+	require.False(t, b.databaseExists(t, 0, created.Database))
 	r = b.do(t, "GET", "/v1/tenants/life-acme", "")
 	require.Equal(t, 200, r.status)
 	require.Equal(t, api.TenantStatePurged, decode[api.Tenant](t, r).State)
@@ -183,7 +209,7 @@ func TestTenantLifecycle(t *testing.T) {
 	r = b.do(t, "DELETE", "/v1/tenants/life-beta?purge=true", "")
 	require.Equal(t, 200, r.status, "body: %s", r.body)
 	require.Equal(t, api.TenantStatePurged, decode[api.Tenant](t, r).State)
-	require.False(t, b.databaseExists(t, 1, "t_life_beta"))
+	require.False(t, b.databaseExists(t, 1, beta.Database))
 }
 
 func TestTenantOperations(t *testing.T) {
@@ -312,7 +338,6 @@ func TestTenantBadInput(t *testing.T) {
 		})
 	}
 	require.Empty(t, b.tenantIDs(t), "bad input created nothing")
-	require.False(t, b.databaseExists(t, 0, "t_bad_wait"))
 }
 
 func TestTenantConcurrentCreates(t *testing.T) {

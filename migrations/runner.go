@@ -67,6 +67,8 @@ type Config struct {
 	Catalog *pgxpool.Pool
 	// Store is the catalog's Go API over Catalog.
 	Store *shardmap.Store
+	// Dialer connects to tenant databases as the tenants' own roles.
+	Dialer *shardmap.Dialer
 	// Files are the tenant migrations. A directory (os.DirFS) is read
 	// again for every run, so new files need no restart.
 	Files fs.FS
@@ -112,8 +114,8 @@ const shardDownFor = 5 * time.Second
 
 // NewRunner returns a Runner, or an error for an invalid Config.
 func NewRunner(cfg Config) (*Runner, error) {
-	if cfg.Catalog == nil || cfg.Store == nil || cfg.Templates == nil || cfg.Files == nil {
-		return nil, errors.New("migrations: Config.Catalog, Store, Templates and Files are required")
+	if cfg.Catalog == nil || cfg.Store == nil || cfg.Dialer == nil || cfg.Templates == nil || cfg.Files == nil {
+		return nil, errors.New("migrations: Config.Catalog, Store, Dialer, Templates and Files are required")
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = DefaultWorkers

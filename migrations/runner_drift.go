@@ -20,13 +20,16 @@ const (
 // templateDB is the template database the provisioner keeps on every shard.
 const templateDB = "silo_template"
 
-// Drift fingerprints each active shard's template and every active and
-// suspended tenant, and lists the tenants that differ from their shard's
-// template. A tenant that cannot be reached is listed with its error.
+// Drift fingerprints each active shard's template and every active
+// tenant, and lists the tenants that differ from their shard's template.
+// A tenant that cannot be reached is listed with its error. Each tenant is
+// read as its own role, so nothing in its database (a view in place of the
+// version table) runs with more rights than the tenant's; a suspended
+// tenant's role cannot log in, so suspended tenants are not checked.
 func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 	rows, err := r.cfg.Catalog.Query(ctx, `
 		SELECT t.id, t.shard, t.database_name, t.schema_version FROM tenants t
-		WHERE t.state IN ('active', 'suspended') ORDER BY t.shard, t.id`)
+		WHERE t.state = 'active' ORDER BY t.shard, t.id`)
 	if err != nil {
 		return nil, catalogError(err)
 	}
@@ -52,7 +55,7 @@ func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 	}
 	for _, shard := range shards {
 		tf := silo.TemplateFingerprint{Shard: shard}
-		fp, v, err := r.fingerprint(ctx, shard, templateDB)
+		fp, v, err := r.fingerprint(ctx, shard, nil)
 		if err != nil {
 			tf.Error = err.Error()
 		} else {
@@ -83,7 +86,7 @@ func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			got, _, err := r.fingerprint(ctx, t.shard, t.db)
+			got, _, err := r.fingerprint(ctx, t.shard, &silo.Tenant{ID: t.id, Shard: t.shard, Database: t.db})
 			d := &silo.SchemaDrift{TenantID: t.id, Shard: t.shard, Version: t.version, TemplateVersion: templateVersion[t.shard]}
 			switch {
 			case err != nil:
@@ -106,19 +109,22 @@ func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 	return report, nil
 }
 
-// fingerprint connects to a database on a shard as the shard's admin and
-// returns its schema fingerprint and version.
-func (r *Runner) fingerprint(ctx context.Context, shard, db string) (Fingerprint, int64, error) {
-	dsn, err := r.cfg.Store.ShardDSN(ctx, shard)
+// fingerprint returns the schema fingerprint and version of a tenant's
+// database, read as the tenant's own role, or of the shard's template
+// (Silo's own, which no tenant reaches) as the shard's admin when t is nil.
+func (r *Runner) fingerprint(ctx context.Context, shard string, t *silo.Tenant) (Fingerprint, int64, error) {
+	var cfg *pgx.ConnConfig
+	var err error
+	db := templateDB
+	if t != nil {
+		db = t.Database
+		cfg, err = r.cfg.Dialer.TenantConfig(ctx, t, shard)
+	} else {
+		cfg, err = r.cfg.Dialer.AdminConfig(ctx, shard, templateDB)
+	}
 	if err != nil {
 		return Fingerprint{}, 0, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return Fingerprint{}, 0, fmt.Errorf("shard %q has an invalid DSN", shard)
-	}
-	cfg.Database = db
-	cfg.ConnectTimeout = r.cfg.ConnectTimeout
 	// The same search_path everywhere, so that expressions print alike.
 	cfg.RuntimeParams["search_path"] = "public"
 	conn, err := pgx.ConnectConfig(ctx, cfg)

@@ -17,6 +17,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // prepareArgs is a run's first job: migrate the templates, list the
@@ -124,7 +125,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 		}
 		rows, err := tx.Query(ctx, `
 			SELECT id, shard FROM tenants
-			WHERE state IN ('active', 'suspended') AND schema_version `+cmp+` $1
+			WHERE state = 'active' AND schema_version `+cmp+` $1
 			ORDER BY shard, id`, run.TargetVersion)
 		if err != nil {
 			return catalogError(err)
@@ -411,7 +412,10 @@ func (r *Runner) migrateTenant(ctx context.Context, run *silo.MigrationRun, id s
 	if err != nil {
 		return 0, 0, "", err
 	}
-	if t.State != silo.TenantActive && t.State != silo.TenantSuspended {
+	if t.State == silo.TenantSuspended {
+		return t.SchemaVersion, 0, "the tenant is suspended: it is migrated when it is resumed", nil
+	}
+	if t.State != silo.TenantActive {
 		return t.SchemaVersion, 0, "the tenant is " + string(t.State), nil
 	}
 	from = t.SchemaVersion
@@ -422,30 +426,28 @@ func (r *Runner) migrateTenant(ctx context.Context, run *silo.MigrationRun, id s
 	if isDown && time.Since(down.at) < shardDownFor {
 		return from, 0, "", fmt.Errorf("shard %q is unreachable: %w", t.Shard, down.err)
 	}
-	dsn, err := r.cfg.Store.ShardDSN(ctx, t.Shard)
+	// As the tenant's own login role, never the admin with SET ROLE: the
+	// tenant's triggers, views and functions (on the version table, say)
+	// run in this session, and RESET ROLE would undo a SET ROLE.
+	cfg, err := r.cfg.Dialer.TenantConfig(ctx, t, "")
 	if err != nil {
 		return from, 0, "", err
 	}
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		return from, 0, "", fmt.Errorf("shard %q has an invalid DSN", t.Shard)
-	}
-	cfg.ConnConfig.Database = t.Database
-	cfg.ConnConfig.ConnectTimeout = r.cfg.ConnectTimeout
-	cfg.MaxConns = 2
-	role := pgx.Identifier{t.Database}.Sanitize() // the tenant's role has its database's name
-	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, "SET ROLE "+role)
-		return err
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := shardmap.PoolOf(ctx, cfg, 2)
 	if err != nil {
 		return from, 0, "", err
 	}
 	defer pool.Close()
 	mctx, cancel := context.WithTimeout(ctx, r.cfg.TenantTimeout)
 	defer cancel()
-	if err := pool.Ping(mctx); err != nil {
+	err = pool.Ping(mctx)
+	if shardmap.IsAuthFailure(err) {
+		// The tenant changed its role's password: set it back, once.
+		if err = r.cfg.Dialer.RepairLogin(mctx, t, ""); err == nil {
+			err = pool.Ping(mctx)
+		}
+	}
+	if err != nil {
 		if _, ok := errors.AsType[*pgconn.PgError](err); !ok && ctx.Err() == nil {
 			r.mu.Lock()
 			r.down[downKey] = shardDown{at: time.Now(), err: err}

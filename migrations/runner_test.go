@@ -27,6 +27,16 @@ import (
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
+// newDialer returns the dialer the provisioner of these tests would make.
+func newDialer(t *testing.T, store *shardmap.Store) *shardmap.Dialer {
+	t.Helper()
+	sealer, err := shardmap.NewSealer(testKey)
+	require.NoError(t, err)
+	d, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer, ConnectTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	return d
+}
+
 // server is one `silo serve`'s provisioner and runner.
 type server struct {
 	prov   *provisioner.Provisioner
@@ -67,7 +77,7 @@ func setupRunner(t *testing.T) (*server, *runnerBundle) {
 		s := &server{}
 		var err error
 		s.runner, err = migrations.NewRunner(migrations.Config{
-			Catalog: pool, Store: store, Files: files, Workers: 4, ConnectTimeout: 2 * time.Second, Logger: log,
+			Catalog: pool, Store: store, Dialer: newDialer(t, store), Files: files, Workers: 4, ConnectTimeout: 2 * time.Second, Logger: log,
 			Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
 				return s.prov.MigrateTemplate(ctx, shard, v)
 			}),
@@ -113,6 +123,14 @@ func waitRun(t *testing.T, ctx context.Context, r *migrations.Runner, id string)
 		require.True(t, time.Now().Before(deadline), "run %s still %s: %+v", id, run.State, run)
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// db is the name of a tenant's database, from the catalog.
+func (b *runnerBundle) db(t *testing.T, id string) string {
+	t.Helper()
+	tn, err := b.store.GetTenant(b.ctx, id)
+	require.NoError(t, err)
+	return tn.Database
 }
 
 // admin runs sql on a tenant's (or any) database as the shard's admin.
@@ -201,7 +219,7 @@ func TestRunner(t *testing.T) {
 		"-- +goose Up\nCREATE TABLE widgets (id bigint PRIMARY KEY, name text NOT NULL);\n-- +goose Down\nDROP TABLE widgets;\n")
 	// ra0 is the first canary (shards interleave, ids in order): a table
 	// made there beforehand makes its migration fail.
-	b.admin(t, "a", "t_ra0", "CREATE TABLE widgets (id int)")
+	b.admin(t, "a", b.db(t, "ra0"), "CREATE TABLE widgets (id int)")
 
 	t.Run("a failed canary stops the run before the others", func(t *testing.T) {
 		run, err := s.runner.StartRun(b.ctx, migrations.RunOptions{})
@@ -251,7 +269,7 @@ func TestRunner(t *testing.T) {
 	})
 
 	t.Run("once fixed, a re-run finishes the tenant left behind", func(t *testing.T) {
-		b.admin(t, "a", "t_ra0", "DROP TABLE widgets")
+		b.admin(t, "a", b.db(t, "ra0"), "DROP TABLE widgets")
 		run, err := s.runner.StartRun(b.ctx, migrations.RunOptions{})
 		require.NoError(t, err)
 		run = waitRun(t, b.ctx, s.runner, run.ID)
@@ -273,7 +291,7 @@ func TestRunner(t *testing.T) {
 	t.Run("new tenants are born at the target", func(t *testing.T) {
 		tn := b.create(t, s, "rnew", "b")
 		require.EqualValues(t, 2, tn.SchemaVersion)
-		b.admin(t, "b", "t_rnew", "INSERT INTO widgets VALUES (1, 'born current')")
+		b.admin(t, "b", b.db(t, "rnew"), "INSERT INTO widgets VALUES (1, 'born current')")
 		ids = append(ids, "rnew")
 	})
 
@@ -285,8 +303,8 @@ func TestRunner(t *testing.T) {
 		require.Len(t, rep.Templates, 2)
 		require.Equal(t, rep.Templates[0].Fingerprint, rep.Templates[1].Fingerprint, "both templates alike")
 
-		b.admin(t, "a", "t_ra1", "CREATE INDEX widgets_name_idx ON widgets (name)")
-		b.admin(t, "b", "t_rb2", "ALTER TABLE widgets ALTER COLUMN name DROP NOT NULL")
+		b.admin(t, "a", b.db(t, "ra1"), "CREATE INDEX widgets_name_idx ON widgets (name)")
+		b.admin(t, "b", b.db(t, "rb2"), "ALTER TABLE widgets ALTER COLUMN name DROP NOT NULL")
 		rep, err = s.runner.Drift(b.ctx)
 		require.NoError(t, err)
 		require.Len(t, rep.Drifted, 2)
@@ -299,8 +317,8 @@ func TestRunner(t *testing.T) {
 		require.Contains(t, got["ra1"].Extra[0], "widgets_name_idx")
 		require.Len(t, got["rb2"].Missing, 1)
 		require.Contains(t, got["rb2"].Missing[0], "NOT NULL")
-		b.admin(t, "a", "t_ra1", "DROP INDEX widgets_name_idx")
-		b.admin(t, "b", "t_rb2", "ALTER TABLE widgets ALTER COLUMN name SET NOT NULL")
+		b.admin(t, "a", b.db(t, "ra1"), "DROP INDEX widgets_name_idx")
+		b.admin(t, "b", b.db(t, "rb2"), "ALTER TABLE widgets ALTER COLUMN name SET NOT NULL")
 	})
 
 	writeMigration(t, b.dir, "00003_slow.sql",

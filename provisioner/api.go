@@ -20,6 +20,9 @@ type CreateRequest struct {
 	// IdempotencyKey, if set, makes a retried request return the first
 	// request's operation instead of starting another.
 	IdempotencyKey string
+	// Limits, if set, are the tenant's resource bounds; otherwise
+	// Config.TenantLimits.
+	Limits *silo.TenantLimits
 }
 
 // Result is what a lifecycle call returns: its operation, finished or not,
@@ -75,5 +78,38 @@ func (p *Provisioner) Export(ctx context.Context, id string, w io.Writer) error 
 
 // Operation returns an operation by id, or ENOTFOUND.
 func (p *Provisioner) Operation(ctx context.Context, id string) (*silo.Operation, error) {
-	return p.store.GetOperation(ctx, id)
+	op, err := p.store.GetOperation(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return op, p.describeMove(ctx, op)
+}
+
+// describeMove fills in a move's outcome from its parameters.
+func (p *Provisioner) describeMove(ctx context.Context, op *silo.Operation) error {
+	if op.Kind != silo.OpMove {
+		return nil
+	}
+	params, err := p.store.OperationParams(ctx, op.ID)
+	if err != nil {
+		return err
+	}
+	m := &silo.MoveOutcome{}
+	m.Path, _ = params["path"].(string)
+	m.PathReason, _ = params["pathReason"].(string)
+	if v, ok := params["pauseMs"].(float64); ok {
+		m.PauseMs = int64(v)
+	}
+	op.Move = m
+	return nil
+}
+
+// SetLimits changes a tenant's resource bounds: on its role on the shard
+// (PostgreSQL enforces them; a session already open keeps the
+// temp_file_limit it started with) and in the catalog, audited as
+// tenant.limits. It returns EINVALID for limits out of range, ENOTFOUND for
+// an unknown or purged tenant, ECONFLICT for one being created or moved,
+// and EUNAVAILABLE when the shard cannot be reached (nothing changed then).
+func (p *Provisioner) SetLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error) {
+	return p.setLimits(ctx, id, limits)
 }

@@ -29,7 +29,14 @@ func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.D
 	if utf8.RuneCountInString(req.IdempotencyKey) > MaxIdempotencyKeyLen {
 		return Result{}, silo.Errorf(silo.EINVALID, "the idempotency key is longer than %d characters", MaxIdempotencyKeyLen)
 	}
-	hash := requestHash("create", req.ID, req.Shard, req.Region)
+	limits := p.cfg.TenantLimits
+	if req.Limits != nil {
+		limits = *req.Limits
+	}
+	if err := limits.Validate(); err != nil {
+		return Result{}, err
+	}
+	hash := requestHash("create", req.ID, req.Shard, req.Region, fmt.Sprint(limits.Connections), fmt.Sprint(limits.TempFileMB))
 	if req.IdempotencyKey != "" {
 		if res, ok, err := p.replay(ctx, req.IdempotencyKey, hash, wait); ok || err != nil {
 			return res, err
@@ -45,8 +52,8 @@ func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.D
 		}
 		params["shard"], params["region"] = shard.Name, shard.Region
 		if _, err := p.store.InsertTenant(ctx, tx, silo.Tenant{
-			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: shard.Region,
-			State: silo.TenantProvisioning,
+			ID: req.ID, Shard: shard.Name, Database: silo.NewDatabaseName(), Region: shard.Region,
+			State: silo.TenantProvisioning, Limits: limits,
 		}, p.sealer.Seal([]byte(password), req.ID)); err != nil {
 			return err
 		}
@@ -165,7 +172,7 @@ type templates struct {
 // template's objects over to the role.
 func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (plan, error) {
 	id := op.TenantID
-	name := silo.DatabaseName(id)
+	var name string // the tenant's database and role, from its row
 	var t *silo.Tenant
 	var sc *shardConn
 	load := func(ctx context.Context) error {
@@ -176,6 +183,10 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 		if t, err = p.store.GetTenant(ctx, id); err != nil {
 			return err
 		}
+		if err := silo.ValidateDatabaseName(t.Database); err != nil {
+			return err
+		}
+		name = t.Database
 		sc, err = p.shard(ctx, t.Shard)
 		return err
 	}
@@ -206,7 +217,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 					}
 				}
 				var err error
-				claimed, err = p.ensureRole(ctx, sc, t.Shard, id, name, warm)
+				claimed, err = p.ensureRole(ctx, sc, t.Shard, t, warm)
 				return err
 			}},
 			{"database", func(ctx context.Context) error {
@@ -216,7 +227,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				if err := load(ctx); err != nil {
 					return err
 				}
-				v, clone, err := p.ensureDatabase(ctx, sc, t.Shard, name, warm)
+				v, clone, err := p.ensureDatabase(ctx, sc, t, warm)
 				if err != nil {
 					return err
 				}
@@ -255,7 +266,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 					if err := load(ctx); err != nil {
 						return err
 					}
-					if version, err = p.migrateAs(ctx, sc, t.Shard, name, name, target); err != nil {
+					if version, err = p.migrateTenant(ctx, t, "", target); err != nil {
 						return err
 					}
 				}
@@ -291,16 +302,13 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 // and password. With a whole warm unit claimed (its role and database both
 // still there), it renames both and sets the password in one transaction,
 // and reports claimed: the fast path, one commit on the shard.
-func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, name, warm string) (claimed bool, err error) {
-	sealed, err := p.store.TenantSecret(ctx, id)
+func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard string, t *silo.Tenant, warm string) (claimed bool, err error) {
+	name := t.Database
+	password, err := p.dialer.TenantPassword(ctx, t.ID)
 	if err != nil {
 		return false, err
 	}
-	password, err := p.sealer.Open(sealed, id)
-	if err != nil {
-		return false, err
-	}
-	verifier, err := scramVerifier(string(password))
+	verifier, err := shardmap.ScramVerifier(password)
 	if err != nil {
 		return false, err
 	}
@@ -310,11 +318,12 @@ func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, 
 		       EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
 		       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2),
 		       EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name, warm).Scan(&have, &haveWarm, &haveWarmDB, &haveDB); err != nil {
-		return false, shardError(err, shard)
+		return false, shardmap.ShardError(err, shard)
 	}
 	// The verifier is base64 and '$:' only, but quote it as a literal all
 	// the same: DDL takes no parameters.
-	attrs := " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD " + quoteLiteral(verifier)
+	attrs := " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD " + quoteLiteral(verifier) +
+		fmt.Sprintf(" CONNECTION LIMIT %d", t.Limits.Connections)
 	var stmts []string
 	switch {
 	case warm != "" && haveWarm && haveWarmDB && !have && !haveDB:
@@ -335,24 +344,35 @@ func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard, id, 
 			stmts = append(stmts, "GRANT "+ident(name)+" TO CURRENT_USER")
 		}
 	}
+	stmts = append(stmts, tempFileLimit(name, t.Limits))
 	// Several statements in one simple-protocol call run as one transaction.
 	if _, err := sc.pool.Exec(ctx, strings.Join(stmts, "; ")); err != nil {
-		return false, shardError(err, shard)
+		return false, shardmap.ShardError(err, shard)
 	}
 	return claimed, nil
+}
+
+// tempFileLimit is the statement that sets a role's temp_file_limit (a
+// superuser-only setting, so the tenant cannot raise it in its sessions).
+func tempFileLimit(role string, l silo.TenantLimits) string {
+	if l.TempFileMB == -1 {
+		return "ALTER ROLE " + ident(role) + " RESET temp_file_limit"
+	}
+	return "ALTER ROLE " + ident(role) + fmt.Sprintf(" SET temp_file_limit = '%dMB'", l.TempFileMB)
 }
 
 // ensureDatabase makes the tenant's database by renaming the claimed warm
 // database or cloning the template, and returns its schema version and
 // whether it was cloned (its objects then still belong to silo_owner).
-func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, shard, name, warm string) (int64, bool, error) {
+func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, t *silo.Tenant, warm string) (int64, bool, error) {
+	shard, name := t.Shard, t.Database
 	var exists bool
 	if err := sc.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return 0, false, shardError(err, shard)
+		return 0, false, shardmap.ShardError(err, shard)
 	}
 	if exists {
 		// Made by an earlier attempt of this operation.
-		v, err := p.databaseVersion(ctx, sc, shard, name)
+		v, err := p.databaseVersion(ctx, t)
 		return v, warm == "", err
 	}
 	version, err := p.templateVersion(ctx, shard)
@@ -364,8 +384,8 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, shard, 
 		if err == nil {
 			return version, false, nil
 		}
-		if sqlState(err) != "3D000" { // invalid_catalog_name: the warm database is gone
-			return 0, false, shardError(err, shard)
+		if shardmap.SQLState(err) != "3D000" { // invalid_catalog_name: the warm database is gone
+			return 0, false, shardmap.ShardError(err, shard)
 		}
 		p.log.Warn("claimed warm database is missing; cloning the template", "shard", shard, "database", warm)
 	}
@@ -378,15 +398,15 @@ func (p *Provisioner) cloneTemplate(ctx context.Context, sc *shardConn, shard, n
 	backoff := 50 * time.Millisecond
 	for {
 		_, err := sc.pool.Exec(ctx, "CREATE DATABASE "+ident(name)+" TEMPLATE "+ident(templateDB))
-		if err == nil || sqlState(err) == "42P04" { // duplicate_database: made meanwhile
+		if err == nil || shardmap.SQLState(err) == "42P04" { // duplicate_database: made meanwhile
 			return nil
 		}
-		if sqlState(err) != "55006" { // object_in_use: the template is busy
-			return shardError(err, shard)
+		if shardmap.SQLState(err) != "55006" { // object_in_use: the template is busy
+			return shardmap.ShardError(err, shard)
 		}
 		select {
 		case <-ctx.Done():
-			return shardError(ctx.Err(), shard)
+			return shardmap.ShardError(ctx.Err(), shard)
 		case <-time.After(backoff):
 			backoff = min(2*backoff, time.Second)
 		}
@@ -401,33 +421,36 @@ func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name s
 		"REVOKE ALL ON DATABASE " + ident(name) + " FROM PUBLIC",
 	} {
 		if _, err := sc.pool.Exec(ctx, stmt); err != nil {
-			return shardError(err, shard)
+			return shardmap.ShardError(err, shard)
 		}
 	}
 	if !reassign {
 		return nil
 	}
-	conn, err := p.connectDB(ctx, sc, shard, name)
+	// REASSIGN runs nothing of what it hands over: an admin session is
+	// safe here, and the tenant has not reached its database yet.
+	conn, err := p.adminDB(ctx, shard, name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, "REASSIGN OWNED BY "+ident(ownerRole)+" TO "+ident(name)); err != nil {
-		return shardError(err, shard)
+		return shardmap.ShardError(err, shard)
 	}
 	return nil
 }
 
-// databaseVersion reads the tenant schema version of a database.
-func (p *Provisioner) databaseVersion(ctx context.Context, sc *shardConn, shard, db string) (int64, error) {
-	conn, err := p.connectDB(ctx, sc, shard, db)
+// databaseVersion reads the schema version of tenant t's database, as the
+// tenant: the version table is the tenant's, and so is anything it has
+// put in its place.
+func (p *Provisioner) databaseVersion(ctx context.Context, t *silo.Tenant) (int64, error) {
+	conn, err := p.asTenant(ctx, t, "")
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	var v int64
-	err = conn.QueryRow(ctx, `SELECT coalesce(max(version_id), 0) FROM silo_schema_migrations WHERE is_applied`).Scan(&v)
-	return v, shardError(err, shard)
+	v, err := migrations.TenantVersion(ctx, conn)
+	return v, shardmap.ShardError(err, t.Shard)
 }
 
 // templateVersion returns the version of the shard's template, making or
@@ -504,7 +527,7 @@ func (p *Provisioner) migrateWarm(ctx context.Context, shard string, version int
 		if !held {
 			continue // claimed meanwhile
 		}
-		v, err := p.migrateAs(ctx, sc, shard, w.Name, w.Name, version)
+		v, err := p.migrateSiloDB(ctx, shard, w.Name, w.Name, version)
 		if err != nil {
 			p.log.Warn("warm database not migrated; dropping it", "shard", shard, "database", w.Name, "err", err)
 			if err := p.dropDatabaseAndRole(ctx, sc, shard, w.Name); err != nil {

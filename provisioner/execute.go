@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // step is one idempotent part of an operation: running it again after a
@@ -102,7 +103,7 @@ func (p *Provisioner) execute(ctx context.Context, opID string) (*silo.Operation
 // staleConnection tells errors of a connection the server ended (its
 // restart, an administrator), which a new connection does not have.
 func staleConnection(err error) bool {
-	switch sqlState(err) {
+	switch shardmap.SQLState(err) {
 	case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now
 		return true
 	}
@@ -166,6 +167,9 @@ func (p *Provisioner) finish(ctx context.Context, op *silo.Operation, cause erro
 	}
 	p.log.Info("operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
 		"outcome", outcome, "duration_ms", time.Since(op.CreatedAt).Milliseconds(), "code", silo.ErrorCode(cause))
+	if err := p.describeMove(ctx, &done.Operation); err != nil {
+		return nil, err
+	}
 	return &done.Operation, nil
 }
 
@@ -285,6 +289,9 @@ func (p *Provisioner) await(ctx context.Context, opID string, done <-chan struct
 	rctx := context.WithoutCancel(ctx)
 	op, err := p.store.GetOperation(rctx, opID)
 	if err != nil {
+		return Result{}, err
+	}
+	if err := p.describeMove(rctx, op); err != nil {
 		return Result{}, err
 	}
 	res := Result{Operation: op}

@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -60,9 +61,9 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 	case silo.OpMove:
 		return p.movePlan(op, params)
 	}
-	id, name := op.TenantID, silo.DatabaseName(op.TenantID)
+	id := op.TenantID
 	var sc *shardConn
-	var shard string
+	var shard, name string // the tenant's shard, and its database and role
 	load := func(ctx context.Context) error {
 		if sc != nil {
 			return nil
@@ -71,7 +72,10 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 		if err != nil {
 			return err
 		}
-		shard = t.Shard
+		if err := silo.ValidateDatabaseName(t.Database); err != nil {
+			return err
+		}
+		shard, name = t.Shard, t.Database
 		sc, err = p.shard(ctx, shard)
 		return err
 	}
@@ -115,7 +119,15 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 	case silo.OpSuspend:
 		return plan{forward: []step{{"disable-login", login(false)}, {"mark-suspended", mark(silo.TenantSuspended)}}, undo: restore}, nil
 	case silo.OpResume:
-		return plan{forward: []step{{"enable-login", login(true)}, {"mark-active", mark(silo.TenantActive)}}, undo: restore}, nil
+		return plan{forward: []step{
+			{"enable-login", login(true)},
+			// Migration runs pass suspended tenants by (Silo reaches a
+			// tenant's objects only as its own role, which cannot log in
+			// while suspended): a resumed tenant is brought to the target
+			// before it serves again.
+			{"migrate", func(ctx context.Context) error { return p.bringCurrent(ctx, id) }},
+			{"mark-active", mark(silo.TenantActive)},
+		}, undo: restore}, nil
 	case silo.OpDelete:
 		return plan{forward: []step{{"disable-login", login(false)}, {"mark-deleted", mark(silo.TenantDeleted)}}, undo: restore}, nil
 	case silo.OpPurge:
@@ -127,14 +139,14 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 					return err
 				}
 				_, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)")
-				return shardError(err, shard)
+				return shardmap.ShardError(err, shard)
 			}},
 			{"drop-role", func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
 				_, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name))
-				return shardError(err, shard)
+				return shardmap.ShardError(err, shard)
 			}},
 			{"mark-purged", mark(silo.TenantPurged)},
 		}}, nil
@@ -142,22 +154,143 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 	return plan{}, fmt.Errorf("unknown operation kind %q", op.Kind)
 }
 
+// loginLockClass is the first key of the catalog advisory lock held while
+// a tenant role's LOGIN changes: a lifecycle step and an export's login
+// window (loginWindow) never interleave.
+const loginLockClass = 0x51_10_0E
+
 // setLogin lets the tenant's role log in, or not; turning it off also ends
 // the role's sessions, so the data is unreachable when this returns.
 func (p *Provisioner) setLogin(ctx context.Context, sc *shardConn, shard, name string, on bool) error {
+	return p.withLoginLock(ctx, name, func() error {
+		return p.setLoginLocked(ctx, sc, shard, name, on, 0)
+	})
+}
+
+// setLoginLocked is setLogin under the login lock; keep is a backend
+// (one of Silo's own sessions as the tenant) that is not ended.
+func (p *Provisioner) setLoginLocked(ctx context.Context, sc *shardConn, shard, name string, on bool, keep uint32) error {
 	attr := "NOLOGIN"
 	if on {
 		attr = "LOGIN"
 	}
 	_, err := sc.pool.Exec(ctx, "ALTER ROLE "+ident(name)+" "+attr)
-	if sqlState(err) == "42704" { // undefined_object: already purged
+	if shardmap.SQLState(err) == "42704" { // undefined_object: already purged
 		return nil
 	}
 	if err != nil {
-		return shardError(err, shard)
+		return shardmap.ShardError(err, shard)
 	}
 	if !on {
-		_, err = sc.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1`, name)
+		_, err = sc.pool.Exec(ctx, `
+			SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+			WHERE usename = $1 AND pid <> $2`, name, int64(keep))
 	}
-	return shardError(err, shard)
+	return shardmap.ShardError(err, shard)
+}
+
+// withLoginLock runs fn holding the catalog lock on the role's LOGIN.
+func (p *Provisioner) withLoginLock(ctx context.Context, name string, fn func() error) error {
+	conn, err := p.catalog.Acquire(ctx)
+	if err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, loginLockClass, name); err != nil {
+		conn.Conn().Close(context.WithoutCancel(ctx)) // a lock taken as the wait ended dies with it
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext($2))`, loginLockClass, name)
+	}()
+	return fn()
+}
+
+// loginWindow runs open, which must open one session as the tenant and
+// return once it has, while the tenant's role may log in: a suspended or
+// deleted tenant's role may not, and its data is reached only as its own
+// role (export). The role's LOGIN is set back as soon as open returns; the
+// session it opened lives on. The login lock keeps a lifecycle step from
+// changing LOGIN meanwhile, and a router serves no tenant that is not
+// active, so the tenant itself cannot use the moment.
+func (p *Provisioner) loginWindow(ctx context.Context, t *silo.Tenant, open func() error) error {
+	sc, err := p.shard(ctx, t.Shard)
+	if err != nil {
+		return err
+	}
+	return p.withLoginLock(ctx, t.Database, func() error {
+		var canLogin bool
+		if err := sc.pool.QueryRow(ctx, `SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1`, t.Database).Scan(&canLogin); err != nil {
+			return shardmap.ShardError(err, t.Shard)
+		}
+		if canLogin {
+			return open()
+		}
+		if _, err := sc.pool.Exec(ctx, "ALTER ROLE "+ident(t.Database)+" LOGIN"); err != nil {
+			return shardmap.ShardError(err, t.Shard)
+		}
+		oerr := open()
+		if _, err := sc.pool.Exec(context.WithoutCancel(ctx), "ALTER ROLE "+ident(t.Database)+" NOLOGIN"); err != nil {
+			return errors.Join(oerr, shardmap.ShardError(err, t.Shard))
+		}
+		return oerr
+	})
+}
+
+// bringCurrent migrates a tenant's database to the fleet's target version
+// when its catalog row says it is elsewhere, as the tenant's own role.
+func (p *Provisioner) bringCurrent(ctx context.Context, id string) error {
+	t, err := p.store.GetTenant(ctx, id)
+	if err != nil {
+		return err
+	}
+	target, err := p.targetVersion(ctx)
+	if err != nil || t.SchemaVersion == target {
+		return err
+	}
+	v, err := p.migrateTenant(ctx, t, "", target)
+	if err != nil {
+		return err
+	}
+	_, err = p.cfg.Catalog.Exec(ctx, `UPDATE tenants SET schema_version = $2 WHERE id = $1`, id, v)
+	if err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+	}
+	return nil
+}
+
+func (p *Provisioner) setLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error) {
+	if err := limits.Validate(); err != nil {
+		return nil, err
+	}
+	var out *silo.Tenant
+	params := map[string]any{"connections": limits.Connections, "tempFileMB": limits.TempFileMB}
+	err := p.store.Mutate(ctx, "tenant.limits", "tenant/"+id, params, func(tx pgx.Tx) error {
+		t, err := p.store.GetTenant(ctx, id)
+		if err != nil {
+			return err
+		}
+		switch t.State {
+		case silo.TenantPurged:
+			return silo.Errorf(silo.ENOTFOUND, "tenant %q was purged", id)
+		case silo.TenantProvisioning, silo.TenantMoving:
+			return silo.Errorf(silo.ECONFLICT, "tenant %q is %s; change its limits once that is done", id, t.State)
+		}
+		if err := silo.ValidateDatabaseName(t.Database); err != nil {
+			return err
+		}
+		sc, err := p.shard(ctx, t.Shard)
+		if err != nil {
+			return err
+		}
+		t.Limits = limits
+		// The catalog first, in the audit's transaction, then the shard: a
+		// shard that fails rolls the catalog back.
+		if out, err = p.store.UpdateTenantTx(ctx, tx, *t); err != nil {
+			return err
+		}
+		_, err = sc.pool.Exec(ctx, fmt.Sprintf("ALTER ROLE %s CONNECTION LIMIT %d; %s", ident(t.Database), limits.Connections, tempFileLimit(t.Database, limits)))
+		return shardmap.ShardError(err, t.Shard)
+	})
+	return out, err
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // maintain brings templates to the latest schema and warm pools to their
@@ -117,12 +118,12 @@ func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
 // and a password: no connection to the new database, no REASSIGN.
 func (p *Provisioner) prepareWarm(ctx context.Context, sc *shardConn, shard, name string) error {
 	_, err := sc.pool.Exec(ctx, "CREATE ROLE "+ident(name)+" NOLOGIN")
-	if err != nil && sqlState(err) != "42710" {
-		return shardError(err, shard)
+	if err != nil && shardmap.SQLState(err) != "42710" {
+		return shardmap.ShardError(err, shard)
 	}
 	if !sc.superuser {
 		if _, err := sc.pool.Exec(ctx, "GRANT "+ident(name)+" TO CURRENT_USER"); err != nil {
-			return shardError(err, shard)
+			return shardmap.ShardError(err, shard)
 		}
 	}
 	if err := p.cloneTemplate(ctx, sc, shard, name); err != nil {
@@ -134,10 +135,10 @@ func (p *Provisioner) prepareWarm(ctx context.Context, sc *shardConn, shard, nam
 // dropDatabaseAndRole removes a database and the role of the same name.
 func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *shardConn, shard, name string) error {
 	if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
-		return shardError(err, shard)
+		return shardmap.ShardError(err, shard)
 	}
 	if _, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
-		return shardError(err, shard)
+		return shardmap.ShardError(err, shard)
 	}
 	return nil
 }

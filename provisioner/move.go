@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -82,252 +81,385 @@ func (p *Provisioner) Move(ctx context.Context, req MoveRequest, wait time.Durat
 	return p.await(ctx, opID, p.launch(ctx, opID), wait)
 }
 
-// movePlan copies the tenant's database to the target shard with logical
-// replication, cuts over, and retires the source. Any failure before the
+// move is one move's plan: its inputs, what its steps learn, and the steps
+// themselves as methods. Its parameters are read from the operation when
+// it is planned (again, on a resumed run).
+type move struct {
+	p          *Provisioner
+	op         *silo.Operation
+	id         string
+	from, to   string
+	slot, pub  string
+	targetMade bool // this move made (or was about to make) the target's database
+	dump       bool // the data goes by a copy while the tenant is paused, not by replication
+	triggers   []triggerState
+
+	tenant   *silo.Tenant // as loaded; its shard is the source until the flip
+	name     string       // the tenant's database and role, on both shards
+	src, dst *shardConn
+}
+
+// movePlan copies the tenant's database to the target shard, by logical
+// replication or, where that cannot run safely, by a copy while the tenant
+// is paused; cuts over; and retires the source. Any failure before the
 // tenant's row points at the target undoes everything on the target and
 // leaves the tenant working on the source.
+//
+// Everything that touches the tenant's objects runs as the tenant's own
+// login role: the schema's dump and restore, the data copy, sequences,
+// counts, triggers, and on PostgreSQL 16 and later the subscription
+// itself. The admin only makes the role and database, the publication,
+// and on 15 the subscription, whose apply then runs as a superuser: the
+// tenant's triggers are disabled on the target meanwhile, and a schema
+// whose expressions call functions goes by the paused copy instead.
 func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan, error) {
-	id, name := op.TenantID, silo.DatabaseName(op.TenantID)
-	from, _ := params["from"].(string)
-	to, _ := params["to"].(string)
-	if from == "" || to == "" {
+	m := &move{p: p, op: op, id: op.TenantID}
+	m.from, _ = params["from"].(string)
+	m.to, _ = params["to"].(string)
+	if m.from == "" || m.to == "" {
 		return plan{}, silo.Errorf(silo.EINTERNAL, "move operation %s has no shards", op.ID)
 	}
-	slot := "silo_move_" + name // one move per tenant at a time; unique on the source
-	pub := "silo_move"
-	// targetMade says this move made (or was about to make) the tenant's
-	// database on the target: only then may its undo drop one there.
-	targetMade, _ := params["targetMade"].(bool)
-	// dump: the source has no logical replication, so the tenant is paused
-	// and its data dumped and restored instead.
-	dump, _ := params["dump"].(bool)
-	var src, dst *shardConn
-	load := func(ctx context.Context) error {
-		var err error
-		if src == nil {
-			if src, err = p.shard(ctx, from); err != nil {
-				return err
-			}
+	m.targetMade, _ = params["targetMade"].(bool)
+	m.dump, _ = params["dump"].(bool)
+	m.triggers = decodeTriggers(params["triggers"])
+	m.pub = "silo_move"
+	return plan{forward: []step{
+		{"check-source", m.checkSource},
+		{"target-database", m.unlessFlipped(m.targetDatabase)},
+		{"copy-schema", m.unlessFlipped(m.copySchema)},
+		{"prepare-target", m.unlessFlipped(m.prepareTarget)},
+		{"replicate", m.unlessFlipped(m.replicate)},
+		{"initial-copy", m.unlessFlipped(m.initialCopy)},
+		{"cutover", m.unlessFlipped(m.cutover)},
+		{"cleanup", m.cleanup},
+	}, undo: []step{
+		{"undo:replication", m.undoReplication},
+		{"undo:target-database", m.undoTarget},
+		{"undo:source", m.undoSource},
+	}, finishUndo: true}, nil
+}
+
+// load reads the tenant and opens both shards' admin pools, once.
+func (m *move) load(ctx context.Context) error {
+	var err error
+	if m.tenant == nil {
+		t, err := m.p.store.GetTenant(ctx, m.id)
+		if err != nil {
+			return err
 		}
-		if dst == nil {
-			dst, err = p.shard(ctx, to)
+		if err := silo.ValidateDatabaseName(t.Database); err != nil {
+			return err
 		}
+		m.tenant, m.name = t, t.Database
+		m.slot = "silo_move_" + m.name // one move per tenant at a time; unique on the source
+	}
+	if m.src == nil {
+		if m.src, err = m.p.shard(ctx, m.from); err != nil {
+			return err
+		}
+	}
+	if m.dst == nil {
+		m.dst, err = m.p.shard(ctx, m.to)
+	}
+	return err
+}
+
+// unlessFlipped skips a step once the catalog points the tenant at the
+// target: a resumed move goes on to its cleanup.
+func (m *move) unlessFlipped(run func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		t, err := m.p.store.GetTenant(ctx, m.id)
+		if err != nil || t.Shard == m.to {
+			return err
+		}
+		if err := m.load(ctx); err != nil {
+			return err
+		}
+		return run(ctx)
+	}
+}
+
+// setParams records what the move learned, so a resumed run knows it.
+func (m *move) setParams(ctx context.Context, params map[string]any) error {
+	return m.p.store.SetOperationParams(ctx, nil, m.op.ID, params)
+}
+
+func (m *move) checkSource(ctx context.Context) error {
+	if err := m.load(ctx); err != nil {
 		return err
 	}
-	flipped := func(ctx context.Context) (bool, error) {
-		t, err := p.store.GetTenant(ctx, id)
-		if err != nil {
-			return false, err
-		}
-		return t.Shard == to, nil
+	var level string
+	if err := m.src.pool.QueryRow(ctx, `SELECT pg_catalog.current_setting('wal_level')`).Scan(&level); err != nil {
+		return shardmap.ShardError(err, m.from)
 	}
-	forward := []step{
-		{name: "check-source", run: func(ctx context.Context) error {
-			if err := load(ctx); err != nil {
-				return err
-			}
-			var level string
-			if err := src.pool.QueryRow(ctx, `SHOW wal_level`).Scan(&level); err != nil {
-				return shardError(err, from)
-			}
-			if level != "logical" && !dump {
-				p.log.Warn("shard has no logical replication: the tenant is moved by dump and restore, paused meanwhile",
-					"shard", from, "wal_level", level, "tenant", id)
-				if err := p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"dump": true}); err != nil {
-					return err
-				}
-				dump = true
-			}
-			return p.awaitMigration(ctx, id)
-		}},
-		{name: "target-database", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil {
-				return err
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			var exists, hasRole bool
-			if err := dst.pool.QueryRow(ctx, `
-				SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1),
-				       EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&exists, &hasRole); err != nil {
-				return shardError(err, to)
-			}
-			if (exists || hasRole) && !targetMade {
-				return silo.Errorf(silo.ECONFLICT, "shard %q already has a database or role %s that this move did not make", to, name)
-			}
-			// Recorded first: a crash before the database is made leaves a
-			// flag and nothing to drop, never a database the undo would not
-			// drop.
-			if !targetMade {
-				if err := p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"targetMade": true}); err != nil {
-					return err
-				}
-				targetMade = true
-			}
-			if _, err := p.ensureRole(ctx, dst, to, id, name, ""); err != nil {
-				return err
-			}
-			if !exists {
-				// template0: the tenant's schema comes from its source, whole.
-				if _, err := dst.pool.Exec(ctx, "CREATE DATABASE "+ident(name)+" TEMPLATE template0"); err != nil && sqlState(err) != "42P04" {
-					return shardError(err, to)
-				}
-			}
-			return p.handOver(ctx, dst, to, name, false)
-		}},
-		{name: "copy-schema", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil {
-				return err
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			var tables int
-			err := p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
-				return c.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-					WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'`).Scan(&tables)
-			})
-			if err != nil || tables > 0 {
-				return err // copied by an earlier attempt
-			}
-			schema, err := p.dumpSchema(ctx, src, from, name)
-			if err != nil {
-				return err
-			}
-			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
-				// As the tenant's role, so that it owns what it gets.
-				_, err := c.Exec(ctx, "SET ROLE "+ident(name)+";\n"+schema+"\nRESET ROLE;")
-				if err != nil {
-					return silo.WrapError(err, silo.EINTERNAL, "copy the schema of tenant %q to shard %q: %v", id, to, err)
-				}
-				return nil
-			})
-		}},
-		{name: "replicate", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil || dump {
-				return err
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			if err := p.onDatabase(ctx, src, from, name, func(c *pgx.Conn) error {
-				_, err := c.Exec(ctx, "CREATE PUBLICATION "+ident(pub)+" FOR ALL TABLES")
-				if sqlState(err) == "42710" { // duplicate_object: an earlier attempt made it
-					return nil
-				}
-				return shardError(err, from)
-			}); err != nil {
-				return err
-			}
-			conninfo, err := p.conninfo(src, from, name)
-			if err != nil {
-				return err
-			}
-			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
-				_, err := c.Exec(ctx, "CREATE SUBSCRIPTION "+ident(slot)+" CONNECTION "+quoteLiteral(conninfo)+
-					" PUBLICATION "+ident(pub)+" WITH (slot_name = "+quoteLiteral(slot)+
-					// Commits on the target flush at once, so its reports to
-					// the source (what the cutover waits for) do not lag the
-					// WAL writer.
-					", synchronous_commit = 'on')")
-				if sqlState(err) == "42710" {
-					return nil
-				}
-				return shardError(err, to)
-			})
-		}},
-		{name: "initial-copy", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil || dump {
-				return err
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			return p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
-				for {
-					var pending int
-					if err := c.QueryRow(ctx, `
-						SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
-						WHERE s.subname = $1 AND r.srsubstate NOT IN ('r', 's')`, slot).Scan(&pending); err != nil {
-						return shardError(err, to)
-					}
-					if pending == 0 {
-						return nil
-					}
-					// A table whose copy fails is retried by PostgreSQL for
-					// ever: give up instead, and undo.
-					var syncErrors int64
-					if err := c.QueryRow(ctx, `
-						SELECT coalesce(sum(sync_error_count), 0) FROM pg_stat_subscription_stats WHERE subname = $1`,
-						slot).Scan(&syncErrors); err != nil {
-						return shardError(err, to)
-					}
-					if syncErrors > 0 {
-						return silo.Errorf(silo.EINTERNAL, "the copy of tenant %q's tables to shard %q failed (see the shard's log)", id, to)
-					}
-					select {
-					case <-ctx.Done():
-						return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "the copy of tenant %q to shard %q did not finish in time", id, to)
-					case <-time.After(100 * time.Millisecond):
-					}
-				}
-			})
-		}},
-		{name: "cutover", run: func(ctx context.Context) error {
-			if done, err := flipped(ctx); done || err != nil {
-				return err
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			if dump {
-				return p.dumpCutover(ctx, op, src, dst, from, to, name)
-			}
-			return p.cutover(ctx, op, src, dst, from, to, name, slot)
-		}},
-		{name: "cleanup", run: func(ctx context.Context) error {
-			if err := load(ctx); err != nil {
-				return err
-			}
-			return p.moveCleanup(ctx, src, dst, from, to, id, name, slot, pub, true)
-		}},
-	}
-	undo := []step{
-		{name: "undo:replication", run: func(ctx context.Context) error {
-			if err := load(ctx); err != nil {
-				return err
-			}
-			return p.moveCleanup(ctx, src, dst, from, to, id, name, slot, pub, false)
-		}},
-		{name: "undo:target-database", run: func(ctx context.Context) error {
-			if !targetMade {
-				return nil // not ours to drop
-			}
-			if err := load(ctx); err != nil {
-				return err
-			}
-			return p.dropDatabaseAndRole(ctx, dst, to, name)
-		}},
-		{name: "undo:source", run: func(ctx context.Context) error {
-			if err := load(ctx); err != nil {
-				return err
-			}
-			t, err := p.store.GetTenant(ctx, id)
-			if err != nil {
-				return err
-			}
-			if err := p.setLogin(ctx, src, from, name, true); err != nil {
-				return err
-			}
-			if t.State == silo.TenantMoving {
-				t.State = silo.TenantActive
-				_, err = p.store.UpdateTenantTx(ctx, nil, *t)
-			}
+	if level != "logical" && !m.dump {
+		m.p.log.Warn("shard has no logical replication: the tenant is moved by a copy, paused meanwhile",
+			"shard", m.from, "wal_level", level, "tenant", m.id)
+		if err := m.choosePath(ctx, "dump", fmt.Sprintf("shard %q has wal_level %s, not logical", m.from, level)); err != nil {
 			return err
-		}},
+		}
 	}
-	return plan{forward: forward, undo: undo, finishUndo: true}, nil
+	return m.p.awaitMigration(ctx, m.id)
+}
+
+// choosePath records how the data moves, and why.
+func (m *move) choosePath(ctx context.Context, path, reason string) error {
+	m.dump = path == "dump"
+	return m.setParams(ctx, map[string]any{"dump": m.dump, "path": path, "pathReason": reason})
+}
+
+func (m *move) targetDatabase(ctx context.Context) error {
+	var exists, hasRole bool
+	if err := m.dst.pool.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1),
+		       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)`, m.name).Scan(&exists, &hasRole); err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	if (exists || hasRole) && !m.targetMade {
+		return silo.Errorf(silo.ECONFLICT, "shard %q already has a database or role %s that this move did not make", m.to, m.name)
+	}
+	// Recorded first: a crash before the database is made leaves a flag
+	// and nothing to drop, never a database the undo would not drop.
+	if !m.targetMade {
+		if err := m.setParams(ctx, map[string]any{"targetMade": true}); err != nil {
+			return err
+		}
+		m.targetMade = true
+	}
+	if _, err := m.p.ensureRole(ctx, m.dst, m.to, m.tenant, ""); err != nil {
+		return err
+	}
+	if !exists {
+		// template0: the tenant's schema comes from its source, whole.
+		if _, err := m.dst.pool.Exec(ctx, "CREATE DATABASE "+ident(m.name)+" TEMPLATE template0"); err != nil && shardmap.SQLState(err) != "42P04" {
+			return shardmap.ShardError(err, m.to)
+		}
+	}
+	return m.p.handOver(ctx, m.dst, m.to, m.name, false)
+}
+
+// copySchema dumps the source's schema as the tenant and restores it on
+// the target as the tenant, who so owns everything it gets.
+func (m *move) copySchema(ctx context.Context) error {
+	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	var tables int
+	if err := dconn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'`).Scan(&tables); err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	if tables > 0 {
+		return nil // copied by an earlier attempt
+	}
+	schema, err := m.p.dumpSchema(ctx, m.tenant, m.from)
+	if err != nil {
+		return err
+	}
+	if _, err := dconn.Exec(ctx, schema); err != nil {
+		return silo.WrapError(err, silo.EINTERNAL, "copy the schema of tenant %q to shard %q: %v", m.id, m.to, err)
+	}
+	return nil
+}
+
+// prepareTarget disables the tenant's triggers on the target for the
+// copy, recording their states to restore at the cutover (the source's
+// triggers already did their work on the rows that arrive), and chooses
+// the path: on PostgreSQL 15 the apply runs as a superuser, so a schema
+// whose expressions (indexes, checks, domains, defaults, generated
+// columns, partition keys) call anything a tenant controls, or a built-in
+// that reaches past the session, is moved by the paused copy, as the
+// tenant.
+func (m *move) prepareTarget(ctx context.Context) error {
+	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	if m.triggers == nil {
+		states, err := readTriggers(ctx, dconn)
+		if err != nil {
+			return shardmap.ShardError(err, m.to)
+		}
+		if err := m.setParams(ctx, map[string]any{"triggers": states}); err != nil {
+			return err
+		}
+		m.triggers = states
+	}
+	if err := disableTriggers(ctx, dconn, m.triggers); err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	if m.dump || m.dst.major >= 16 {
+		if !m.dump {
+			return m.choosePath(ctx, "live", fmt.Sprintf("PostgreSQL %d applies the changes as the tenant's own role", m.dst.major))
+		}
+		return nil
+	}
+	calls, err := unsafeExpressions(ctx, dconn)
+	if err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	if len(calls) > 0 {
+		return m.choosePath(ctx, "dump", fmt.Sprintf("shard %q runs PostgreSQL %d, whose replication would evaluate %s as a superuser",
+			m.to, m.dst.major, strings.Join(calls, "; ")))
+	}
+	return m.choosePath(ctx, "live", fmt.Sprintf("PostgreSQL %d: no expression of the schema calls a function the tenant controls, and its triggers are disabled on the target", m.dst.major))
+}
+
+// replicate publishes the tenant's tables on the source (as the admin:
+// only a superuser may publish all tables; it runs nothing of the
+// tenant's) and subscribes the target to them.
+func (m *move) replicate(ctx context.Context) error {
+	if m.dump {
+		return nil
+	}
+	err := m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "CREATE PUBLICATION "+ident(m.pub)+" FOR ALL TABLES")
+		if shardmap.SQLState(err) == "42710" { // duplicate_object: an earlier attempt made it
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return shardmap.ShardError(err, m.from)
+	}
+	conninfo, err := m.p.conninfo(ctx, m.from, m.name)
+	if err != nil {
+		return err
+	}
+	create := "CREATE SUBSCRIPTION " + ident(m.slot) + " CONNECTION " + quoteLiteral(conninfo) +
+		" PUBLICATION " + ident(m.pub) + " WITH (slot_name = " + quoteLiteral(m.slot) +
+		// Commits on the target flush at once, so its reports to the
+		// source (what the cutover waits for) do not lag the WAL writer.
+		", synchronous_commit = 'on'"
+	if m.dst.major < 16 {
+		// Only a superuser may own a subscription on 15.
+		err = m.onAdmin(ctx, m.to, func(c *pgx.Conn) error { _, err := c.Exec(ctx, create+")"); return err })
+	} else {
+		err = m.subscribeAsTenant(ctx, create+", run_as_owner = false, password_required = true)")
+	}
+	if shardmap.SQLState(err) == "42710" {
+		return nil
+	}
+	return shardmap.ShardError(err, m.to)
+}
+
+// subscribeAsTenant creates the subscription as the tenant's own role
+// (PostgreSQL 16 and later), so that its apply and initial copy run with
+// the tenant's rights. The role may create a subscription only meanwhile.
+func (m *move) subscribeAsTenant(ctx context.Context, create string) error {
+	if _, err := m.dst.pool.Exec(ctx, "GRANT pg_create_subscription TO "+ident(m.name)); err != nil {
+		return err
+	}
+	// Taken back at once, and again by the cleanup should this fail.
+	defer func() {
+		_, _ = m.dst.pool.Exec(context.WithoutCancel(ctx), "REVOKE pg_create_subscription FROM "+ident(m.name))
+	}()
+	conn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, create)
+	return err
+}
+
+// initialCopy waits for the subscription's first copy of every table.
+func (m *move) initialCopy(ctx context.Context) error {
+	if m.dump {
+		return nil
+	}
+	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+		for {
+			var pending int
+			if err := c.QueryRow(ctx, `
+				SELECT count(*) FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+				WHERE s.subname = $1 AND r.srsubstate NOT IN ('r', 's')`, m.slot).Scan(&pending); err != nil {
+				return shardmap.ShardError(err, m.to)
+			}
+			if pending == 0 {
+				return nil
+			}
+			// A table whose copy fails is retried by PostgreSQL for ever:
+			// give up instead, and undo.
+			var syncErrors int64
+			if err := c.QueryRow(ctx, `
+				SELECT coalesce(sum(sync_error_count), 0) FROM pg_catalog.pg_stat_subscription_stats WHERE subname = $1`,
+				m.slot).Scan(&syncErrors); err != nil {
+				return shardmap.ShardError(err, m.to)
+			}
+			if syncErrors > 0 {
+				return silo.Errorf(silo.EINTERNAL, "the copy of tenant %q's tables to shard %q failed (see the shard's log)", m.id, m.to)
+			}
+			select {
+			case <-ctx.Done():
+				return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "the copy of tenant %q to shard %q did not finish in time", m.id, m.to)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+}
+
+func (m *move) cutover(ctx context.Context) error {
+	if m.dump {
+		return m.dumpCutover(ctx)
+	}
+	return m.liveCutover(ctx)
+}
+
+func (m *move) cleanup(ctx context.Context) error {
+	if err := m.load(ctx); err != nil {
+		return err
+	}
+	return m.p.moveCleanup(ctx, m.src, m.dst, m.from, m.to, m.id, m.name, m.slot, m.pub, true)
+}
+
+func (m *move) undoReplication(ctx context.Context) error {
+	if err := m.load(ctx); err != nil {
+		return err
+	}
+	return m.p.moveCleanup(ctx, m.src, m.dst, m.from, m.to, m.id, m.name, m.slot, m.pub, false)
+}
+
+func (m *move) undoTarget(ctx context.Context) error {
+	if !m.targetMade {
+		return nil // not ours to drop
+	}
+	if err := m.load(ctx); err != nil {
+		return err
+	}
+	return m.p.dropDatabaseAndRole(ctx, m.dst, m.to, m.name)
+}
+
+func (m *move) undoSource(ctx context.Context) error {
+	if err := m.load(ctx); err != nil {
+		return err
+	}
+	t, err := m.p.store.GetTenant(ctx, m.id)
+	if err != nil {
+		return err
+	}
+	if err := m.p.setLogin(ctx, m.src, m.from, m.name, true); err != nil {
+		return err
+	}
+	if t.State == silo.TenantMoving {
+		t.State = silo.TenantActive
+		_, err = m.p.store.UpdateTenantTx(ctx, nil, *t)
+	}
+	return err
+}
+
+// onAdmin runs f on an admin session on the tenant's database on shard:
+// only for publications, subscriptions and pg_catalog reads.
+func (m *move) onAdmin(ctx context.Context, shard string, f func(*pgx.Conn) error) error {
+	conn, err := m.p.adminDB(ctx, shard, m.name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return f(conn)
 }
 
 // awaitMigration waits until no migration run is migrating the tenant: the
@@ -354,203 +486,6 @@ func (p *Provisioner) awaitMigration(ctx context.Context, id string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// cutover switches a tenant from src to dst: routers hold its requests
-// (state moving), statements in flight on the source finish, its sessions
-// there end and its role may no longer log in, the target replays the
-// source's last write, sequences follow, row counts are compared, and the
-// catalog points the tenant at the target (a new epoch, announced to every
-// router), which releases the held requests there. It records the write
-// pause in the operation's parameters.
-func (p *Provisioner) cutover(ctx context.Context, op *silo.Operation, src, dst *shardConn, from, to, name, slot string) error {
-	t, err := p.store.GetTenant(ctx, op.TenantID)
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	phases := []any{}
-	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(start).Milliseconds()) }
-	t.State = silo.TenantMoving
-	if t, err = p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
-		return err
-	}
-	// Statements in flight finish; then the source takes no more.
-	deadline := time.Now().Add(drainTimeout)
-	for time.Now().Before(deadline) {
-		var busy int
-		if err := src.pool.QueryRow(ctx, `
-			SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state NOT IN ('idle')`, name).Scan(&busy); err != nil {
-			return shardError(err, from)
-		}
-		if busy == 0 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	mark("drained")
-	if err := p.setLogin(ctx, src, from, name, false); err != nil {
-		return err
-	}
-	// pg_terminate_backend only asks: wait until the sessions are gone, so
-	// that no write of theirs can commit after the LSN read below.
-	for gone := false; !gone; {
-		var left int
-		if err := src.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE usename = $1`, name).Scan(&left); err != nil {
-			return shardError(err, from)
-		}
-		if gone = left == 0; !gone {
-			if ctx.Err() != nil {
-				return shardError(ctx.Err(), from)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}
-	mark("sessions_ended")
-	var lsn string
-	if err := src.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
-		return shardError(err, from)
-	}
-	caught := time.Now().Add(catchUpTimeout)
-	for {
-		var done bool
-		if err := src.pool.QueryRow(ctx, `
-			SELECT coalesce(confirmed_flush_lsn >= $2::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $1`,
-			slot, lsn).Scan(&done); err != nil {
-			return shardError(err, from)
-		}
-		if done {
-			break
-		}
-		if time.Now().After(caught) {
-			return silo.Errorf(silo.ETIMEOUT, "shard %q did not replay tenant %q's last writes within %s", to, op.TenantID, catchUpTimeout)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	mark("caught_up")
-	sconn, err := p.connectDB(ctx, src, from, name)
-	if err != nil {
-		return err
-	}
-	defer sconn.Close(context.WithoutCancel(ctx))
-	dconn, err := p.connectDB(ctx, dst, to, name)
-	if err != nil {
-		return err
-	}
-	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copySequences(ctx, sconn, dconn); err != nil {
-		return err
-	}
-	mark("sequences")
-	// The slot's position says what the target received; its last commits
-	// may take a moment more to show. The counts must meet before the
-	// deadline, or the move is undone.
-	for {
-		err := compareCounts(ctx, sconn, dconn)
-		if err == nil {
-			break
-		}
-		if time.Now().After(caught) || silo.ErrorCode(err) != silo.EINTERNAL {
-			return err
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	mark("counted")
-	t.Shard, t.State = to, silo.TenantActive
-	if _, err := p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
-		return err
-	}
-	pause := time.Since(start)
-	p.metrics.movePause.Observe(pause.Seconds())
-	p.countMovedBytes(ctx, dconn)
-	p.log.Info("tenant moved", append([]any{"tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds()}, phases...)...)
-	return p.store.SetOperationParams(ctx, nil, op.ID, map[string]any{"pauseMs": pause.Milliseconds()})
-}
-
-// dumpCutover moves a tenant whose source has no logical replication: it
-// is paused (state moving, its role may not log in, its sessions ended),
-// its data is dumped from the source and restored on the target (whose
-// schema the copy-schema step made), row counts are compared, and the
-// catalog flips it. Its requests wait for up to the routers' hold and then
-// fail with a retry hint: the pause lasts as long as the copy.
-func (p *Provisioner) dumpCutover(ctx context.Context, op *silo.Operation, src, dst *shardConn, from, to, name string) error {
-	t, err := p.store.GetTenant(ctx, op.TenantID)
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	t.State = silo.TenantMoving
-	if t, err = p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
-		return err
-	}
-	if err := p.setLogin(ctx, src, from, name, false); err != nil {
-		return err
-	}
-	dconn, err := p.connectDB(ctx, dst, to, name)
-	if err != nil {
-		return err
-	}
-	defer dconn.Close(context.WithoutCancel(ctx))
-	// A retried step starts over: the target's tables are emptied first.
-	if _, err := dconn.Exec(ctx, `
-		DO $$ DECLARE r record; BEGIN
-			FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c
-				JOIN pg_namespace n ON n.oid = c.relnamespace
-				WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-			LOOP EXECUTE 'TRUNCATE ' || r.t || ' CASCADE'; END LOOP;
-		END $$`); err != nil {
-		return shardError(err, to)
-	}
-	// Passwords go in the environment, never on a command line.
-	srcInfo, srcPassword, err := p.clientConninfo(src, from, name)
-	if err != nil {
-		return err
-	}
-	dstInfo, dstPassword, err := p.clientConninfo(dst, to, name)
-	if err != nil {
-		return err
-	}
-	restore := filepath.Join(filepath.Dir(p.cfg.PgDump), "pg_restore")
-	if p.cfg.PgDump == "pg_dump" {
-		restore = "pg_restore"
-	}
-	dumpCmd := exec.CommandContext(ctx, p.cfg.PgDump, "--data-only", "--format=custom", "--dbname="+srcInfo)
-	restoreCmd := exec.CommandContext(ctx, restore, "--data-only", "--disable-triggers", "--single-transaction", "--dbname="+dstInfo)
-	dumpCmd.Env = []string{"PATH=/usr/bin:/bin", "PGPASSWORD=" + srcPassword}
-	restoreCmd.Env = []string{"PATH=/usr/bin:/bin", "PGPASSWORD=" + dstPassword}
-	pipe, err := dumpCmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	restoreCmd.Stdin = pipe
-	var dumpErr, restoreErr bytes.Buffer
-	dumpCmd.Stderr, restoreCmd.Stderr = &dumpErr, &restoreErr
-	if err := dumpCmd.Start(); err != nil {
-		return silo.WrapError(err, silo.EINTERNAL, "start pg_dump: %v", err)
-	}
-	rerr := restoreCmd.Run()
-	derr := dumpCmd.Wait()
-	if derr != nil || rerr != nil {
-		return silo.Errorf(silo.EUNAVAILABLE, "dump and restore of tenant %q failed: %s %s", op.TenantID,
-			strings.Join(strings.Fields(dumpErr.String()), " "), strings.Join(strings.Fields(restoreErr.String()), " "))
-	}
-	sconn, err := p.connectDB(ctx, src, from, name)
-	if err != nil {
-		return err
-	}
-	defer sconn.Close(context.WithoutCancel(ctx))
-	if err := compareCounts(ctx, sconn, dconn); err != nil {
-		return err
-	}
-	t.Shard, t.State = to, silo.TenantActive
-	if _, err := p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
-		return err
-	}
-	pause := time.Since(start)
-	p.metrics.movePause.Observe(pause.Seconds())
-	p.countMovedBytes(ctx, dconn)
-	p.log.Info("tenant moved by dump and restore", "tenant", op.TenantID, "from", from, "to", to, "pause_ms", pause.Milliseconds())
-	return nil
 }
 
 // countMovedBytes adds the moved database's size on the target to the
@@ -664,9 +599,9 @@ const checksumRows = 10000
 // otherwise (undo) the source is left as it is.
 func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from, to, id, name, slot, pub string, retire bool) error {
 	// The subscription first: dropping it drops its slot on the source.
-	err := p.onDatabase(ctx, dst, to, name, func(c *pgx.Conn) error {
+	err := p.onAdmin(ctx, to, name, func(c *pgx.Conn) error {
 		var exists bool
-		if err := c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)`, slot).Scan(&exists); err != nil || !exists {
+		if err := c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription WHERE subname = $1)`, slot).Scan(&exists); err != nil || !exists {
 			return err
 		}
 		if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(slot)+" DISABLE"); err != nil {
@@ -683,19 +618,25 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		}
 		return err
 	})
-	if err != nil && sqlState(err) != "3D000" { // the target database is gone already
-		return shardError(err, to)
+	if err != nil && shardmap.SQLState(err) != "3D000" { // the target database is gone already
+		return shardmap.ShardError(err, to)
+	}
+	if dst.major >= 16 {
+		// Given for the subscription only (subscribeAsTenant).
+		if _, err := dst.pool.Exec(ctx, "REVOKE pg_create_subscription FROM "+ident(name)); err != nil && shardmap.SQLState(err) != "42704" {
+			return shardmap.ShardError(err, to)
+		}
 	}
 	if _, err := src.pool.Exec(ctx, `
-		SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot); err != nil {
-		return shardError(err, from)
+		SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot); err != nil {
+		return shardmap.ShardError(err, from)
 	}
-	err = p.onDatabase(ctx, src, from, name, func(c *pgx.Conn) error {
+	err = p.onAdmin(ctx, from, name, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(pub))
 		return err
 	})
-	if err != nil && sqlState(err) != "3D000" {
-		return shardError(err, from)
+	if err != nil && shardmap.SQLState(err) != "3D000" {
+		return shardmap.ShardError(err, from)
 	}
 	if !retire {
 		return nil
@@ -705,8 +646,8 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		retired = retired[:63]
 	}
 	var exists bool
-	if err := src.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return shardError(err, from)
+	if err := src.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return shardmap.ShardError(err, from)
 	}
 	if !exists {
 		return nil // retired by an earlier attempt
@@ -715,20 +656,21 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		return err
 	}
 	for _, stmt := range []string{
-		"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = " + quoteLiteral(name),
+		"SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = " + quoteLiteral(name),
 		"ALTER DATABASE " + ident(name) + " RENAME TO " + ident(retired),
 		"ALTER ROLE " + ident(name) + " RENAME TO " + ident(retired),
 	} {
 		if _, err := src.pool.Exec(ctx, stmt); err != nil {
-			return shardError(err, from)
+			return shardmap.ShardError(err, from)
 		}
 	}
 	return nil
 }
 
-// onDatabase runs f on a connection to database db of a shard, as admin.
-func (p *Provisioner) onDatabase(ctx context.Context, sc *shardConn, shard, db string, f func(*pgx.Conn) error) error {
-	conn, err := p.connectDB(ctx, sc, shard, db)
+// onAdmin runs f on an admin session on database db of a shard: only for
+// DDL that runs nothing of the tenant's and for pg_catalog reads.
+func (p *Provisioner) onAdmin(ctx context.Context, shard, db string, f func(*pgx.Conn) error) error {
+	conn, err := p.adminDB(ctx, shard, db)
 	if err != nil {
 		return err
 	}
@@ -737,36 +679,49 @@ func (p *Provisioner) onDatabase(ctx context.Context, sc *shardConn, shard, db s
 }
 
 // conninfo is how the target's subscription reaches the tenant's database
-// on the source: as the source's admin (replication needs it), password
-// included, as a subscription keeps it.
-func (p *Provisioner) conninfo(sc *shardConn, shard, db string) (string, error) {
-	s, password, err := p.clientConninfo(sc, shard, db)
+// on the source: as the source's admin (a replication connection needs
+// it), password included, as a subscription keeps it. No tenant can read
+// it (pg_subscription.subconninfo is for superusers).
+func (p *Provisioner) conninfo(ctx context.Context, shard, db string) (string, error) {
+	cfg, err := p.dialer.AdminConfig(ctx, shard, db)
 	if err != nil {
 		return "", err
 	}
-	return s + " password=" + quoteConninfo(password), nil
+	return libpqConninfo(cfg, p.cfg.ConnectTimeout) + " password=" + quoteConninfo(cfg.Password), nil
 }
 
-// clientConninfo is how pg_dump and pg_restore reach database db on a
-// shard as its admin, with the password apart (for PGPASSWORD: never on a
-// command line).
-func (p *Provisioner) clientConninfo(sc *shardConn, shard, db string) (string, string, error) {
-	cfg, err := pgx.ParseConfig(sc.dsn)
-	if err != nil {
-		return "", "", silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
+// libpqConninfo is cfg as a libpq connection string, without its password.
+func libpqConninfo(cfg *pgx.ConnConfig, timeout time.Duration) string {
 	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
-		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(db), max(1, int(p.cfg.ConnectTimeout.Seconds())))
+		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(cfg.Database), max(1, int(timeout.Seconds())))
 	if cfg.TLSConfig == nil {
 		s += " sslmode=disable"
 	}
-	return s, cfg.Password, nil
+	return s
 }
 
-// dumpSchema returns the tenant database's schema as SQL from pg_dump,
-// without owners, privileges, publications or psql's meta-commands.
-func (p *Provisioner) dumpSchema(ctx context.Context, sc *shardConn, shard, db string) (string, error) {
-	conninfo, password, err := p.clientConninfo(sc, shard, db)
+// tenantClient is how pg_dump reaches tenant t's database on shard as the
+// tenant's own role: the connection string, and the password apart (for
+// PGPASSWORD: never on a command line). A refused password is repaired
+// first (the tenant may have changed it).
+func (p *Provisioner) tenantClient(ctx context.Context, t *silo.Tenant, shard string) (string, string, error) {
+	conn, err := p.asTenant(ctx, t, shard)
+	if err != nil {
+		return "", "", err
+	}
+	conn.Close(context.WithoutCancel(ctx))
+	cfg, err := p.dialer.TenantConfig(ctx, t, shard)
+	if err != nil {
+		return "", "", err
+	}
+	return libpqConninfo(cfg, p.cfg.ConnectTimeout), cfg.Password, nil
+}
+
+// dumpSchema returns tenant t's schema on shard as SQL from pg_dump, run
+// as the tenant, without owners, privileges, publications or psql's
+// meta-commands.
+func (p *Provisioner) dumpSchema(ctx context.Context, t *silo.Tenant, shard string) (string, error) {
+	conninfo, password, err := p.tenantClient(ctx, t, shard)
 	if err != nil {
 		return "", err
 	}
@@ -776,22 +731,32 @@ func (p *Provisioner) dumpSchema(ctx context.Context, sc *shardConn, shard, db s
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return "", silo.Errorf(silo.EINTERNAL, "pg_dump was not found (%s): install the PostgreSQL client", p.cfg.PgDump)
-		}
-		return "", silo.WrapError(err, silo.EUNAVAILABLE, "dump the schema of %s on shard %q: %s", db, shard,
-			strings.Join(strings.Fields(stderr.String()), " "))
+		return "", p.pgDumpError(err, stderr.String(), fmt.Sprintf("dump the schema of tenant %q on shard %q", t.ID, shard))
 	}
 	var b strings.Builder
-	sc2 := bufio.NewScanner(&out)
-	sc2.Buffer(make([]byte, 1<<20), 64<<20)
-	for sc2.Scan() {
-		line := sc2.Text()
+	sc := bufio.NewScanner(&out)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := sc.Text()
 		if strings.HasPrefix(line, `\`) {
 			continue // psql meta-commands (\restrict), not SQL
 		}
 		b.WriteString(line)
 		b.WriteByte('\n')
 	}
-	return b.String(), sc2.Err()
+	return b.String(), sc.Err()
+}
+
+// pgDumpError says what went wrong with pg_dump: missing, older than the
+// server (pg_dump refuses a newer server: the PostgreSQL 16+ packages of
+// the npm registry ship none), or the shard's refusal.
+func (p *Provisioner) pgDumpError(err error, stderr, what string) error {
+	msg := strings.Join(strings.Fields(stderr), " ")
+	switch {
+	case errors.Is(err, exec.ErrNotFound):
+		return silo.Errorf(silo.EINTERNAL, "%s: pg_dump was not found (%s): install the PostgreSQL client tools", what, p.cfg.PgDump)
+	case strings.Contains(msg, "server version mismatch"):
+		return silo.Errorf(silo.EINTERNAL, "%s: %s: install a pg_dump of the shard's major version or newer (--pg-dump)", what, msg)
+	}
+	return silo.WrapError(err, silo.EUNAVAILABLE, "%s: %s", what, msg)
 }

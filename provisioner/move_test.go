@@ -130,7 +130,7 @@ func TestMoveLive(t *testing.T) {
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after the move')`)
 	require.NoError(t, err)
 
-	db, role := b.shardHas(t, "a", silo.DatabaseName(mover))
+	db, role := b.shardHas(t, "a", b.dbName(t, mover))
 	require.False(t, db, "the old database is renamed")
 	require.False(t, role)
 	retired, err := b.store.ExpiredRetiredDatabases(b.ctx, time.Now().Add(48*time.Hour), 10)
@@ -189,7 +189,7 @@ func TestMoveBadInput(t *testing.T) {
 	tn, err := b.store.GetTenant(b.ctx, "stay")
 	require.NoError(t, err)
 	require.Equal(t, "a", tn.Shard)
-	db, _ := b.shardHas(t, "b", "t_stay")
+	db, _ := b.shardHas(t, "b", tn.Database)
 	require.False(t, db, "nothing made on the target")
 }
 
@@ -205,9 +205,9 @@ func TestMoveTargetDown(t *testing.T) {
 	c, cfg := b.ownShard(t, "c", nil)
 
 	id := newID("tgt-down")
-	name := silo.DatabaseName(id)
 	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
+	name := res.Tenant.Database
 	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
 	require.NoError(t, err)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT repeat('x', 200) FROM generate_series(1, 200000)`)
@@ -286,9 +286,9 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 	require.NoError(t, err)
 	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
 	id := newID("squat")
-	name := silo.DatabaseName(id)
 	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
+	name := b.dbName(t, id)
 	admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
 	require.NoError(t, err)
 	defer admin.Close(b.ctx)
@@ -323,9 +323,9 @@ func TestMoveSourceDown(t *testing.T) {
 	s, cfg := b.ownShard(t, "s", nil)
 
 	id := newID("src-down")
-	name := silo.DatabaseName(id)
 	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "s"}, 30*time.Second)
 	require.NoError(t, err)
+	name := res.Tenant.Database
 	tenantDSN := func() string {
 		sealed, err := b.store.TenantSecret(b.ctx, id)
 		require.NoError(t, err)
@@ -409,7 +409,7 @@ func TestMoveByDump(t *testing.T) {
 	id := newID("dumped")
 	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
 	require.NoError(t, err)
-	admin, err := pgx.Connect(b.ctx, r.DSN(silo.DatabaseName(id)))
+	admin, err := pgx.Connect(b.ctx, r.DSN(b.dbName(t, id)))
 	require.NoError(t, err)
 	_, err = admin.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 5000) g`)
 	require.NoError(t, err)
@@ -456,7 +456,7 @@ func TestCrashedMoveIsResumed(t *testing.T) {
 	require.NoError(t, err)
 	pl, err := p.movePlan(op, params)
 	require.NoError(t, err)
-	for _, s := range pl.forward[:4] { // check-source .. replicate
+	for _, s := range pl.forward[:5] { // check-source .. replicate
 		require.NoError(t, s.run(b.ctx), s.name)
 	}
 

@@ -16,6 +16,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -38,8 +39,14 @@ type Config struct {
 	// SecretKey seals tenant role passwords in the catalog
 	// (shardmap.SecretKeyLen bytes).
 	SecretKey []byte
+	// Dialer builds every connection to a shard. Default: one over Store
+	// and SecretKey.
+	Dialer *shardmap.Dialer
 	// TenantMigrations are goose SQL files. Default: the embedded example.
 	TenantMigrations fs.FS
+	// TenantLimits are the resource bounds of a tenant created without
+	// its own. Default silo.DefaultTenantLimits().
+	TenantLimits silo.TenantLimits
 	// WarmPoolSize is how many ready databases each active shard keeps.
 	// 0 takes the default; a negative value turns the pool off.
 	WarmPoolSize int
@@ -88,6 +95,9 @@ func (c Config) withDefaults() Config {
 	if c.TenantMigrations == nil {
 		c.TenantMigrations, _ = migrations.TenantFS("")
 	}
+	if c.TenantLimits == (silo.TenantLimits{}) {
+		c.TenantLimits = silo.DefaultTenantLimits()
+	}
 	if c.WarmPoolSize == 0 {
 		c.WarmPoolSize = DefaultWarmPoolSize
 	}
@@ -135,6 +145,9 @@ func (c Config) validate() error {
 	case c.MaxConcurrentOps < 1:
 		return errors.New("provisioner: MaxConcurrentOps must be at least 1")
 	}
+	if err := c.TenantLimits.Validate(); err != nil {
+		return fmt.Errorf("provisioner: default tenant limits: %s", silo.ErrorMessage(err))
+	}
 	return nil
 }
 
@@ -145,6 +158,7 @@ type Provisioner struct {
 	store   *shardmap.Store
 	catalog *pgxpool.Pool
 	sealer  *shardmap.Sealer
+	dialer  *shardmap.Dialer
 	log     *slog.Logger
 	river   *river.Client[pgx.Tx]
 	slots   chan struct{} // bounds concurrent operations
@@ -173,11 +187,18 @@ func New(cfg Config) (*Provisioner, error) {
 	if _, err := migrations.LatestVersion(cfg.TenantMigrations); err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
+	if cfg.Dialer == nil {
+		if cfg.Dialer, err = shardmap.NewDialer(shardmap.DialerConfig{Store: cfg.Store, Sealer: sealer,
+			ConnectTimeout: cfg.ConnectTimeout, ApplicationName: "silo-provisioner", Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("provisioner: %w", err)
+		}
+	}
 	p := &Provisioner{
 		cfg:       cfg,
 		store:     cfg.Store,
 		catalog:   cfg.Catalog,
 		sealer:    sealer,
+		dialer:    cfg.Dialer,
 		log:       cfg.Logger,
 		slots:     make(chan struct{}, cfg.MaxConcurrentOps),
 		metrics:   newMetrics(),

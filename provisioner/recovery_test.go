@@ -22,7 +22,7 @@ func startWithoutRunning(t *testing.T, p *Provisioner, b *bundle, req CreateRequ
 			return err
 		}
 		if _, err := b.store.InsertTenant(b.ctx, tx, silo.Tenant{
-			ID: req.ID, Shard: shard.Name, Database: silo.DatabaseName(req.ID), Region: shard.Region, State: silo.TenantProvisioning,
+			ID: req.ID, Shard: shard.Name, Database: silo.NewDatabaseName(), Region: shard.Region, State: silo.TenantProvisioning,
 		}, p.sealer.Seal([]byte("a-password-of-the-dead-server"), req.ID)); err != nil {
 			return err
 		}
@@ -46,7 +46,7 @@ func TestCrashedCreateIsResumedByRiver(t *testing.T) {
 	pl, err := p.plan(op, nil)
 	require.NoError(t, err)
 	require.NoError(t, (&recorder{p: p, op: op}).run(b.ctx, pl.forward[:1]))
-	_, role := b.shardHas(t, "a", silo.DatabaseName(id))
+	_, role := b.shardHas(t, "a", b.dbName(t, id))
 	require.True(t, role)
 
 	require.Eventually(t, func() bool {
@@ -131,8 +131,8 @@ func TestFailedCreateRollsBack(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{})
 	id := newID("rollback")
-	name := silo.DatabaseName(id)
 	opID := startWithoutRunning(t, p, b, CreateRequest{ID: id, Shard: "a"})
+	name := b.dbName(t, id)
 	// Break the sealed password so the role step cannot open it.
 	_, err := b.pool.Exec(b.ctx, `UPDATE tenants SET password_sealed = '\x01deadbeef' WHERE id = $1`, id)
 	require.NoError(t, err)

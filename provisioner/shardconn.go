@@ -2,18 +2,18 @@ package provisioner
 
 import (
 	"context"
-	"errors"
-	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
-// shardConn is a small pool of admin connections to one shard.
+// shardConn is a small pool of admin connections to one shard's
+// maintenance database, for roles and databases: it never touches a
+// tenant's objects (see shardmap.Dialer).
 type shardConn struct {
 	dsn  string
 	pool *pgxpool.Pool
@@ -21,6 +21,7 @@ type shardConn struct {
 	probe     sync.Mutex
 	probed    bool
 	superuser bool // whether the admin role is a superuser
+	major     int  // the server's major version
 }
 
 // shard returns the admin pool of a shard, opening it on first use and
@@ -28,26 +29,29 @@ type shardConn struct {
 // shard answers; no network call happens under the map's lock, so a hung
 // shard never delays the others.
 func (p *Provisioner) shard(ctx context.Context, name string) (*shardConn, error) {
-	dsn, err := p.store.ShardDSN(ctx, name)
+	cfg, err := p.dialer.AdminConfig(ctx, name, "")
 	if err != nil {
 		return nil, err
 	}
-	sc, err := p.shardPool(ctx, name, dsn)
+	sc, err := p.shardPool(ctx, name, cfg)
 	if err != nil {
 		return nil, err
 	}
 	sc.probe.Lock()
 	defer sc.probe.Unlock()
 	if !sc.probed {
-		if err := sc.pool.QueryRow(ctx, `SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&sc.superuser); err != nil {
-			return nil, shardError(err, name)
+		if err := sc.pool.QueryRow(ctx, `
+			SELECT rolsuper, current_setting('server_version_num')::int / 10000
+			FROM pg_catalog.pg_roles WHERE rolname = current_user`).Scan(&sc.superuser, &sc.major); err != nil {
+			return nil, shardmap.ShardError(err, name)
 		}
 		sc.probed = true
 	}
 	return sc, nil
 }
 
-func (p *Provisioner) shardPool(ctx context.Context, name, dsn string) (*shardConn, error) {
+func (p *Provisioner) shardPool(ctx context.Context, name string, cfg *pgx.ConnConfig) (*shardConn, error) {
+	dsn := cfg.ConnString()
 	p.shards.Lock()
 	defer p.shards.Unlock()
 	if sc, ok := p.shardConn[name]; ok && sc.dsn == dsn {
@@ -56,14 +60,7 @@ func (p *Provisioner) shardPool(ctx context.Context, name, dsn string) (*shardCo
 		go sc.pool.Close() // Close waits for borrowed connections
 		delete(p.shardConn, name)
 	}
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", name)
-	}
-	cfg.MaxConns = 4
-	cfg.ConnConfig.ConnectTimeout = p.cfg.ConnectTimeout
-	cfg.ConnConfig.RuntimeParams["application_name"] = "silo-provisioner"
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := shardmap.PoolOf(ctx, cfg, 4)
 	if err != nil {
 		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", name)
 	}
@@ -72,60 +69,17 @@ func (p *Provisioner) shardPool(ctx context.Context, name, dsn string) (*shardCo
 	return sc, nil
 }
 
-// connectDB opens a connection to database db on a shard, as the shard's
-// admin role. The caller closes it.
-func (p *Provisioner) connectDB(ctx context.Context, sc *shardConn, shard, db string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(sc.dsn)
-	if err != nil {
-		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
-	cfg.Database = db
-	cfg.ConnectTimeout = p.cfg.ConnectTimeout
-	cfg.RuntimeParams["application_name"] = "silo-provisioner"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, shardError(err, shard)
-	}
-	return conn, nil
+// adminDB opens an admin session on database db of a shard, with the safe
+// search_path. It is for DDL and pg_catalog reads only: never for a query
+// on a tenant's tables, views or functions. The caller closes it.
+func (p *Provisioner) adminDB(ctx context.Context, shard, db string) (*pgx.Conn, error) {
+	return p.dialer.ConnectAdmin(ctx, shard, db)
 }
 
-// shardError gives a shard failure a code: unreachable or timed out is
-// EUNAVAILABLE (try later), anything else EINTERNAL. The message names the
-// shard and never the DSN.
-func shardError(err error, shard string) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := errors.AsType[*silo.Error](err); ok {
-		return err
-	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		class := pgErr.Code[:2]
-		if class == "08" || class == "57" || class == "53" {
-			return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable: %s", shard, pgErr.Message)
-		}
-		return silo.WrapError(err, silo.EINTERNAL, "shard %q: %s (SQLSTATE %s)", shard, pgErr.Message, pgErr.Code)
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || pgconn.Timeout(err) {
-		return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q did not answer in time", shard)
-	}
-	msg := strings.Join(strings.Fields(err.Error()), " ")
-	return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unreachable: %s", shard, firstLine(msg))
-}
-
-func firstLine(s string) string {
-	if i := strings.Index(s, "\n"); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
-
-// sqlState returns the SQLSTATE of a PostgreSQL error, or "".
-func sqlState(err error) string {
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		return pgErr.Code
-	}
-	return ""
+// asTenant opens a session of the tenant's own login role on its database
+// on shard ("" for the tenant's shard). The caller closes it.
+func (p *Provisioner) asTenant(ctx context.Context, t *silo.Tenant, shard string) (*pgx.Conn, error) {
+	return p.dialer.ConnectTenant(ctx, t, shard)
 }
 
 // ident quotes a name that was validated against the tenant-id grammar (or

@@ -1,15 +1,18 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // Names Silo keeps on every shard.
@@ -31,11 +34,11 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 	// the same catalog rows fails ("tuple concurrently updated").
 	conn, err := sc.pool.Acquire(ctx)
 	if err != nil {
-		return 0, shardError(err, shard)
+		return 0, shardmap.ShardError(err, shard)
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext('silo_template'))`, lockClass); err != nil {
-		return 0, shardError(err, shard)
+		return 0, shardmap.ShardError(err, shard)
 	}
 	defer func() {
 		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext('silo_template'))`, lockClass)
@@ -45,7 +48,7 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 	if err := conn.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
 		       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, ownerRole, templateDB).Scan(&hasRole, &exists); err != nil {
-		return 0, shardError(err, shard)
+		return 0, shardmap.ShardError(err, shard)
 	}
 	p.tmpl.mu.Lock()
 	setUp := p.tmpl.setUp[shard]
@@ -83,20 +86,20 @@ func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *sha
 		"GRANT CREATE ON DATABASE "+ident(templateDB)+" TO "+ident(ownerRole))
 	for _, stmt := range stmts {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return shardError(err, shard)
+			return shardmap.ShardError(err, shard)
 		}
 	}
 	if !exists {
 		p.log.Info("template database created", "shard", shard)
 	}
-	tconn, err := p.connectDB(ctx, sc, shard, templateDB)
+	tconn, err := p.adminDB(ctx, shard, templateDB)
 	if err != nil {
 		return err
 	}
 	defer tconn.Close(context.WithoutCancel(ctx))
 	// silo_owner makes every object, starting with owning the schema.
 	if _, err := tconn.Exec(ctx, "ALTER SCHEMA public OWNER TO "+ident(ownerRole)); err != nil {
-		return shardError(err, shard)
+		return shardmap.ShardError(err, shard)
 	}
 	return nil
 }
@@ -106,36 +109,55 @@ func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *sha
 func (p *Provisioner) migrateTemplate(ctx context.Context, sc *shardConn, shard string, version int64) (int64, error) {
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	return p.migrateAs(mctx, sc, shard, templateDB, ownerRole, version)
+	return p.migrateSiloDB(mctx, shard, templateDB, ownerRole, version)
 }
 
-// migrateAs migrates database db on the shard to version as role, so that
-// what the migrations make belongs to it, and returns the version reached.
-// Its connections are closed when it returns: clones of the template fail
+// migrateSiloDB migrates database db on the shard to version as role,
+// which SET ROLE makes the owner of what the migrations make, and returns
+// the version reached. It is only for Silo's own databases, the template
+// and warm units, whose objects come from the operator's migrations and
+// which no tenant has ever reached: SET ROLE is no boundary, so a database
+// a tenant has had is migrated as the tenant's login (migrateTenant). Its
+// connections are closed when it returns: clones of the template fail
 // while anyone is connected to it.
-func (p *Provisioner) migrateAs(ctx context.Context, sc *shardConn, shard, db, role string, version int64) (int64, error) {
-	cfg, err := pgxpool.ParseConfig(sc.dsn)
+func (p *Provisioner) migrateSiloDB(ctx context.Context, shard, db, role string, version int64) (int64, error) {
+	cfg, err := p.dialer.AdminConfig(ctx, shard, db)
 	if err != nil {
-		return 0, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
+		return 0, err
 	}
-	cfg.ConnConfig.Database = db
-	cfg.ConnConfig.ConnectTimeout = p.cfg.ConnectTimeout
-	cfg.MaxConns = 2
-	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, "SET ROLE "+ident(role))
-		return err
+	delete(cfg.RuntimeParams, "search_path") // the migrations create in public
+	cfg.AfterConnect = func(ctx context.Context, conn *pgconn.PgConn) error {
+		return conn.Exec(ctx, "SET ROLE "+ident(role)).Close()
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := shardmap.PoolOf(ctx, cfg, 2)
 	if err != nil {
-		return 0, shardError(err, shard)
+		return 0, shardmap.ShardError(err, shard)
 	}
 	defer pool.Close()
+	return p.migrate(ctx, pool, shard, db, version)
+}
+
+// migrateTenant migrates tenant t's database on shard ("" for its own) to
+// version as the tenant's own login role, so that what the migrations make
+// belongs to it and nothing in the tenant's database (a trigger on the
+// version table, a view in its place) runs with more rights than the
+// tenant's.
+func (p *Provisioner) migrateTenant(ctx context.Context, t *silo.Tenant, shard string, version int64) (int64, error) {
+	pool, err := p.dialer.TenantPool(ctx, t, shard, 2)
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	return p.migrate(ctx, pool, cmp.Or(shard, t.Shard), t.Database, version)
+}
+
+func (p *Provisioner) migrate(ctx context.Context, pool *pgxpool.Pool, shard, db string, version int64) (int64, error) {
 	_, v, err := migrations.MigrateTenantTo(ctx, pool, p.cfg.TenantMigrations, version)
 	if err != nil {
-		if sqlState(err) != "" {
+		if shardmap.SQLState(err) != "" {
 			return 0, silo.WrapError(err, silo.EINTERNAL, "migrate database %s on shard %q: %v", db, shard, err)
 		}
-		return 0, shardError(fmt.Errorf("migrate database %s: %w", db, err), shard)
+		return 0, shardmap.ShardError(fmt.Errorf("migrate database %s: %w", db, err), shard)
 	}
 	return v, nil
 }

@@ -100,11 +100,7 @@ func (r *Router) probe(s *shardPool) {
 		pctx, pcancel := context.WithTimeout(ctx, r.cfg.ProbeInterval)
 		err := func() error {
 			if conn == nil {
-				dsn, err := r.cfg.Store.ShardDSN(pctx, s.name)
-				if err != nil {
-					return err
-				}
-				cfg, err := pgx.ParseConfig(dsn)
+				cfg, err := r.cfg.Dialer.AdminConfig(pctx, s.name, "")
 				if err != nil {
 					return err
 				}

@@ -13,6 +13,7 @@ type metrics struct {
 	waits                  *prometheus.CounterVec
 	waitTime               *prometheus.HistogramVec
 	queries                *prometheus.HistogramVec
+	loginRepairs           prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -26,6 +27,9 @@ func newMetrics() *metrics {
 			Name: "silo_pool_wait_seconds", Help: "Time spent waiting for a connection, by shard.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"shard"}),
+		loginRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "silo_tenant_login_repairs_total", Help: "Tenant logins refused for a wrong password (the tenant changed it), whose password Silo set back.",
+		}),
 		queries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "silo_query_duration_seconds", Help: "Time of work run on tenant connections, by shard and outcome (ok or an error code).",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
@@ -51,7 +55,7 @@ func (m *metrics) observeQuery(shard string, d time.Duration, err error) {
 // register adds the metrics, and gauges of each shard's pool read at
 // scrape time, to reg.
 func (m *metrics) register(reg prometheus.Registerer, r *Router) error {
-	for _, c := range []prometheus.Collector{m.routeHits, m.routeMisses, m.waits, m.waitTime, m.queries, poolCollector{r}} {
+	for _, c := range []prometheus.Collector{m.routeHits, m.routeMisses, m.waits, m.waitTime, m.queries, m.loginRepairs, poolCollector{r}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -31,8 +31,8 @@ type Route struct {
 // the tenant's entry. Unknown tenants are never cached, so a tenant created
 // a moment ago is found at once.
 type resolver struct {
+	dialer *shardmap.Dialer
 	store  *shardmap.Store
-	sealer *shardmap.Sealer
 	cache  *lru.Cache[string, *Route]
 	// gen grows on every invalidation. A lookup that started before one
 	// does not cache its result, which may predate the change.
@@ -40,12 +40,12 @@ type resolver struct {
 	metrics *metrics
 }
 
-func newResolver(store *shardmap.Store, sealer *shardmap.Sealer, size int, m *metrics) (*resolver, error) {
+func newResolver(dialer *shardmap.Dialer, store *shardmap.Store, size int, m *metrics) (*resolver, error) {
 	cache, err := lru.New[string, *Route](size)
 	if err != nil {
 		return nil, err
 	}
-	return &resolver{store: store, sealer: sealer, cache: cache, metrics: m}, nil
+	return &resolver{dialer: dialer, store: store, cache: cache, metrics: m}, nil
 }
 
 // resolve returns the tenant's route, cached or read from the catalog. It
@@ -76,23 +76,10 @@ func (r *resolver) resolve(ctx context.Context, id string) (*Route, error) {
 // connConfig builds the connection settings of a tenant: the shard's host
 // and port, the tenant's role, password and database.
 func (r *resolver) connConfig(ctx context.Context, t *silo.Tenant) (*pgx.ConnConfig, error) {
-	dsn, err := r.store.ShardDSN(ctx, t.Shard)
+	cfg, err := r.dialer.TenantConfig(ctx, t, "")
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", t.Shard)
-	}
-	sealed, err := r.store.TenantSecret(ctx, t.ID)
-	if err != nil {
-		return nil, err
-	}
-	password, err := r.sealer.Open(sealed, t.ID)
-	if err != nil {
-		return nil, err
-	}
-	cfg.User, cfg.Password, cfg.Database = t.Database, string(password), t.Database
 	cfg.RuntimeParams["application_name"] = "silo-router"
 	return cfg, nil
 }

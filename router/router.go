@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +37,10 @@ type Config struct {
 	// changes.
 	Catalog *pgxpool.Pool
 	Store   *shardmap.Store
-	// SecretKey opens the tenants' sealed passwords.
+	// Dialer builds the tenants' connection settings. Default: one over
+	// Store and SecretKey.
+	Dialer *shardmap.Dialer
+	// SecretKey opens the tenants' sealed passwords when Dialer is nil.
 	SecretKey []byte
 	// ShardBudget is the most connections this router opens to one shard,
 	// all tenants together.
@@ -154,12 +158,19 @@ func New(cfg Config) (*Router, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	sealer, err := shardmap.NewSealer(cfg.SecretKey)
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
+	if cfg.Dialer == nil {
+		sealer, err := shardmap.NewSealer(cfg.SecretKey)
+		if err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		if cfg.Dialer, err = shardmap.NewDialer(shardmap.DialerConfig{Store: cfg.Store, Sealer: sealer,
+			ConnectTimeout: cfg.ConnectTimeout, Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{})}
-	if r.resolver, err = newResolver(cfg.Store, sealer, cfg.RouteCacheSize, r.metrics); err != nil {
+	var err error
+	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, cfg.RouteCacheSize, r.metrics); err != nil {
 		return nil, err
 	}
 	// golang-lru calls this in the goroutine of Add: closing a pool never
@@ -235,7 +246,7 @@ func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *
 			actx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
 			defer cancel()
 		}
-		conn, waited, err := tp.acquire(actx, r.dial(tp.shard))
+		conn, waited, err := tp.acquire(actx, r.dial(tp))
 		r.metrics.observeWait(tp.shard.name, waited)
 		if errors.Is(err, errPoolClosed) && attempt < 3 {
 			continue // the route changed under us: resolve it again
@@ -266,11 +277,17 @@ func (r *Router) WithTenantTx(ctx context.Context, tenantID string, fn func(tx p
 	})
 }
 
-// dial opens a tenant connection to shard s, feeding its breaker: a shard
-// that refuses or ignores connections counts as failing; one that answers,
-// even with an error such as a bad password, as up.
-func (r *Router) dial(s *shardPool) func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error) {
+// dial opens a connection of tenant pool tp's tenant, feeding its shard's
+// breaker: a shard that refuses or ignores connections counts as failing;
+// one that answers, even with an error, as up. Only a connection attempt
+// that timed out is tried again (a busy shard): a refused password, a role
+// that may not log in or a shard out of connection slots is answered at
+// once, never retried in a loop. A refused password is first repaired
+// (the tenant may have changed its role's password) and tried once more.
+func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error) {
+	s := tp.shard
 	return func(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+		repaired := false
 		for {
 			dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
 			conn, err := pgx.ConnectConfig(dctx, cfg)
@@ -278,18 +295,39 @@ func (r *Router) dial(s *shardPool) func(context.Context, *pgx.ConnConfig) (*pgx
 			switch {
 			case err == nil:
 				s.breaker.success()
+			case shardmap.IsAuthFailure(err) && !repaired && ctx.Err() == nil:
+				s.breaker.success() // the shard answered
+				repaired = true
+				r.metrics.loginRepairs.Inc()
+				t := &silo.Tenant{ID: tp.route.TenantID, Shard: tp.route.Shard, Database: tp.route.Database}
+				if rerr := r.cfg.Dialer.RepairLogin(ctx, t, ""); rerr != nil {
+					r.log.Warn("router: a tenant's login was refused and could not be repaired", "tenant", t.ID, "err", rerr)
+					return nil, err
+				}
+				continue
 			case ctx.Err() == nil && isConnFailure(err):
 				if s.breaker.failure() {
 					r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
 				}
-			case ctx.Err() == nil && !s.breaker.isOpen():
+			case ctx.Err() == nil && isTimeout(err) && !s.breaker.isOpen():
 				// Timed out, with time left and the shard not known to be
 				// down: a busy shard, so try again within the deadline.
 				continue
+			case err != nil:
+				s.breaker.success() // the shard answered, with an error
 			}
 			return conn, err
 		}
 	}
+}
+
+// isTimeout tells a connection attempt that ran out of time.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return true
+	}
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }
 
 // isConnFailure tells a shard that cannot be reached (refused, reset) from
@@ -300,13 +338,7 @@ func isConnFailure(err error) bool {
 	if _, ok := errors.AsType[*pgconn.PgError](err); ok {
 		return false
 	}
-	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
-		return false
-	}
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-		return false
-	}
-	return true
+	return !isTimeout(err)
 }
 
 // hold waits while a tenant is in the cutover of a move, for its route to
@@ -412,6 +444,14 @@ func (r *Router) invalidate(id string) {
 func (r *Router) connectError(err error, tp *tenantPool) error {
 	if _, ok := errors.AsType[*silo.Error](err); ok {
 		return err
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "53300" {
+		if strings.Contains(pgErr.Message, "for role") {
+			return &silo.Error{Code: silo.EUNAVAILABLE, Err: err, RetryAfter: time.Second,
+				Message: fmt.Sprintf("tenant %q has as many connections as its connection limit allows; retry shortly", tp.route.TenantID)}
+		}
+		return &silo.Error{Code: silo.EUNAVAILABLE, Err: err, RetryAfter: time.Second,
+			Message: fmt.Sprintf("shard %q has no connection slot free; retry shortly", tp.shard.name)}
 	}
 	return silo.WrapError(err, silo.EUNAVAILABLE, "cannot connect to the database of tenant %q on shard %q", tp.route.TenantID, tp.shard.name)
 }

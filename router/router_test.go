@@ -82,6 +82,18 @@ func (b *bundle) create(t *testing.T, id string) *silo.Tenant {
 	return res.Tenant
 }
 
+// databases returns the names of the tenants' databases, from the catalog.
+func (b *bundle) databases(t *testing.T, ids []string) []string {
+	t.Helper()
+	var out []string
+	for _, id := range ids {
+		tn, err := b.store.GetTenant(b.ctx, id)
+		require.NoError(t, err)
+		out = append(out, tn.Database)
+	}
+	return out
+}
+
 var seq atomic.Int64
 
 func newID(prefix string) string { return fmt.Sprintf("%s-%d", prefix, seq.Add(1)) }
@@ -200,12 +212,12 @@ func TestBudgetEvictionWaitsForBackend(t *testing.T) {
 		require.NoError(t, err)
 	}
 	r := b.router(t, router.Config{ShardBudget: 1, TenantMaxConns: 1, AcquireTimeout: 10 * time.Second})
-	dbPrefix := silo.DatabaseName(prefix) + "%"
+	dbs := b.databases(t, ids)
 	for i := range 10 {
 		id := ids[i%2]
 		require.NoError(t, r.WithTenant(b.ctx, id, func(conn *pgx.Conn) error {
 			var n int
-			if err := conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1`, dbPrefix).Scan(&n); err != nil {
+			if err := conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)`, dbs).Scan(&n); err != nil {
 				return err
 			}
 			require.Equal(t, 1, n, "turn %d: the shard holds the evicted connection's backend too", i)
@@ -243,7 +255,7 @@ func TestConnectionBudget(t *testing.T) {
 	r := b.router(t, router.Config{ShardBudget: budget, TenantMaxConns: 4, AcquireTimeout: 30 * time.Second})
 
 	// Sample each shard's connections of these tenants while the load runs.
-	dbPrefix := silo.DatabaseName(prefix) + "%"
+	dbs := b.databases(t, ids)
 	var peak [2]atomic.Int64
 	stopSampling := make(chan struct{})
 	var sampler sync.WaitGroup
@@ -254,7 +266,7 @@ func TestConnectionBudget(t *testing.T) {
 			defer conn.Close(context.Background())
 			for {
 				var n int64
-				if err := conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1`, dbPrefix).Scan(&n); err == nil && n > peak[i].Load() {
+				if err := conn.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)`, dbs).Scan(&n); err == nil && n > peak[i].Load() {
 					peak[i].Store(n)
 				}
 				select {

@@ -17,7 +17,7 @@ func keyTenants(t *testing.T, s *shardmap.Store, b *bundle, ids ...string) {
 	_, err := s.CreateShard(b.ctx, silo.Shard{Name: "a", DSN: b.fleet.Shards[0].DSN("postgres")})
 	require.NoError(t, err)
 	for _, id := range ids {
-		_, err := s.CreateTenant(b.ctx, silo.Tenant{ID: id, Shard: "a", Database: "t_" + id, Region: "default", State: silo.TenantActive})
+		_, err := s.CreateTenant(b.ctx, silo.Tenant{ID: id, Shard: "a", Database: silo.DatabaseName(id), Region: "default", State: silo.TenantActive})
 		require.NoError(t, err)
 	}
 }

@@ -288,7 +288,7 @@ func TestTenants(t *testing.T) {
 	for i := range 7 {
 		shard := []string{"a", "b"}[i%2]
 		id := fmt.Sprintf("t-%d", i)
-		tn, err := s.CreateTenant(b.ctx, silo.Tenant{ID: id, Shard: shard, Database: "t_" + id, Region: "eu", State: silo.TenantActive, SchemaVersion: 3})
+		tn, err := s.CreateTenant(b.ctx, silo.Tenant{ID: id, Shard: shard, Database: silo.DatabaseName(id), Region: "eu", State: silo.TenantActive, SchemaVersion: 3})
 		require.NoError(t, err)
 		require.Equal(t, int64(1), tn.Epoch)
 	}

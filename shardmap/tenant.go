@@ -10,12 +10,13 @@ import (
 	"github.com/silo-db/silo"
 )
 
-const tenantColumns = `id, shard, database_name, region, state, schema_version, epoch, created_at, updated_at, deleted_at, purge_after`
+const tenantColumns = `id, shard, database_name, region, state, schema_version, epoch, created_at, updated_at, deleted_at, purge_after, connection_limit, temp_file_limit_mb`
 
 func scanTenant(row pgx.Row) (silo.Tenant, error) {
 	var t silo.Tenant
 	var shard *string // NULL on a tombstone whose shard was removed
-	err := row.Scan(&t.ID, &shard, &t.Database, &t.Region, &t.State, &t.SchemaVersion, &t.Epoch, &t.CreatedAt, &t.UpdatedAt, &t.DeletedAt, &t.PurgeAfter)
+	err := row.Scan(&t.ID, &shard, &t.Database, &t.Region, &t.State, &t.SchemaVersion, &t.Epoch, &t.CreatedAt, &t.UpdatedAt, &t.DeletedAt, &t.PurgeAfter,
+		&t.Limits.Connections, &t.Limits.TempFileMB)
 	if shard != nil {
 		t.Shard = *shard
 	}
@@ -47,14 +48,17 @@ func (s *Store) CreateTenant(ctx context.Context, t silo.Tenant) (*silo.Tenant, 
 // InsertTenant is CreateTenant within the caller's transaction, with the
 // tenant role's sealed password, and without an audit entry of its own.
 func (s *Store) InsertTenant(ctx context.Context, tx pgx.Tx, t silo.Tenant, sealedPassword []byte) (*silo.Tenant, error) {
+	if t.Limits == (silo.TenantLimits{}) {
+		t.Limits = silo.DefaultTenantLimits() // a tenant made before limits, or without any
+	}
 	if err := validateTenant(t); err != nil {
 		return nil, err
 	}
 	out, err := scanTenant(tx.QueryRow(ctx, `
-		INSERT INTO tenants (id, shard, database_name, region, state, schema_version, password_sealed)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		INSERT INTO tenants (id, shard, database_name, region, state, schema_version, password_sealed, connection_limit, temp_file_limit_mb)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		RETURNING `+tenantColumns,
-		t.ID, t.Shard, t.Database, t.Region, t.State, t.SchemaVersion, sealedPassword))
+		t.ID, t.Shard, t.Database, t.Region, t.State, t.SchemaVersion, sealedPassword, t.Limits.Connections, t.Limits.TempFileMB))
 	if err != nil {
 		err = catalogError(err, "create tenant %q", t.ID)
 		if silo.ErrorCode(err) == silo.ECONFLICT {
@@ -103,8 +107,11 @@ func validateTenant(t silo.Tenant) error {
 	if t.State != silo.TenantPurged && t.Shard == "" {
 		return silo.Errorf(silo.EINVALID, "tenant %q needs a shard", t.ID)
 	}
-	if t.Database == "" {
-		return silo.Errorf(silo.EINVALID, "tenant %q needs a database name", t.ID)
+	if err := silo.ValidateDatabaseName(t.Database); err != nil {
+		return err
+	}
+	if err := t.Limits.Validate(); err != nil {
+		return err
 	}
 	return silo.ValidateRegion(t.Region)
 }
@@ -168,6 +175,9 @@ func (s *Store) UpdateTenant(ctx context.Context, t silo.Tenant) (*silo.Tenant, 
 // pool when tx is nil), without an audit entry of its own: operations record
 // their steps in the operation and audit the request.
 func (s *Store) UpdateTenantTx(ctx context.Context, tx pgx.Tx, t silo.Tenant) (*silo.Tenant, error) {
+	if t.Limits == (silo.TenantLimits{}) {
+		t.Limits = silo.DefaultTenantLimits() // a tenant made before limits, or without any
+	}
 	if err := validateTenant(t); err != nil {
 		return nil, err
 	}
@@ -182,13 +192,13 @@ func (s *Store) UpdateTenantTx(ctx context.Context, tx pgx.Tx, t silo.Tenant) (*
 	out, err := scanTenant(db.QueryRow(ctx, `
 		UPDATE tenants
 		SET shard = $3, database_name = $4, region = $5, state = $6, schema_version = $7,
-		    deleted_at = $8, purge_after = $9,
+		    deleted_at = $8, purge_after = $9, connection_limit = $10, temp_file_limit_mb = $11,
 		    -- a tombstone keeps no credentials
 		    password_sealed = CASE WHEN $6 = 'purged' THEN NULL ELSE password_sealed END,
 		    epoch = epoch + 1, updated_at = now()
 		WHERE id = $1 AND epoch = $2
 		RETURNING `+tenantColumns,
-		t.ID, t.Epoch, shard, t.Database, t.Region, t.State, t.SchemaVersion, t.DeletedAt, t.PurgeAfter))
+		t.ID, t.Epoch, shard, t.Database, t.Region, t.State, t.SchemaVersion, t.DeletedAt, t.PurgeAfter, t.Limits.Connections, t.Limits.TempFileMB))
 	if err == nil {
 		return &out, nil
 	}

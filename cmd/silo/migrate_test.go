@@ -225,7 +225,11 @@ func TestDevMigrate(t *testing.T) {
 	require.NoError(t, err)
 	port, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "port"))
 	require.NoError(t, err)
-	conn, err := pgx.Connect(ctx, "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/t_alpha")
+	got, _, err = silo("tenant", "get", "alpha", "-o", "json")
+	require.NoError(t, err)
+	var alpha api.Tenant
+	require.NoError(t, json.Unmarshal([]byte(got), &alpha), got)
+	conn, err := pgx.Connect(ctx, "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/"+alpha.Database)
 	require.NoError(t, err)
 	_, err = conn.Exec(ctx, `ALTER TABLE notes ADD COLUMN rogue int`)
 	require.NoError(t, err)
@@ -243,7 +247,7 @@ func TestDevMigrate(t *testing.T) {
 
 	// A migration that passes on the template but fails on a tenant's data:
 	// the canary wave stops the run, --wait fails, status lists the tenant.
-	conn, err = pgx.Connect(ctx, "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/t_alpha")
+	conn, err = pgx.Connect(ctx, "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/"+alpha.Database)
 	require.NoError(t, err)
 	_, err = conn.Exec(ctx, `INSERT INTO notes (title) VALUES ('')`)
 	require.NoError(t, err)

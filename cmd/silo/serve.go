@@ -185,6 +185,12 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return fmt.Errorf("seal the shard DSNs: %w", err)
 	}
 	log.Info("secret keys", "current", sealer.KeyID(), "previous", sealer.PreviousKeyIDs())
+	// One dialer builds every connection to a shard, as its admin or as a
+	// tenant's own role.
+	dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer, ConnectTimeout: o.connectTimeout, Logger: log})
+	if err != nil {
+		return err
+	}
 	if setup != nil {
 		if err := setup(ctx, store); err != nil {
 			return err
@@ -199,7 +205,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	// client runs the runner's jobs.
 	var prov *provisioner.Provisioner
 	runner, err := migrations.NewRunner(migrations.Config{
-		Catalog: pool, Store: store, Files: tenantFS, Workers: o.migrateWorkers,
+		Catalog: pool, Store: store, Dialer: dialer, Files: tenantFS, Workers: o.migrateWorkers,
 		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
 		Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
 			return prov.MigrateTemplate(ctx, shard, v)
@@ -209,7 +215,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	prov, err = provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, SecretKey: key, TenantMigrations: tenantFS,
+		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, TenantMigrations: tenantFS,
 		WarmPoolSize: warm, GracePeriod: o.gracePeriod, RecoveryDelay: o.recoveryDelay,
 		StepTimeout: o.stepTimeout, MaintenanceInterval: o.maintenanceInterval,
 		MaxConcurrentOps: o.maxOperations, ConnectTimeout: o.connectTimeout,
@@ -232,7 +238,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		}
 	}()
 	rt, err := router.New(router.Config{
-		Catalog: pool, Store: store, SecretKey: key, ShardBudget: o.shardBudget,
+		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, ShardBudget: o.shardBudget,
 		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout,
 		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
 )
 
@@ -24,7 +25,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newTenantCreateCmd(g), newTenantListCmd(g), newTenantGetCmd(g),
 		newTenantStateCmd(g, "suspend", "Stop a tenant's role from logging in, and end its sessions"),
 		newTenantStateCmd(g, "resume", "Let a suspended tenant's role log in again"),
-		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantMoveCmd(g))
+		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantMoveCmd(g), newTenantLimitsCmd(g))
 	return cmd
 }
 
@@ -72,6 +73,7 @@ func (g *globals) waitParam(cmd *cobra.Command, wait time.Duration) (*string, er
 func newTenantCreateCmd(g *globals) *cobra.Command {
 	var shard, region, key string
 	var wait time.Duration
+	var limits silo.TenantLimits
 	cmd := &cobra.Command{
 		Use:   "create ID",
 		Short: "Create a tenant, with its own database and login role on a shard",
@@ -96,6 +98,9 @@ func newTenantCreateCmd(g *globals) *cobra.Command {
 			if cmd.Flags().Changed("region") {
 				body.Region = &region
 			}
+			if cmd.Flags().Changed("max-connections") || cmd.Flags().Changed("temp-file-limit-mb") {
+				body.Limits = &api.TenantLimits{Connections: limits.Connections, TempFileMB: limits.TempFileMB}
+			}
 			params := &api.CreateTenantParams{Wait: w}
 			if cmd.Flags().Changed("idempotency-key") {
 				params.IdempotencyKey = &key
@@ -110,7 +115,66 @@ func newTenantCreateCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&shard, "shard", "", "the active shard to place the tenant on (default: the least loaded)")
 	cmd.Flags().StringVar(&region, "region", "", "place the tenant in this region, which it never leaves")
 	cmd.Flags().StringVar(&key, "idempotency-key", "", "makes a retried create return the first outcome (1 to 128 characters)")
+	addLimitFlags(cmd, &limits)
 	addWaitFlag(cmd, &wait)
+	return cmd
+}
+
+// addLimitFlags adds the flags of a tenant's resource bounds.
+func addLimitFlags(cmd *cobra.Command, l *silo.TenantLimits) {
+	cmd.Flags().IntVar(&l.Connections, "max-connections", silo.DefaultTenantConnections,
+		"the most sessions the tenant's role may have on its shard, Silo's own included (-1: no limit)")
+	cmd.Flags().IntVar(&l.TempFileMB, "temp-file-limit-mb", silo.DefaultTenantTempFileMB,
+		"the most temporary file space one session of the tenant may use, in MiB (-1: no limit)")
+}
+
+func newTenantLimitsCmd(g *globals) *cobra.Command {
+	var limits silo.TenantLimits
+	cmd := &cobra.Command{
+		Use:   "limits ID [--max-connections N] [--temp-file-limit-mb N]",
+		Short: "Show or change a tenant's resource bounds",
+		Long: "Show a tenant's resource bounds or, with flags, change them. They are set on the\n" +
+			"tenant's role on its shard, where PostgreSQL enforces them for every Silo server, and\n" +
+			"the tenant cannot lift them. -1 means no limit.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			got, err := c.GetTenantWithResponse(cmd.Context(), args[0])
+			if err := g.check(got, err, got != nil && got.JSON200 != nil); err != nil {
+				return err
+			}
+			t := *got.JSON200
+			if cmd.Flags().Changed("max-connections") || cmd.Flags().Changed("temp-file-limit-mb") {
+				body := api.TenantUpdate{Limits: t.Limits}
+				if cmd.Flags().Changed("max-connections") {
+					body.Limits.Connections = limits.Connections
+				}
+				if cmd.Flags().Changed("temp-file-limit-mb") {
+					body.Limits.TempFileMB = limits.TempFileMB
+				}
+				resp, err := c.UpdateTenantWithResponse(cmd.Context(), args[0], body)
+				if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+					return err
+				}
+				t = *resp.JSON200
+			}
+			if g.output == "json" {
+				return g.printJSON(t.Limits)
+			}
+			show := func(n int, unit string) string {
+				if n == -1 {
+					return "none"
+				}
+				return strconv.Itoa(n) + unit
+			}
+			return g.printTable([]string{"ID", "MAX CONNECTIONS", "TEMP FILE LIMIT"},
+				[][]string{{t.Id, show(t.Limits.Connections, ""), show(t.Limits.TempFileMB, " MiB")}})
+		},
+	}
+	addLimitFlags(cmd, &limits)
 	return cmd
 }
 

@@ -43,7 +43,7 @@ func jsonKeys(t *testing.T, s string) []string {
 	return keys
 }
 
-var tenantKeys = []string{"createdAt", "database", "epoch", "id", "region", "schemaVersion", "shard", "state", "updatedAt"}
+var tenantKeys = []string{"createdAt", "database", "epoch", "id", "limits", "region", "schemaVersion", "shard", "state", "updatedAt"}
 
 func TestDevTenants(t *testing.T) {
 	t.Parallel()
@@ -69,9 +69,11 @@ func TestDevTenants(t *testing.T) {
 	require.Equal(t, tenantKeys, jsonKeys(t, got))
 	require.NotContains(t, strings.ToLower(got), "password")
 	acme := tenant(got)
+	require.Regexp(t, `^t_[a-z2-7]{20}$`, acme.Database, "a name that says nothing of the tenant")
 	require.Equal(t, api.Tenant{
-		Id: "acme", Shard: "shard-1", Database: "t_acme", State: "active", Region: "local",
+		Id: "acme", Shard: "shard-1", Database: acme.Database, State: "active", Region: "local",
 		SchemaVersion: 1, Epoch: acme.Epoch, CreatedAt: acme.CreatedAt, UpdatedAt: acme.UpdatedAt,
+		Limits: api.TenantLimits{Connections: 20, TempFileMB: 5120},
 	}, acme)
 
 	// The table, and a retry with the same idempotency key answering the
@@ -79,7 +81,7 @@ func TestDevTenants(t *testing.T) {
 	got, _, err = silo("tenant", "create", "beta", "--idempotency-key", "beta-1", "--wait", "30s")
 	require.NoError(t, err)
 	require.Regexp(t, `^ID\s+SHARD\s+DATABASE\s+STATE\s+REGION\s+SCHEMA\s+CREATED\n`+
-		`beta\s+shard-[12]\s+t_beta\s+active\s+local\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n$`, got)
+		`beta\s+shard-[12]\s+t_[a-z2-7]{20}\s+active\s+local\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n$`, got)
 	again, _, err := silo("tenant", "create", "beta", "--idempotency-key", "beta-1")
 	require.NoError(t, err)
 	require.Equal(t, got, again)
@@ -99,15 +101,31 @@ func TestDevTenants(t *testing.T) {
 	require.Equal(t, "[]\n", got)
 	got, _, err = silo("tenant", "list", "--shard", "shard-1", "--region", "local")
 	require.NoError(t, err)
-	require.Regexp(t, `(?m)^acme\s+shard-1\s+t_acme\s+active\s`, got)
+	require.Regexp(t, `(?m)^acme\s+shard-1\s+`+acme.Database+`\s+active\s`, got)
 	got, _, err = silo("tenant", "get", "acme", "-o", "json")
 	require.NoError(t, err)
 	require.Equal(t, acme, tenant(got))
 
+	// Limits: shown, changed one at a time, bad values refused.
+	got, _, err = silo("tenant", "limits", "acme")
+	require.NoError(t, err)
+	require.Regexp(t, `^ID\s+MAX CONNECTIONS\s+TEMP FILE LIMIT\nacme\s+20\s+5120 MiB\n$`, got)
+	got, _, err = silo("tenant", "limits", "acme", "--max-connections", "5")
+	require.NoError(t, err)
+	require.Regexp(t, `\nacme\s+5\s+5120 MiB\n$`, got)
+	_, _, err = silo("tenant", "limits", "acme", "--temp-file-limit-mb", "0")
+	require.ErrorContains(t, err, "(EINVALID)")
+	got, _, err = silo("tenant", "limits", "acme", "--temp-file-limit-mb", "-1", "-o", "json")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"connections": 5, "tempFileMB": -1}`, got)
+	got, _, err = silo("tenant", "get", "acme", "-o", "json")
+	require.NoError(t, err)
+	acme = tenant(got)
+
 	// Suspend and resume.
 	got, _, err = silo("tenant", "suspend", "acme")
 	require.NoError(t, err)
-	require.Regexp(t, `(?m)^acme\s+shard-1\s+t_acme\s+suspended\s`, got)
+	require.Regexp(t, `(?m)^acme\s+shard-1\s+`+acme.Database+`\s+suspended\s`, got)
 	got, _, err = silo("tenant", "list", "--state", "suspended")
 	require.NoError(t, err)
 	require.Regexp(t, `^ID.*\nacme\s.*\n$`, got)
@@ -168,7 +186,7 @@ func TestDevTenants(t *testing.T) {
 	require.Equal(t, "purged", string(tenant(got).State))
 	got, _, err = silo("tenant", "get", "acme")
 	require.NoError(t, err)
-	require.Regexp(t, `(?m)^acme\s+shard-1\s+t_acme\s+purged\s`, got)
+	require.Regexp(t, `(?m)^acme\s+shard-1\s+`+acme.Database+`\s+purged\s`, got)
 
 	// --wait 0s leaves the operation running: the command prints it and
 	// says how to follow it.
@@ -268,7 +286,7 @@ ALTER TABLE widgets DROP COLUMN price;
 	require.NoError(t, err)
 	port, err := os.ReadFile(filepath.Join(dir, "clusters", "shard-1", "port"))
 	require.NoError(t, err)
-	conn, err := pgx.Connect(context.Background(), "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/t_shop")
+	conn, err := pgx.Connect(context.Background(), "postgres://silo:"+strings.TrimSpace(string(password))+"@127.0.0.1:"+strings.TrimSpace(string(port))+"/"+tn.Database)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
 	var owner string
@@ -276,7 +294,7 @@ ALTER TABLE widgets DROP COLUMN price;
 	require.NoError(t, conn.QueryRow(context.Background(), `
 		SELECT tableowner, EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'widgets' AND column_name = 'price')
 		FROM pg_tables WHERE tablename = 'widgets'`).Scan(&owner, &hasPrice))
-	require.Equal(t, "t_shop", owner)
+	require.Equal(t, tn.Database, owner)
 	require.True(t, hasPrice)
 	var notes bool
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'notes')`).Scan(&notes))

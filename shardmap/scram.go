@@ -1,4 +1,4 @@
-package provisioner
+package shardmap
 
 import (
 	"crypto/hmac"
@@ -9,7 +9,7 @@ import (
 	"fmt"
 )
 
-// scramVerifier returns the SCRAM-SHA-256 verifier PostgreSQL stores for a
+// ScramVerifier returns the SCRAM-SHA-256 verifier PostgreSQL stores for a
 // password (RFC 5802). Sending the verifier instead of the password keeps
 // the password out of the shard's statement logs and pg_stat_statements.
 //
@@ -18,7 +18,7 @@ import (
 // are 260 random bits, so there is nothing to guess, while the iterations
 // are paid by client and server on every connection the router opens
 // (halving its connect time when tenants outnumber the budget).
-func scramVerifier(password string) (string, error) {
+func ScramVerifier(password string) (string, error) {
 	const iterations = 16
 	salt := make([]byte, 16)
 	if _, err := rand.Read(salt); err != nil {

@@ -1,4 +1,4 @@
-package provisioner
+package shardmap
 
 import (
 	"crypto/hmac"
@@ -17,7 +17,7 @@ import (
 // checks the parts.
 func TestScramVerifier(t *testing.T) {
 	t.Parallel()
-	v, err := scramVerifier("pencil")
+	v, err := ScramVerifier("pencil")
 	require.NoError(t, err)
 	head, keys, ok := strings.Cut(v, "$")
 	require.True(t, ok)
@@ -37,14 +37,14 @@ func TestScramVerifier(t *testing.T) {
 	require.Equal(t, base64.StdEncoding.EncodeToString(mac.Sum(nil)), server)
 	require.NotEmpty(t, stored)
 
-	w, err := scramVerifier("pencil")
+	w, err := ScramVerifier("pencil")
 	require.NoError(t, err)
 	require.NotEqual(t, v, w, "a fresh salt each time")
 }
 
 func BenchmarkScramVerifier(b *testing.B) {
 	for b.Loop() {
-		if _, err := scramVerifier("a-password-of-fifty-two-characters-more-or-less-xx"); err != nil {
+		if _, err := ScramVerifier("a-password-of-fifty-two-characters-more-or-less-xx"); err != nil {
 			b.Fatal(err)
 		}
 	}

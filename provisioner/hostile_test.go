@@ -1,0 +1,453 @@
+package provisioner
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/hostile"
+	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// asTenant connects to a tenant's database as its own role.
+func (b *bundle) asTenant(t *testing.T, p *Provisioner, tn *silo.Tenant) *pgx.Conn {
+	t.Helper()
+	conn, err := p.asTenant(b.ctx, tn, "")
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// requireNotSuper checks on every shard that role is no superuser.
+func (b *bundle) requireNotSuper(t *testing.T, p *Provisioner, role string, shards ...string) {
+	t.Helper()
+	for _, shard := range shards {
+		conn, err := p.adminDB(b.ctx, shard, "")
+		require.NoError(t, err)
+		// A moved tenant's old role is renamed (retired): look for both.
+		var super bool
+		err = conn.QueryRow(b.ctx, `SELECT coalesce(bool_or(rolsuper), false) FROM pg_roles
+			WHERE rolname = $1 OR (rolname LIKE 'silo\_moved\_%' AND rolname LIKE '%\_' || $1)`, role).Scan(&super)
+		conn.Close(b.ctx)
+		require.NoError(t, err)
+		require.False(t, super, "the tenant's role became a superuser on shard %s", shard)
+	}
+}
+
+// plantTriggers gives the tenant's notes table a trigger of every state
+// that fires in a replication apply or a restore (ALWAYS, REPLICA) or on a
+// TRUNCATE, each trying to escalate, plus one it disabled itself, and
+// returns their states as the tenant set them.
+func plantTriggers(t *testing.T, ctx context.Context, conn *pgx.Conn) map[string]string {
+	t.Helper()
+	_, err := conn.Exec(ctx, `
+		CREATE TRIGGER hostile_always AFTER INSERT OR UPDATE ON notes FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
+		ALTER TABLE notes ENABLE ALWAYS TRIGGER hostile_always;
+		CREATE TRIGGER hostile_replica BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
+		ALTER TABLE notes ENABLE REPLICA TRIGGER hostile_replica;
+		CREATE TRIGGER hostile_truncate BEFORE TRUNCATE ON notes FOR EACH STATEMENT EXECUTE FUNCTION public.hostile_trigger();
+		ALTER TABLE notes ENABLE ALWAYS TRIGGER hostile_truncate;
+		CREATE TRIGGER hostile_off AFTER DELETE ON notes FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
+		ALTER TABLE notes DISABLE TRIGGER hostile_off;
+		CREATE TRIGGER hostile_origin AFTER DELETE ON notes FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger()`)
+	require.NoError(t, err)
+	return triggerStates(t, ctx, conn)
+}
+
+func triggerStates(t *testing.T, ctx context.Context, conn *pgx.Conn) map[string]string {
+	t.Helper()
+	rows, err := conn.Query(ctx, `SELECT tgname, tgenabled::text FROM pg_trigger WHERE NOT tgisinternal`)
+	require.NoError(t, err)
+	out := map[string]string{}
+	for rows.Next() {
+		var name, state string
+		require.NoError(t, rows.Scan(&name, &state))
+		out[name] = state
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// A tenant's triggers that fire in a subscription's apply (ENABLE ALWAYS,
+// ENABLE REPLICA), and a search_path it set on its database for every
+// session there, try to escalate during a live move. The move carries the
+// tenant's rows, the tenant gains nothing on either shard, and its
+// triggers come back on the target in exactly the states it gave them.
+func TestHostileMoveLive(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-live"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	want := plantTriggers(t, b.ctx, conn)
+	_, err = conn.Exec(b.ctx, `
+		CREATE SCHEMA hostile;
+		CREATE FUNCTION hostile.lower(text) RETURNS text LANGUAGE plpgsql AS $f$
+		BEGIN PERFORM public.hostile_escalate(); RETURN $1; END $f$;
+		ALTER DATABASE `+pgx.Identifier{tn.Database}.Sanitize()+` SET search_path = hostile, pg_catalog, public;
+		DROP TABLE public.hostile_log;
+		INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 500) g`)
+	require.NoError(t, err)
+
+	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	require.NotNil(t, res.Operation.Move)
+	require.Equal(t, "live", res.Operation.Move.Path, res.Operation.Move.PathReason)
+	require.Positive(t, res.Operation.Move.PauseMs)
+	b.requireNotSuper(t, p, tn.Database, "a", "b")
+
+	moved, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	on := b.asTenant(t, p, moved)
+	require.Equal(t, want, triggerStates(t, b.ctx, on), "the triggers as the tenant left them")
+	var n int
+	require.NoError(t, on.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&n))
+	require.Equal(t, 500, n)
+}
+
+// On PostgreSQL 15 a subscription's apply runs as a superuser, and it
+// evaluates index expressions, CHECK constraints and column defaults of
+// the target: a schema whose expressions call the tenant's functions is
+// moved by the paused copy, as the tenant, and the move says so. On 16 and
+// later the apply runs as the tenant, and the move stays live.
+func TestHostileMoveExpressions(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-expr"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	_, err = conn.Exec(b.ctx, `
+		DROP TABLE public.hostile_log;
+		CREATE TABLE guarded (id int PRIMARY KEY CHECK (public.hostile_true(id)), note text);
+		CREATE INDEX guarded_expr ON guarded ((public.hostile_true(id)));
+		CREATE FUNCTION public.hostile_note() RETURNS text LANGUAGE plpgsql AS $f$
+		BEGIN PERFORM public.hostile_escalate(); RETURN 'x'; END $f$;
+		ALTER TABLE guarded ALTER COLUMN note SET DEFAULT public.hostile_note();
+		INSERT INTO guarded (id) SELECT g FROM generate_series(1, 300) g`)
+	require.NoError(t, err)
+
+	dst, err := p.shard(b.ctx, "b")
+	require.NoError(t, err)
+	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	if dst.major < 16 {
+		require.Equal(t, "dump", res.Operation.Move.Path)
+		require.Contains(t, res.Operation.Move.PathReason, "hostile_true")
+		require.Contains(t, res.Operation.Move.PathReason, "superuser")
+	} else {
+		require.Equal(t, "live", res.Operation.Move.Path)
+	}
+	b.requireNotSuper(t, p, tn.Database, "a", "b")
+	moved, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, b.asTenant(t, p, moved).QueryRow(b.ctx, `SELECT count(*) FROM guarded`).Scan(&n))
+	require.Equal(t, 300, n)
+}
+
+// The paused copy of a source without logical replication runs as the
+// tenant on both sides: its TRUNCATE and row triggers, checks and index
+// expressions gain it nothing, and its triggers come back as it left them.
+func TestHostileMoveDump(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-dump"), Shard: "r"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	want := plantTriggers(t, b.ctx, conn)
+	_, err = conn.Exec(b.ctx, `
+		DROP TABLE public.hostile_log;
+		CREATE TABLE parent (id int PRIMARY KEY);
+		CREATE TABLE child (id int PRIMARY KEY, parent int NOT NULL REFERENCES parent, CHECK (public.hostile_true(id)));
+		CREATE INDEX child_expr ON child ((public.hostile_true(parent)));
+		INSERT INTO parent SELECT g FROM generate_series(1, 100) g;
+		INSERT INTO child SELECT g, 1 + g % 100 FROM generate_series(1, 1000) g;
+		INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 200) g`)
+	require.NoError(t, err)
+
+	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	require.Equal(t, "dump", res.Operation.Move.Path)
+	require.Contains(t, res.Operation.Move.PathReason, "wal_level")
+	b.requireNotSuper(t, p, tn.Database, "a", "r")
+	moved, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	on := b.asTenant(t, p, moved)
+	require.Equal(t, want, triggerStates(t, b.ctx, on))
+	var children, notes int
+	require.NoError(t, on.QueryRow(b.ctx, `SELECT (SELECT count(*) FROM child), (SELECT count(*) FROM notes)`).Scan(&children, &notes))
+	require.Equal(t, 1000, children)
+	require.Equal(t, 200, notes)
+}
+
+// A migration that reaches a tenant's database from the provisioner (a
+// resumed tenant brought to the fleet's target) runs as the tenant: its
+// trigger on the version table runs in the tenant's session and gains
+// nothing.
+func TestHostileResumeMigrates(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first, err := os.ReadFile("../migrations/tenant/00001_notes.sql")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "00001_notes.sql"), first, 0o644))
+	p, b := setup(t, Config{TenantMigrations: os.DirFS(dir)})
+	b.ownShard(t, "h", nil) // its template takes this test's migrations
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-resume"), Shard: "h"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	_, err = conn.Exec(b.ctx, `CREATE TRIGGER hostile AFTER INSERT ON silo_schema_migrations
+		FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger()`)
+	require.NoError(t, err)
+	_, err = p.Suspend(b.ctx, tn.ID, 30*time.Second)
+	require.NoError(t, err)
+	// A run moved the target on while the tenant was suspended.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "00002_tags.sql"),
+		[]byte("-- +goose Up\nCREATE TABLE tags (id int);\n-- +goose Down\nDROP TABLE tags;\n"), 0o644))
+	_, err = b.pool.Exec(b.ctx, `UPDATE tenant_schema_target SET version = 2`)
+	require.NoError(t, err)
+
+	res, err = p.Resume(b.ctx, tn.ID, 30*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantActive, res.Tenant.State)
+	require.EqualValues(t, 2, res.Tenant.SchemaVersion)
+	b.requireNotSuper(t, p, tn.Database, "h")
+	log, err := hostile.Log(b.ctx, b.asTenant(t, p, res.Tenant))
+	require.NoError(t, err)
+	require.Equal(t, []hostile.Entry{{RanAs: tn.Database, SessionAs: tn.Database}}, log, "in the tenant's own session")
+}
+
+// An export runs pg_dump as the tenant's own role: what the tenant shut
+// even itself out of is not read with more rights (the dump fails), and a
+// suspended tenant is exported within a login window that leaves its role
+// unable to log in.
+func TestHostileExport(t *testing.T) {
+	t.Parallel()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-export"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	_, err = conn.Exec(b.ctx, `CREATE TABLE sealed (secret text); INSERT INTO sealed VALUES ('x');
+		REVOKE ALL ON sealed FROM CURRENT_USER`)
+	require.NoError(t, err)
+	err = p.Export(b.ctx, tn.ID, io.Discard)
+	require.Error(t, err)
+	require.Contains(t, silo.ErrorMessage(err), "permission denied", "pg_dump ran with the tenant's rights")
+
+	_, err = conn.Exec(b.ctx, `DROP TABLE sealed`)
+	require.NoError(t, err)
+	_, err = p.Suspend(b.ctx, tn.ID, 30*time.Second)
+	require.NoError(t, err)
+	var out strings.Builder
+	require.NoError(t, p.Export(b.ctx, tn.ID, &out))
+	require.True(t, strings.HasPrefix(out.String(), "PGDMP"))
+	admin, err := p.adminDB(b.ctx, "a", "")
+	require.NoError(t, err)
+	defer admin.Close(b.ctx)
+	var canLogin bool
+	require.NoError(t, admin.QueryRow(b.ctx, `SELECT rolcanlogin FROM pg_roles WHERE rolname = $1`, tn.Database).Scan(&canLogin))
+	require.False(t, canLogin, "the suspended tenant still cannot log in")
+}
+
+// Every tenant can list its shard's databases, roles and sessions: none of
+// those names tells it who its neighbours are.
+func TestHostileNamesSayNothing(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	spy, err := p.Create(b.ctx, CreateRequest{ID: newID("spy"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	neighbour := newID("globex-secret-customer")
+	_, err = p.Create(b.ctx, CreateRequest{ID: neighbour, Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	var names string
+	require.NoError(t, b.asTenant(t, p, spy.Tenant).QueryRow(b.ctx, `
+		SELECT string_agg(n, ' ') FROM (
+			SELECT datname::text FROM pg_database UNION ALL SELECT rolname::text FROM pg_roles
+			UNION ALL SELECT coalesce(usename::text, '') || ' ' || coalesce(datname::text, '') FROM pg_stat_activity) s(n)`).Scan(&names))
+	require.NotContains(t, names, "globex")
+	require.NotContains(t, names, strings.ReplaceAll(neighbour, "-", "_"))
+	require.Contains(t, names, spy.Tenant.Database, "the listing was not empty")
+}
+
+// A tenant's limits hold on the shard, for every Silo server at once, and
+// the tenant cannot lift them from its own session.
+func TestHostileLimits(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("bounded"), Shard: "a", Limits: &silo.TenantLimits{Connections: 2, TempFileMB: 1}}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	require.Equal(t, silo.TenantLimits{Connections: 2, TempFileMB: 1}, tn.Limits)
+	c1, c2 := b.asTenant(t, p, tn), b.asTenant(t, p, tn)
+	_, err = p.asTenant(b.ctx, tn, "")
+	require.Error(t, err, "a third session is over the connection limit")
+	require.Contains(t, err.Error(), "too many connections")
+
+	_, err = c1.Exec(b.ctx, `SET temp_file_limit = -1`)
+	require.Error(t, err)
+	_, err = c1.Exec(b.ctx, `ALTER ROLE CURRENT_USER CONNECTION LIMIT -1`)
+	require.Error(t, err)
+	_, err = c2.Exec(b.ctx, `SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g FROM generate_series(1, 300000) g ORDER BY g DESC) s`)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "temp_file_limit")
+
+	// Changed, audited; bad values change nothing.
+	for _, bad := range []silo.TenantLimits{{Connections: 0, TempFileMB: 1}, {Connections: 2, TempFileMB: -7}} {
+		_, err := p.SetLimits(b.ctx, tn.ID, bad)
+		requireCode(t, err, silo.EINVALID)
+	}
+	_, err = p.SetLimits(b.ctx, "nobody-here", silo.TenantLimits{Connections: 3, TempFileMB: 10})
+	requireCode(t, err, silo.ENOTFOUND)
+	after, err := p.SetLimits(b.ctx, tn.ID, silo.TenantLimits{Connections: 3, TempFileMB: -1})
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantLimits{Connections: 3, TempFileMB: -1}, after.Limits)
+	c3 := b.asTenant(t, p, tn)
+	var setting string
+	require.NoError(t, c3.QueryRow(b.ctx, `SELECT current_setting('temp_file_limit')`).Scan(&setting))
+	require.Equal(t, "-1", setting)
+}
+
+// stepsUpTo runs a move's forward steps up to and including last, as the
+// server that took the request would, skipping copy-schema: the test makes
+// the target's schema itself, as it would be without a pg_dump that can
+// read the source (the PostgreSQL 16+ packages have none).
+func stepsUpTo(t *testing.T, p *Provisioner, b *bundle, opID, last string, schema func()) {
+	t.Helper()
+	op, err := p.store.GetOperation(b.ctx, opID)
+	require.NoError(t, err)
+	params, err := p.store.OperationParams(b.ctx, opID)
+	require.NoError(t, err)
+	pl, err := p.movePlan(op, params)
+	require.NoError(t, err)
+	for _, s := range pl.forward {
+		if s.name == "copy-schema" {
+			schema()
+		} else {
+			require.NoError(t, s.run(b.ctx), s.name)
+		}
+		if s.name == last {
+			return
+		}
+	}
+}
+
+// The move's own machinery on every major, with a schema the test makes on
+// the target: on PostgreSQL 16 and later the subscription belongs to the
+// tenant's role and applies as it (run_as_owner = false), on 15 to a
+// superuser with the tenant's triggers disabled; the paused copy runs as
+// the tenant on both sides. Either way, the tenant's ALWAYS and REPLICA
+// triggers gain it nothing, and come back as it left them.
+func TestHostileMoveAsTenant(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"live", "dump"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, Config{}) // no pg_dump: the test makes the schema
+			from := "a"
+			if path == "dump" {
+				b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
+				from = "r"
+			}
+			res, err := p.Create(b.ctx, CreateRequest{ID: newID("as-tenant-" + path), Shard: from}, 30*time.Second)
+			require.NoError(t, err)
+			tn := res.Tenant
+			plant := func(conn *pgx.Conn) map[string]string {
+				require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+				states := plantTriggers(t, b.ctx, conn)
+				_, err := conn.Exec(b.ctx, `DROP TABLE public.hostile_log`)
+				require.NoError(t, err)
+				return states
+			}
+			want := plant(b.asTenant(t, p, tn))
+			_, err = b.asTenant(t, p, tn).Exec(b.ctx, `INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 400) g`)
+			require.NoError(t, err)
+
+			opID := newUUID()
+			params := map[string]any{"operation": opID, "from": from, "to": "b"}
+			require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+tn.ID, params, func(tx pgx.Tx) error {
+				return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
+			}))
+			stepsUpTo(t, p, b, opID, "replicate", func() {
+				conn, err := p.asTenant(b.ctx, tn, "b")
+				require.NoError(t, err)
+				defer conn.Close(b.ctx)
+				pool, err := p.dialer.TenantPool(b.ctx, tn, "b", 1)
+				require.NoError(t, err)
+				_, _, err = migrations.MigrateTenantTo(b.ctx, pool, p.cfg.TenantMigrations, tn.SchemaVersion)
+				pool.Close()
+				require.NoError(t, err)
+				_, err = conn.Exec(b.ctx, `TRUNCATE silo_schema_migrations`) // its rows come with the data
+				require.NoError(t, err)
+				plant(conn)
+			})
+			dst, err := p.shard(b.ctx, "b")
+			require.NoError(t, err)
+			if path == "live" {
+				admin, err := p.adminDB(b.ctx, "b", tn.Database)
+				require.NoError(t, err)
+				var owner string
+				var super bool
+				require.NoError(t, admin.QueryRow(b.ctx, `SELECT s.subowner::regrole::text, r.rolsuper FROM pg_subscription s
+					JOIN pg_roles r ON r.oid = s.subowner WHERE s.subname = $1`, "silo_move_"+tn.Database).Scan(&owner, &super))
+				admin.Close(b.ctx)
+				if dst.major >= 16 {
+					require.Equal(t, tn.Database, owner, "the tenant's own role owns the subscription")
+					require.False(t, super)
+				} else {
+					require.True(t, super, "only a superuser may own a subscription on 15")
+				}
+			}
+			done, err := p.execute(b.ctx, opID)
+			require.NoError(t, err)
+			require.Equal(t, silo.OpSucceeded, done.State, "%+v", done.Steps)
+			require.Equal(t, path, done.Move.Path, done.Move.PathReason)
+			b.requireNotSuper(t, p, tn.Database, from, "b")
+			moved, err := b.store.GetTenant(b.ctx, tn.ID)
+			require.NoError(t, err)
+			require.Equal(t, "b", moved.Shard)
+			on := b.asTenant(t, p, moved)
+			require.Equal(t, want, triggerStates(t, b.ctx, on))
+			var n int
+			require.NoError(t, on.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&n))
+			require.Equal(t, 400, n)
+			if dst.major >= 16 {
+				admin, err := p.adminDB(b.ctx, "b", "")
+				require.NoError(t, err)
+				defer admin.Close(b.ctx)
+				var member bool
+				require.NoError(t, admin.QueryRow(b.ctx, `SELECT pg_has_role($1, 'pg_create_subscription', 'MEMBER')`, tn.Database).Scan(&member))
+				require.False(t, member, "the tenant may create subscriptions no longer")
+			}
+		})
+	}
+}

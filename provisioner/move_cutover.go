@@ -1,0 +1,468 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// pause starts a cutover: routers hold the tenant's requests (state
+// moving), statements in flight on the source finish, and the role's
+// sessions there end. It returns a session of Silo's own as the tenant on
+// the source, opened in between, which is all that is left there: the
+// role may no longer log in, so this session is how the cutover reads the
+// source's rows and sequences as the tenant. The caller closes it.
+func (m *move) pause(ctx context.Context) (*pgx.Conn, error) {
+	t, err := m.p.store.GetTenant(ctx, m.id)
+	if err != nil {
+		return nil, err
+	}
+	if t.State != silo.TenantMoving {
+		t.State = silo.TenantMoving
+		if _, err = m.p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+			return nil, err
+		}
+	}
+	// Statements in flight finish; then the source takes no more.
+	deadline := time.Now().Add(drainTimeout)
+	for time.Now().Before(deadline) {
+		var busy int
+		if err := m.src.pool.QueryRow(ctx, `
+			SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND state <> 'idle'`, m.name).Scan(&busy); err != nil {
+			return nil, shardmap.ShardError(err, m.from)
+		}
+		if busy == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var sconn *pgx.Conn
+	err = m.p.withLoginLock(ctx, m.name, func() error {
+		// The routers' idle sessions go first, so that Silo's own fits
+		// within the tenant's connection limit.
+		if err := m.p.setLoginLocked(ctx, m.src, m.from, m.name, true, 0); err != nil {
+			return err
+		}
+		if _, err := m.src.pool.Exec(ctx, `
+			SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1`, m.name); err != nil {
+			return shardmap.ShardError(err, m.from)
+		}
+		var err error
+		if sconn, err = m.p.asTenant(ctx, m.tenant, m.from); err != nil {
+			return err
+		}
+		return m.p.setLoginLocked(ctx, m.src, m.from, m.name, false, sconn.PgConn().PID())
+	})
+	if err != nil {
+		if sconn != nil {
+			sconn.Close(context.WithoutCancel(ctx))
+		}
+		return nil, err
+	}
+	// pg_terminate_backend only asks: wait until the sessions are gone, so
+	// that no write of theirs can commit after this returns.
+	for {
+		var left int
+		if err := m.src.pool.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> $2`,
+			m.name, int64(sconn.PgConn().PID())).Scan(&left); err != nil {
+			sconn.Close(context.WithoutCancel(ctx))
+			return nil, shardmap.ShardError(err, m.from)
+		}
+		if left == 0 {
+			return sconn, nil
+		}
+		if ctx.Err() != nil {
+			sconn.Close(context.WithoutCancel(ctx))
+			return nil, shardmap.ShardError(ctx.Err(), m.from)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// liveCutover switches a tenant from the source to the target: paused
+// (see pause), the target replays the source's last write, sequences
+// follow, rows are compared, the subscription stops and the tenant's
+// triggers on the target are set back as they were, and the catalog
+// points the tenant at the target (a new epoch, announced to every
+// router), which releases the held requests there. It records the write
+// pause in the operation's parameters.
+func (m *move) liveCutover(ctx context.Context) error {
+	start := time.Now()
+	phases := []any{}
+	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(start).Milliseconds()) }
+	sconn, err := m.pause(ctx)
+	if err != nil {
+		return err
+	}
+	defer sconn.Close(context.WithoutCancel(ctx))
+	mark("sessions_ended")
+	var lsn string
+	if err := m.src.pool.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return shardmap.ShardError(err, m.from)
+	}
+	caught := time.Now().Add(catchUpTimeout)
+	for {
+		var done bool
+		if err := m.src.pool.QueryRow(ctx, `
+			SELECT coalesce(confirmed_flush_lsn >= $2::pg_catalog.pg_lsn, false) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+			m.slot, lsn).Scan(&done); err != nil {
+			return shardmap.ShardError(err, m.from)
+		}
+		if done {
+			break
+		}
+		if time.Now().After(caught) {
+			return silo.Errorf(silo.ETIMEOUT, "shard %q did not replay tenant %q's last writes within %s", m.to, m.id, catchUpTimeout)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	mark("caught_up")
+	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	if err := copySequences(ctx, sconn, dconn); err != nil {
+		return err
+	}
+	mark("sequences")
+	// The slot's position says what the target received; its last commits
+	// may take a moment more to show. The counts must meet before the
+	// deadline, or the move is undone.
+	for {
+		err := compareCounts(ctx, sconn, dconn)
+		if err == nil {
+			break
+		}
+		if time.Now().After(caught) || silo.ErrorCode(err) != silo.EINTERNAL {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mark("counted")
+	if err := m.stopSubscription(ctx); err != nil {
+		return err
+	}
+	if err := restoreTriggers(ctx, dconn, m.triggers); err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	mark("triggers")
+	return m.flip(ctx, start, dconn, phases)
+}
+
+// stopSubscription disables the move's subscription and gives it to the
+// admin before the tenant can reach the target: no change arrives once the
+// tenant's triggers are back, and the tenant cannot alter it.
+func (m *move) stopSubscription(ctx context.Context) error {
+	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(m.slot)+" DISABLE; ALTER SUBSCRIPTION "+ident(m.slot)+" OWNER TO CURRENT_USER")
+		if shardmap.SQLState(err) == "42704" { // undefined_object: dropped by an earlier attempt's cleanup
+			return nil
+		}
+		return shardmap.ShardError(err, m.to)
+	})
+}
+
+// flip points the catalog at the target and records the pause.
+func (m *move) flip(ctx context.Context, start time.Time, dconn *pgx.Conn, phases []any) error {
+	t, err := m.p.store.GetTenant(ctx, m.id)
+	if err != nil {
+		return err
+	}
+	t.Shard, t.State = m.to, silo.TenantActive
+	if _, err := m.p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+		return err
+	}
+	pause := time.Since(start)
+	m.p.metrics.movePause.Observe(pause.Seconds())
+	m.p.countMovedBytes(ctx, dconn)
+	m.p.log.Info("tenant moved", append([]any{"tenant", m.id, "from", m.from, "to", m.to, "dump", m.dump, "pause_ms", pause.Milliseconds()}, phases...)...)
+	return m.setParams(ctx, map[string]any{"pauseMs": pause.Milliseconds()})
+}
+
+// dumpCutover moves a tenant without logical replication: paused (see
+// pause), its rows are copied table by table from Silo's session as the
+// tenant on the source to one as the tenant on the target, in one
+// transaction there, then compared, and the catalog flips it. Its requests
+// wait for up to the routers' hold and then fail with a retry hint: the
+// pause lasts as long as the copy.
+func (m *move) dumpCutover(ctx context.Context) error {
+	start := time.Now()
+	sconn, err := m.pause(ctx)
+	if err != nil {
+		return err
+	}
+	defer sconn.Close(context.WithoutCancel(ctx))
+	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	if err := copyData(ctx, sconn, dconn); err != nil {
+		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
+	}
+	if err := copySequences(ctx, sconn, dconn); err != nil {
+		return err
+	}
+	if err := compareCounts(ctx, sconn, dconn); err != nil {
+		return err
+	}
+	if err := restoreTriggers(ctx, dconn, m.triggers); err != nil {
+		return shardmap.ShardError(err, m.to)
+	}
+	return m.flip(ctx, start, dconn, nil)
+}
+
+// userTables lists a database's tables that hold rows (partitions, not
+// their parents), quoted, in an order that loads referenced tables before
+// the tables whose foreign keys point at them.
+func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'r' AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
+		ORDER BY 2`)
+	if err != nil {
+		return nil, err
+	}
+	type table struct {
+		oid  int64
+		name string
+	}
+	tables, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (table, error) {
+		var t table
+		return t, r.Scan(&t.oid, &t.name)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Edges between the leaves of both sides of every foreign key.
+	// (pg_partition_tree has no rows for a table that is not partitioned.)
+	rows, err = conn.Query(ctx, `
+		WITH leaves (rel, leaf) AS (
+			SELECT c.oid, coalesce(t.relid::oid, c.oid) FROM pg_catalog.pg_class c
+			LEFT JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) t ON t.isleaf
+			WHERE c.relkind IN ('r', 'p'))
+		SELECT DISTINCT a.leaf::int8, b.leaf::int8 FROM pg_catalog.pg_constraint k
+		JOIN leaves a ON a.rel = k.conrelid JOIN leaves b ON b.rel = k.confrelid
+		WHERE k.contype = 'f' AND a.leaf <> b.leaf`)
+	if err != nil {
+		return nil, err
+	}
+	type edge struct{ from, to int64 }
+	edges, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (edge, error) {
+		var e edge
+		return e, r.Scan(&e.from, &e.to)
+	})
+	if err != nil {
+		return nil, err
+	}
+	needs := map[int64][]int64{}
+	for _, e := range edges {
+		needs[e.from] = append(needs[e.from], e.to)
+	}
+	var order []string
+	state := map[int64]int{} // 1 visiting, 2 done
+	names := map[int64]string{}
+	for _, t := range tables {
+		names[t.oid] = t.name
+	}
+	var visit func(oid int64)
+	visit = func(oid int64) {
+		if state[oid] != 0 {
+			return // done, or a cycle: its deferrable keys are checked at commit
+		}
+		state[oid] = 1
+		for _, dep := range needs[oid] {
+			visit(dep)
+		}
+		state[oid] = 2
+		if name, ok := names[oid]; ok {
+			order = append(order, name)
+		}
+	}
+	for _, t := range tables {
+		visit(t.oid)
+	}
+	return order, nil
+}
+
+// copyData replaces the target's rows with the source's, table by table,
+// in one transaction on the target: COPY out of one tenant session into
+// the other, in text with the same settings on both sides (binary COPY
+// would carry type OIDs that differ between the databases). The tenant's
+// triggers on the target are disabled (prepareTarget), so neither the
+// TRUNCATE of an earlier attempt's rows nor the rows fire them.
+func copyData(ctx context.Context, src, dst *pgx.Conn) error {
+	tables, err := userTables(ctx, src)
+	if err != nil {
+		return err
+	}
+	const settings = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex"
+	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+settings); err != nil {
+		return err
+	}
+	defer func() { _, _ = src.Exec(context.WithoutCancel(ctx), "ROLLBACK") }()
+	return pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, settings+"; SET CONSTRAINTS ALL DEFERRED"); err != nil {
+			return err
+		}
+		if len(tables) == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(tables, ", ")+" CASCADE"); err != nil {
+			return err
+		}
+		for _, table := range tables {
+			if err := copyTable(ctx, src, dst, table); err != nil {
+				return fmt.Errorf("table %s: %w", table, err)
+			}
+		}
+		return nil
+	})
+}
+
+// copyTable streams one table's rows from src to dst.
+func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) error {
+	r, w := io.Pipe()
+	out := make(chan error, 1)
+	go func() {
+		_, err := src.PgConn().CopyTo(ctx, w, "COPY "+table+" TO STDOUT")
+		w.CloseWithError(err)
+		out <- err
+	}()
+	_, err := dst.PgConn().CopyFrom(ctx, r, "COPY "+table+" FROM STDIN")
+	r.CloseWithError(err)
+	if oerr := <-out; err == nil {
+		err = oerr
+	}
+	return err
+}
+
+// triggerState is one of the tenant's triggers on the target, and whether
+// it fires (pg_trigger.tgenabled: O origin, A always, R replica, D never).
+type triggerState struct {
+	Table   string `json:"table"` // quoted
+	Name    string `json:"name"`
+	Enabled string `json:"enabled"`
+}
+
+// readTriggers lists a database's user triggers as they stand.
+func readTriggers(ctx context.Context, conn *pgx.Conn) ([]triggerState, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), t.tgname, t.tgenabled::text
+		FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE NOT t.tgisinternal ORDER BY 1, 2`)
+	if err != nil {
+		return nil, err
+	}
+	states, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (triggerState, error) {
+		var s triggerState
+		return s, r.Scan(&s.Table, &s.Name, &s.Enabled)
+	})
+	if states == nil {
+		states = []triggerState{} // recorded: known to have none
+	}
+	return states, err
+}
+
+// disableTriggers turns off the user triggers of every table that has any.
+func disableTriggers(ctx context.Context, conn *pgx.Conn, states []triggerState) error {
+	var tables []string
+	for _, s := range states {
+		if !slices.Contains(tables, s.Table) {
+			tables = append(tables, s.Table)
+		}
+	}
+	for _, table := range tables {
+		if _, err := conn.Exec(ctx, "ALTER TABLE "+table+" DISABLE TRIGGER USER"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreTriggers sets every trigger back to its recorded state.
+func restoreTriggers(ctx context.Context, conn *pgx.Conn, states []triggerState) error {
+	verbs := map[string]string{"O": "ENABLE TRIGGER ", "A": "ENABLE ALWAYS TRIGGER ", "R": "ENABLE REPLICA TRIGGER ", "D": "DISABLE TRIGGER "}
+	var b strings.Builder
+	for _, s := range states {
+		verb, ok := verbs[s.Enabled]
+		if !ok {
+			return fmt.Errorf("trigger %s on %s has an unknown state %q", s.Name, s.Table, s.Enabled)
+		}
+		b.WriteString("ALTER TABLE " + s.Table + " " + verb + ident(s.Name) + ";")
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	_, err := conn.Exec(ctx, b.String())
+	return err
+}
+
+// decodeTriggers reads recorded trigger states back from an operation's
+// parameters; nil when none were recorded yet.
+func decodeTriggers(v any) []triggerState {
+	list, ok := v.([]any)
+	if !ok {
+		return nil
+	}
+	out := []triggerState{}
+	for _, item := range list {
+		m, _ := item.(map[string]any)
+		table, _ := m["table"].(string)
+		name, _ := m["name"].(string)
+		enabled, _ := m["enabled"].(string)
+		out = append(out, triggerState{Table: table, Name: name, Enabled: enabled})
+	}
+	return out
+}
+
+// unsafeExpressions lists the schema objects whose expressions (indexes,
+// CHECK and domain constraints, defaults, generated columns, partition
+// keys, types) would run, in a PostgreSQL 15 subscription's apply as a
+// superuser, code the tenant controls (any function or operator outside
+// pg_catalog but C functions of extensions, which no tenant can change) or
+// a built-in that reaches past the session: SQL given as text
+// (query_to_xml and its kin, ts_stat, ts_rewrite), settings, other
+// backends, or anything PUBLIC may not execute (pg_read_file,
+// lo_import). Defaults count: a column the tenant drops on the source
+// during the move is filled from its default on the target.
+func unsafeExpressions(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		WITH fn AS (
+			SELECT d.classid, d.objid, d.objsubid, p.oid AS proc
+			FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p
+				ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
+			UNION ALL
+			SELECT d.classid, d.objid, d.objsubid, o.oprcode::oid
+			FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_operator o
+				ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.refobjid
+		)
+		SELECT DISTINCT pg_catalog.format('%s calls %s', pg_catalog.pg_describe_object(fn.classid, fn.objid, fn.objsubid), p.oid::pg_catalog.regprocedure)
+		FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.proc
+		JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+		WHERE fn.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_constraint'::pg_catalog.regclass,
+		                     'pg_catalog.pg_attrdef'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
+		  AND CASE WHEN p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+		      THEN p.proname ~ '(_to_xml|_to_xmlschema|_to_xml_and_xmlschema)$' OR p.proname IN
+		           ('ts_stat', 'ts_rewrite', 'set_config', 'pg_terminate_backend', 'pg_cancel_backend', 'dblink')
+		           OR NOT pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
+		      ELSE l.lanname <> 'c' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+		           WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e')
+		  END
+		ORDER BY 1 LIMIT 5`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
