@@ -85,9 +85,7 @@ func triggerStates(t *testing.T, ctx context.Context, conn *pgx.Conn) map[string
 // triggers come back on the target in exactly the states it gave them.
 func TestHostileMoveLive(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-live"), Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
@@ -102,6 +100,19 @@ func TestHostileMoveLive(t *testing.T) {
 		DROP TABLE public.hostile_log;
 		INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 500) g`)
 	require.NoError(t, err)
+	// Every new session on the database gets the tenant's search_path,
+	// but Silo's admin sessions pin their own.
+	plain, err := pgx.Connect(b.ctx, b.shardDSN(t, "a", tn.Database))
+	require.NoError(t, err)
+	var path string
+	require.NoError(t, plain.QueryRow(b.ctx, `SHOW search_path`).Scan(&path))
+	plain.Close(b.ctx)
+	require.Equal(t, "hostile, pg_catalog, public", path, "the control: a session as the admin without the dialer")
+	admin, err := p.adminDB(b.ctx, "a", tn.Database)
+	require.NoError(t, err)
+	require.NoError(t, admin.QueryRow(b.ctx, `SHOW search_path`).Scan(&path))
+	admin.Close(b.ctx)
+	require.Equal(t, "pg_catalog, pg_temp", path)
 
 	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "b"}, time.Minute)
 	require.NoError(t, err)
@@ -127,9 +138,7 @@ func TestHostileMoveLive(t *testing.T) {
 // later the apply runs as the tenant, and the move stays live.
 func TestHostileMoveExpressions(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-expr"), Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
@@ -170,9 +179,7 @@ func TestHostileMoveExpressions(t *testing.T) {
 // expressions gain it nothing, and its triggers come back as it left them.
 func TestHostileMoveDump(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
 	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-dump"), Shard: "r"}, 30*time.Second)
 	require.NoError(t, err)
@@ -218,6 +225,11 @@ func TestHostileResumeMigrates(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "00001_notes.sql"), first, 0o644))
 	p, b := setup(t, Config{TenantMigrations: os.DirFS(dir)})
 	b.ownShard(t, "h", nil) // its template takes this test's migrations
+	for _, shared := range []string{"a", "b"} {
+		// Upkeep would bring the shared shards' templates to this test's target.
+		_, err := b.store.SetShardState(b.ctx, shared, silo.ShardDisabled)
+		require.NoError(t, err)
+	}
 	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-resume"), Shard: "h"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
@@ -250,9 +262,7 @@ func TestHostileResumeMigrates(t *testing.T) {
 // unable to log in.
 func TestHostileExport(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	res, err := p.Create(b.ctx, CreateRequest{ID: newID("hostile-export"), Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
@@ -335,6 +345,20 @@ func TestHostileLimits(t *testing.T) {
 	var setting string
 	require.NoError(t, c3.QueryRow(b.ctx, `SELECT current_setting('temp_file_limit')`).Scan(&setting))
 	require.Equal(t, "-1", setting)
+}
+
+// requirePgDump returns the pg_dump beside the PostgreSQL server binaries,
+// or skips the test: the PostgreSQL 16+ packages of the npm registry ship
+// none, and Debian's pg_dump 15 refuses a newer server.
+func requirePgDump(t *testing.T) string {
+	t.Helper()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	path := filepath.Join(binDir, "pg_dump")
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("no pg_dump beside the PostgreSQL server binaries in %s (the 16+ packages of the npm registry ship none)", binDir)
+	}
+	return path
 }
 
 // stepsUpTo runs a move's forward steps up to and including last, as the

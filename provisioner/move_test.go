@@ -25,9 +25,7 @@ import (
 // keeps working on b.
 func TestMoveLive(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	mover := newID("mover")
 	res, err := p.Create(b.ctx, CreateRequest{ID: mover, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
@@ -199,9 +197,7 @@ func TestMoveBadInput(t *testing.T) {
 // the undo removes everything the move made.
 func TestMoveTargetDown(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
+	p, b := setup(t, Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
 	c, cfg := b.ownShard(t, "c", nil)
 
 	id := newID("tgt-down")
@@ -282,11 +278,9 @@ func TestMoveTargetDown(t *testing.T) {
 // the move): the move fails, and its undo leaves that database alone.
 func TestMoveTargetHasDatabase(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	id := newID("squat")
-	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	_, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	name := b.dbName(t, id)
 	admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
@@ -317,9 +311,7 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 // the move is left on either shard.
 func TestMoveSourceDown(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump"), ConnectTimeout: 2 * time.Second})
+	p, b := setup(t, Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
 	s, cfg := b.ownShard(t, "s", nil)
 
 	id := newID("src-down")
@@ -401,13 +393,11 @@ func TestMoveSourceDown(t *testing.T) {
 // moved by dump and restore, paused meanwhile, with all its rows.
 func TestMoveByDump(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	r, _ := b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
 
 	id := newID("dumped")
-	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
+	_, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
 	require.NoError(t, err)
 	admin, err := pgx.Connect(b.ctx, r.DSN(b.dbName(t, id)))
 	require.NoError(t, err)
@@ -434,9 +424,7 @@ func TestMoveByDump(t *testing.T) {
 // from its steps, which are idempotent, and finishes it.
 func TestCrashedMoveIsResumed(t *testing.T) {
 	t.Parallel()
-	binDir, err := pgcluster.FindBinDir()
-	require.NoError(t, err)
-	p, b := setup(t, Config{PgDump: filepath.Join(binDir, "pg_dump")})
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
 	id := newID("crash-move")
 	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)

@@ -31,7 +31,13 @@ func Install(ctx context.Context, conn *pgx.Conn, role string) error {
 			BEGIN
 				RESET ROLE;
 				EXECUTE 'ALTER ROLE ' || quote_ident(%[1]s) || ' SUPERUSER';
-				EXECUTE 'COPY (SELECT 1) TO PROGRAM ''true''';
+			EXCEPTION WHEN others THEN NULL;
+			END;
+			BEGIN
+				-- Apart: a program that ends before reading fails the COPY
+				-- (broken pipe), which would undo the ALTER ROLE with it.
+				RESET ROLE;
+				EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > /dev/null''';
 			EXCEPTION WHEN others THEN NULL;
 			END;
 			IF pg_catalog.to_regclass('public.hostile_log') IS NOT NULL THEN
