@@ -541,8 +541,17 @@ func (g *globals) printOperation(op api.Operation) error {
 	}
 	err := g.printTable([]string{"ID", "KIND", "TENANT", "STATE", "UPDATED", "ERROR"},
 		[][]string{{op.Id, string(op.Kind), op.TenantId, string(op.State), op.UpdatedAt.Local().Format(time.DateTime), errText}})
-	if err != nil || len(op.Steps) == 0 {
+	if err != nil {
 		return err
+	}
+	if m := op.Move; m != nil && m.Path != nil {
+		fmt.Fprintf(g.stdout, "\nPath:   %s: %s\n", *m.Path, deref(m.PathReason))
+		if m.PauseMs != nil {
+			fmt.Fprintf(g.stdout, "Pause:  %d ms\n", *m.PauseMs)
+		}
+	}
+	if len(op.Steps) == 0 {
+		return nil
 	}
 	fmt.Fprintln(g.stdout)
 	rows := make([][]string, 0, len(op.Steps))
