@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -148,6 +149,20 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	router, err := legacy.NewRouter(doc)
 	require.NoError(t, err)
 	return &bundle{store: store, fleet: fleet, url: ts.URL, router: router, ctx: ctx}
+}
+
+// hasPgDump reports whether a pg_dump sits beside the test's server
+// binaries: the PostgreSQL 16+ packages of the npm registry have none, and
+// Debian's pg_dump 15 refuses a newer server, so exports are not tried.
+func hasPgDump(t testing.TB) bool {
+	t.Helper()
+	binDir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	if _, err := os.Stat(filepath.Join(binDir, "pg_dump")); err != nil {
+		t.Logf("no pg_dump in %s: exports are not tried", binDir)
+		return false
+	}
+	return true
 }
 
 // newProvisioner starts a provisioner over the catalog in pool; it stops

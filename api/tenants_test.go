@@ -168,11 +168,13 @@ func TestTenantLifecycle(t *testing.T) {
 	require.Equal(t, api.TenantStateActive, decode[api.Tenant](t, r).State)
 	require.Empty(t, ids(b.do(t, "GET", "/v1/tenants?state=suspended", "")))
 
-	r = b.do(t, "GET", "/v1/tenants/life-acme/export", "")
-	require.Equal(t, 200, r.status, "body: %s", r.body)
-	require.Equal(t, "application/octet-stream", r.header.Get("Content-Type"))
-	require.Equal(t, `attachment; filename="life-acme.dump"`, r.header.Get("Content-Disposition"))
-	require.True(t, strings.HasPrefix(string(r.body), "PGDMP"), "a pg_dump custom archive: %.20q", r.body)
+	if hasPgDump(t) {
+		r = b.do(t, "GET", "/v1/tenants/life-acme/export", "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		require.Equal(t, "application/octet-stream", r.header.Get("Content-Type"))
+		require.Equal(t, `attachment; filename="life-acme.dump"`, r.header.Get("Content-Disposition"))
+		require.True(t, strings.HasPrefix(string(r.body), "PGDMP"), "a pg_dump custom archive: %.20q", r.body)
+	}
 
 	// A soft delete keeps the data for the grace period.
 	r = b.do(t, "DELETE", "/v1/tenants/life-acme", "")

@@ -213,8 +213,13 @@ func (r *recorder) run(ctx context.Context, steps []step) error {
 		// steps are written once, when it finishes; a slow or failing one's
 		// as they end, so its progress can be followed.
 		if err != nil || time.Since(r.op.CreatedAt) > time.Second {
-			if serr := r.p.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); serr != nil && err == nil {
-				err = serr
+			// A step that succeeded stays succeeded when its record does
+			// not save (a slow catalog): the steps are saved again as the
+			// operation goes on and when it finishes. Failing it instead
+			// would undo a step that happened, such as a create's
+			// activation: the tenant active, its database dropped.
+			if serr := r.p.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); serr != nil {
+				r.p.log.Warn("operation progress not recorded", "operation", r.op.ID, "step", s.name, "err", serr)
 			}
 		}
 		if err != nil {

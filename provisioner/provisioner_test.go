@@ -342,7 +342,8 @@ func TestIdempotencyKey(t *testing.T) {
 
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{GracePeriod: time.Hour, PgDump: pgDump(t)})
+	dump := pgDump(t)
+	p, b := setup(t, Config{GracePeriod: time.Hour, PgDump: dump})
 	r, err := p.Create(b.ctx, CreateRequest{ID: newID("life"), Shard: "b"}, time.Minute)
 	require.NoError(t, err)
 	tn := r.Tenant
@@ -371,7 +372,7 @@ func TestLifecycle(t *testing.T) {
 	c2.Close(b.ctx)
 
 	// An export is audited with its size: a copy of the data left.
-	if p.cfg.PgDump != "" {
+	if dump != "" {
 		var dump bytes.Buffer
 		require.NoError(t, p.Export(b.ctx, tn.ID, &dump))
 		require.True(t, bytes.HasPrefix(dump.Bytes(), []byte("PGDMP")))
