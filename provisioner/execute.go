@@ -20,7 +20,7 @@ type step struct {
 }
 
 // stepTimeouts are the steps that may take longer than Config.StepTimeout.
-var stepTimeouts = map[string]time.Duration{"initial-copy": moveCopyTimeout}
+var stepTimeouts = map[string]time.Duration{"replicate": moveCopyTimeout, "initial-copy": moveCopyTimeout}
 
 // plan is how an operation is carried out. When a forward step fails, the
 // undo steps run; if there are none, or they fail too, the operation stays

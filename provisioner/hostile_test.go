@@ -445,8 +445,15 @@ func TestHostileMoveAsTenant(t *testing.T) {
 					JOIN pg_roles r ON r.oid = s.subowner WHERE s.subname = $1`, "silo_move_"+tn.Database).Scan(&owner, &super))
 				admin.Close(b.ctx)
 				if dst.major >= 16 {
-					require.Equal(t, tn.Database, owner, "the tenant's own role owns the subscription")
+					require.Equal(t, "silo_sub_"+tn.Database, owner, "a role of the move's own owns the subscription")
 					require.False(t, super)
+					// Not the tenant's to alter, from its own session or its
+					// code in the apply.
+					tc, err := p.asTenant(b.ctx, tn, "b")
+					require.NoError(t, err)
+					_, err = tc.Exec(b.ctx, "ALTER SUBSCRIPTION "+pgx.Identifier{"silo_move_" + tn.Database}.Sanitize()+" RENAME TO mine")
+					tc.Close(b.ctx)
+					require.Error(t, err)
 				} else {
 					require.True(t, super, "only a superuser may own a subscription on 15")
 				}
@@ -468,10 +475,163 @@ func TestHostileMoveAsTenant(t *testing.T) {
 				admin, err := p.adminDB(b.ctx, "b", "")
 				require.NoError(t, err)
 				defer admin.Close(b.ctx)
-				var member bool
-				require.NoError(t, admin.QueryRow(b.ctx, `SELECT pg_has_role($1, 'pg_create_subscription', 'MEMBER')`, tn.Database).Scan(&member))
-				require.False(t, member, "the tenant may create subscriptions no longer")
+				var member, ownerLeft bool
+				require.NoError(t, admin.QueryRow(b.ctx, `SELECT pg_has_role($1, 'pg_create_subscription', 'MEMBER'),
+					EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)`, tn.Database, "silo_sub_"+tn.Database).Scan(&member, &ownerLeft))
+				require.False(t, member, "the tenant may create no subscription")
+				require.False(t, ownerLeft, "the subscription's role is gone with it")
 			}
 		})
 	}
+}
+
+// startMove records a move from shard from to "b" without running it, and
+// runs its steps up to and including last (see stepsUpTo).
+func startMove(t *testing.T, p *Provisioner, b *bundle, tn *silo.Tenant, from, last string, schema func()) string {
+	t.Helper()
+	opID := newUUID()
+	params := map[string]any{"operation": opID, "from": from, "to": "b"}
+	require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+tn.ID, params, func(tx pgx.Tx) error {
+		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
+	}))
+	stepsUpTo(t, p, b, opID, last, schema)
+	return opID
+}
+
+// A subscription's own first copy reads each table on the source over its
+// connection, the source admin's: a tenant that swaps a published table
+// for a view once the move has begun would have the view's functions run
+// as that admin. Silo copies the rows itself, as the tenant (COPY of a
+// view is refused, never run), so the view runs in no session of Silo's
+// but the tenant's own, and the tenant gains nothing; the move goes on
+// without the table, or is undone.
+func TestHostileMoveSwapsTableForView(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("swap"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	_, err = conn.Exec(b.ctx, `CREATE TABLE zzz (id int, who text)`)
+	require.NoError(t, err)
+	opID := startMove(t, p, b, tn, "a", "prepare-target", func() {
+		pool, err := p.dialer.TenantPool(b.ctx, tn, "b", 1)
+		require.NoError(t, err)
+		defer pool.Close()
+		_, _, err = migrations.MigrateTenantTo(b.ctx, pool, p.cfg.TenantMigrations, tn.SchemaVersion)
+		require.NoError(t, err)
+		_, err = pool.Exec(b.ctx, `TRUNCATE silo_schema_migrations; CREATE TABLE zzz (id int, who text)`)
+		require.NoError(t, err)
+	})
+	// The move has begun: the swap.
+	_, err = conn.Exec(b.ctx, `DROP TABLE zzz;
+		CREATE FUNCTION public.who() RETURNS text LANGUAGE plpgsql AS $f$
+		BEGIN PERFORM public.hostile_escalate(); RETURN current_user; END $f$;
+		CREATE VIEW zzz AS SELECT 1 AS id, public.who() AS who`)
+	require.NoError(t, err)
+	_, err = p.execute(b.ctx, opID)
+	require.NoError(t, err)
+	b.requireNotSuper(t, p, tn.Database, "a", "b")
+	after, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	require.Equal(t, silo.TenantActive, after.State)
+	log, err := hostile.Log(b.ctx, b.asTenant(t, p, after))
+	require.NoError(t, err)
+	for _, e := range log {
+		require.Equal(t, tn.Database, e.SessionAs, "the view ran only in the tenant's own sessions")
+	}
+}
+
+// A cast from a table's row type to text is the tenant's (it owns the
+// type): the cutover's checksums never use it, so the cast's function,
+// which would plant a trigger for the superuser apply of 15, never runs.
+// Database settings the tenant gives every session (a role of its own,
+// read-only transactions) do not reach Silo's admin sessions either, and a
+// view with an INSTEAD OF trigger moves.
+func TestHostileMoveCastsAndSettings(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("cast"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	conn := b.asTenant(t, p, tn)
+	require.NoError(t, hostile.Install(b.ctx, conn, tn.Database))
+	db := pgx.Identifier{tn.Database}.Sanitize()
+	_, err = conn.Exec(b.ctx, `
+		DROP TABLE public.hostile_log;
+		CREATE FUNCTION public.notes_text(notes) RETURNS text LANGUAGE plpgsql AS $f$
+		BEGIN
+			PERFORM public.hostile_escalate();
+			CREATE TRIGGER planted BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
+			ALTER TABLE notes ENABLE ALWAYS TRIGGER planted;
+			RETURN $1.title;
+		END $f$;
+		CREATE CAST (notes AS text) WITH FUNCTION public.notes_text(notes);
+		CREATE VIEW recent AS SELECT * FROM notes;
+		CREATE FUNCTION public.recent_insert() RETURNS trigger LANGUAGE plpgsql AS $f$
+		BEGIN INSERT INTO notes (title) VALUES (NEW.title); RETURN NEW; END $f$;
+		CREATE TRIGGER recent_insert INSTEAD OF INSERT ON recent FOR EACH ROW EXECUTE FUNCTION public.recent_insert();
+		CREATE FUNCTION public.body() RETURNS text LANGUAGE sql AS $f$ SELECT 'a line:
+\N is a null marker, and this line starts with a backslash' $f$;
+		INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 300) g;
+		ALTER ROLE CURRENT_USER IN DATABASE `+db+` SET default_transaction_read_only = off;
+		ALTER DATABASE `+db+` SET default_transaction_read_only = on;
+		ALTER DATABASE `+db+` SET role = `+pgx.Identifier{tn.Database}.Sanitize())
+	require.NoError(t, err)
+	want, err := p.asTenant(b.ctx, tn, "")
+	require.NoError(t, err)
+	var body string
+	require.NoError(t, want.QueryRow(b.ctx, `SELECT public.body()`).Scan(&body))
+	want.Close(b.ctx)
+
+	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	b.requireNotSuper(t, p, tn.Database, "a", "b")
+	moved, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	on := b.asTenant(t, p, moved)
+	_, planted := triggerStates(t, b.ctx, on)["planted"]
+	require.False(t, planted, "the cast's function never ran")
+	var got string
+	require.NoError(t, on.QueryRow(b.ctx, `SELECT public.body()`).Scan(&got))
+	require.Equal(t, body, got, "a function body's line that starts with a backslash is kept")
+	var n int
+	require.NoError(t, on.QueryRow(b.ctx, `SELECT count(*) FROM recent`).Scan(&n))
+	require.Equal(t, 300, n)
+}
+
+// Built-ins that check privileges themselves (a superuser passes) are as
+// dangerous in a 15 apply's defaults as the tenant's own functions: a
+// replication slot that holds the shard's WAL, other sessions' queries,
+// superuser-only settings. A column the tenant drops on the source during
+// the move would be filled from such a default on the target, so on 15
+// the schema is moved by the paused copy, as the tenant.
+func TestHostileMoveBuiltinDefaults(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{PgDump: requirePgDump(t)})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("builtin"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	_, err = b.asTenant(t, p, tn).Exec(b.ctx, `CREATE TABLE c (id int PRIMARY KEY,
+		hog text DEFAULT (pg_catalog.pg_create_physical_replication_slot('hog_' || pg_catalog.txid_current(), true))::text,
+		conf text DEFAULT pg_catalog.current_setting('data_directory'));
+		INSERT INTO c (id, hog, conf) VALUES (1, 'x', 'y')`)
+	require.NoError(t, err)
+	dst, err := p.shard(b.ctx, "b")
+	require.NoError(t, err)
+	res, err = p.Move(b.ctx, MoveRequest{ID: tn.ID, Shard: "b"}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
+	if dst.major < 16 {
+		require.Equal(t, "dump", res.Operation.Move.Path)
+		require.Contains(t, res.Operation.Move.PathReason, "pg_create_physical_replication_slot")
+	}
+	admin, err := p.adminDB(b.ctx, "b", "")
+	require.NoError(t, err)
+	defer admin.Close(b.ctx)
+	var slots int
+	require.NoError(t, admin.QueryRow(b.ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hog\_%'`).Scan(&slots))
+	require.Zero(t, slots)
 }

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/migrations"
@@ -310,10 +312,20 @@ func (m *move) prepareTarget(ctx context.Context) error {
 
 // replicate publishes the tenant's tables on the source (as the admin:
 // only a superuser may publish all tables; it runs nothing of the
-// tenant's) and subscribes the target to them.
+// tenant's), makes the replication slot, copies the rows as of the slot's
+// snapshot from a tenant session on the source to one on the target, and
+// subscribes the target to the slot's changes from there.
+//
+// Silo copies the rows itself (the subscription has copy_data = false):
+// a subscription's own initial copy reads each table on the source over
+// its connection, the source admin's, and a tenant that swapped a table
+// for a view meanwhile would have the view's functions run as that admin.
 func (m *move) replicate(ctx context.Context) error {
 	if m.dump {
 		return nil
+	}
+	if done, err := m.subscribed(ctx); done || err != nil {
+		return err
 	}
 	err := m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, "CREATE PUBLICATION "+ident(m.pub)+" FOR ALL TABLES")
@@ -325,12 +337,16 @@ func (m *move) replicate(ctx context.Context) error {
 	if err != nil {
 		return shardmap.ShardError(err, m.from)
 	}
+	if err := m.copyAtSlot(ctx); err != nil {
+		return err
+	}
 	conninfo, err := m.p.conninfo(ctx, m.from, m.name)
 	if err != nil {
 		return err
 	}
 	create := "CREATE SUBSCRIPTION " + ident(m.slot) + " CONNECTION " + quoteLiteral(conninfo) +
 		" PUBLICATION " + ident(m.pub) + " WITH (slot_name = " + quoteLiteral(m.slot) +
+		", create_slot = false, copy_data = false" +
 		// Commits on the target flush at once, so its reports to the
 		// source (what the cutover waits for) do not lag the WAL writer.
 		", synchronous_commit = 'on'"
@@ -338,33 +354,91 @@ func (m *move) replicate(ctx context.Context) error {
 		// Only a superuser may own a subscription on 15.
 		err = m.onAdmin(ctx, m.to, func(c *pgx.Conn) error { _, err := c.Exec(ctx, create+")"); return err })
 	} else {
-		err = m.subscribeAsTenant(ctx, create+", run_as_owner = false, password_required = true)")
-	}
-	if shardmap.SQLState(err) == "42710" {
-		return nil
+		err = m.subscribeAsOwnRole(ctx, create+", run_as_owner = false, password_required = true)")
 	}
 	return shardmap.ShardError(err, m.to)
 }
 
-// subscribeAsTenant creates the subscription as the tenant's own role
-// (PostgreSQL 16 and later), so that its apply and initial copy run with
-// the tenant's rights. The role may create a subscription only meanwhile.
-func (m *move) subscribeAsTenant(ctx context.Context, create string) error {
-	if _, err := m.dst.pool.Exec(ctx, "GRANT pg_create_subscription TO "+ident(m.name)); err != nil {
+// subscribed reports whether the move's subscription exists on the target.
+func (m *move) subscribed(ctx context.Context) (bool, error) {
+	var exists bool
+	err := m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription WHERE subslotname = $1)`, m.slot).Scan(&exists)
+	})
+	return exists, shardmap.ShardError(err, m.to)
+}
+
+// copyAtSlot makes the move's replication slot on the source (dropping
+// one an earlier attempt left), and copies the tenant's rows as of the
+// slot's snapshot, as the tenant on both sides: the slot's changes then
+// follow the copy exactly.
+func (m *move) copyAtSlot(ctx context.Context) error {
+	if err := m.p.dropSlot(ctx, m.src, m.from, m.slot); err != nil {
 		return err
 	}
-	// Taken back at once, and again by the cleanup should this fail.
-	defer func() {
-		_, _ = m.dst.pool.Exec(context.WithoutCancel(ctx), "REVOKE pg_create_subscription FROM "+ident(m.name))
-	}()
-	conn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	cfg, err := m.p.dialer.AdminConfig(ctx, m.from, m.name)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, create)
-	return err
+	cfg.RuntimeParams["replication"] = "database"
+	repl, err := pgconn.ConnectConfig(ctx, &cfg.Config)
+	if err != nil {
+		return shardmap.ShardError(err, m.from)
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	// The snapshot lives until the replication connection's next command.
+	res, err := repl.Exec(ctx, "CREATE_REPLICATION_SLOT "+ident(m.slot)+" LOGICAL pgoutput EXPORT_SNAPSHOT").ReadAll()
+	if err != nil {
+		return shardmap.ShardError(err, m.from)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
+		return silo.Errorf(silo.EINTERNAL, "shard %q answered CREATE_REPLICATION_SLOT oddly", m.from)
+	}
+	snapshot := string(res[0].Rows[0][2])
+	sconn, err := m.p.asTenant(ctx, m.tenant, m.from)
+	if err != nil {
+		return err
+	}
+	defer sconn.Close(context.WithoutCancel(ctx))
+	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	if err != nil {
+		return err
+	}
+	defer dconn.Close(context.WithoutCancel(ctx))
+	if err := copyData(ctx, sconn, dconn, snapshot); err != nil {
+		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
+	}
+	return nil
 }
+
+// subscribeAsOwnRole creates the subscription (PostgreSQL 16 and later)
+// as a role of the move's own: no superuser, and not the tenant, who so
+// cannot alter it, while run_as_owner = false makes its apply run as each
+// table's owner, the tenant, under a security-restricted context.
+func (m *move) subscribeAsOwnRole(ctx context.Context, create string) error {
+	owner := ident(m.subOwner())
+	for _, stmt := range []string{
+		// LOGIN, without a password: the apply worker starts a session
+		// as the subscription's owner, and no password reaches it.
+		"CREATE ROLE " + owner + " LOGIN",
+		"GRANT pg_create_subscription TO " + owner,
+		"GRANT " + ident(m.name) + " TO " + owner, // to apply as the tables' owner
+		"GRANT CREATE ON DATABASE " + ident(m.name) + " TO " + owner,
+	} {
+		if _, err := m.dst.pool.Exec(ctx, stmt); err != nil && shardmap.SQLState(err) != "42710" {
+			return err
+		}
+	}
+	// Nothing of the tenant's runs in this session: CREATE SUBSCRIPTION
+	// without a copy only reads the publication's catalog on the source.
+	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET ROLE "+owner+"; "+create+"; RESET ROLE")
+		return err
+	})
+}
+
+// subOwner is the role that owns the move's subscription on 16 and later.
+func (m *move) subOwner() string { return "silo_sub_" + m.name }
 
 // initialCopy waits for the subscription's first copy of every table.
 func (m *move) initialCopy(ctx context.Context) error {
@@ -492,7 +566,7 @@ func (p *Provisioner) awaitMigration(ctx context.Context, id string) error {
 // bytes-moved metric.
 func (p *Provisioner) countMovedBytes(ctx context.Context, dst *pgx.Conn) {
 	var size int64
-	if err := dst.QueryRow(ctx, `SELECT pg_database_size(current_database())`).Scan(&size); err == nil {
+	if err := dst.QueryRow(ctx, `SELECT pg_catalog.pg_database_size(pg_catalog.current_database())`).Scan(&size); err == nil {
 		p.metrics.moveBytes.Add(float64(size))
 	}
 }
@@ -501,7 +575,7 @@ func (p *Provisioner) countMovedBytes(ctx context.Context, dst *pgx.Conn) {
 // logical replication carries rows, not sequences.
 func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
 	rows, err := src.Query(ctx, `
-		SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
+		SELECT pg_catalog.format('%I.%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences
 		WHERE last_value IS NOT NULL`)
 	if err != nil {
 		return err
@@ -518,7 +592,7 @@ func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
 		return err
 	}
 	for _, s := range seqs {
-		if _, err := dst.Exec(ctx, `SELECT setval($1::regclass, $2, true)`, s.name, s.value); err != nil {
+		if _, err := dst.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, true)`, s.name, s.value); err != nil {
 			return fmt.Errorf("set sequence %s on the target: %w", s.name, err)
 		}
 	}
@@ -529,7 +603,7 @@ func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
 // on the target than on the source. Both sides count at once.
 func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 	rows, err := src.Query(ctx, `
-		SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
 		ORDER BY 1`)
 	if err != nil {
@@ -543,7 +617,7 @@ func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 		out := make([]int64, len(tables))
 		for i, table := range tables {
 			// Names quoted by format(%I) above.
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&out[i]); err != nil {
+			if err := conn.QueryRow(ctx, "SELECT pg_catalog.count(*) FROM "+table).Scan(&out[i]); err != nil {
 				return nil, err
 			}
 		}
@@ -575,7 +649,9 @@ func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 		if ours[i] > checksumRows {
 			continue
 		}
-		q := "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM " + table + " t"
+		// record_out, never ::text: a tenant may CREATE CAST from its
+		// table's row type to text, with a function of its own.
+		q := "SELECT coalesce(pg_catalog.md5(pg_catalog.string_agg(pg_catalog.record_out(t)::pg_catalog.text, E'\\n' ORDER BY pg_catalog.record_out(t)::pg_catalog.text COLLATE \"C\")), '') FROM " + table + " t"
 		var a, b string
 		if err := src.QueryRow(ctx, q).Scan(&a); err != nil {
 			return err
@@ -598,23 +674,28 @@ const checksumRows = 10000
 // the source database and role are renamed and kept for a grace period;
 // otherwise (undo) the source is left as it is.
 func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from, to, id, name, slot, pub string, retire bool) error {
-	// The subscription first: dropping it drops its slot on the source.
+	// The subscription first: dropping it drops its slot on the source. It
+	// is found by its slot, whatever it is called.
 	err := p.onAdmin(ctx, to, name, func(c *pgx.Conn) error {
-		var exists bool
-		if err := c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription WHERE subname = $1)`, slot).Scan(&exists); err != nil || !exists {
+		var sub string
+		err := c.QueryRow(ctx, `SELECT subname FROM pg_catalog.pg_subscription WHERE subslotname = $1`, slot).Scan(&sub)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
-		if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(slot)+" DISABLE"); err != nil {
+		if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(sub)+" DISABLE"); err != nil {
 			return err
 		}
-		_, err := c.Exec(ctx, "DROP SUBSCRIPTION "+ident(slot))
+		_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(sub))
 		if err != nil {
 			// The source cannot be reached: forget the slot here and drop
 			// it there below.
-			if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(slot)+" SET (slot_name = NONE)"); err != nil {
+			if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(sub)+" SET (slot_name = NONE)"); err != nil {
 				return err
 			}
-			_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(slot))
+			_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(sub))
 		}
 		return err
 	})
@@ -622,14 +703,20 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		return shardmap.ShardError(err, to)
 	}
 	if dst.major >= 16 {
-		// Given for the subscription only (subscribeAsTenant).
-		if _, err := dst.pool.Exec(ctx, "REVOKE pg_create_subscription FROM "+ident(name)); err != nil && shardmap.SQLState(err) != "42704" {
+		// The subscription's own role (subscribeAsOwnRole), once it owns
+		// nothing: its grant on the database goes with the database, or
+		// first.
+		owner := ident("silo_sub_" + name)
+		if _, err := dst.pool.Exec(ctx, "REVOKE CREATE ON DATABASE "+ident(name)+" FROM "+owner); err != nil &&
+			shardmap.SQLState(err) != "42704" && shardmap.SQLState(err) != "3D000" {
+			return shardmap.ShardError(err, to)
+		}
+		if _, err := dst.pool.Exec(ctx, "DROP ROLE IF EXISTS "+owner); err != nil {
 			return shardmap.ShardError(err, to)
 		}
 	}
-	if _, err := src.pool.Exec(ctx, `
-		SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot); err != nil {
-		return shardmap.ShardError(err, from)
+	if err := p.dropSlot(ctx, src, from, slot); err != nil {
+		return err
 	}
 	err = p.onAdmin(ctx, from, name, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(pub))
@@ -665,6 +752,35 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		}
 	}
 	return nil
+}
+
+// dropSlot drops a move's replication slot on the source, ending the
+// walsender that holds it if need be (a subscription left enabled).
+func (p *Provisioner) dropSlot(ctx context.Context, sc *shardConn, shard, slot string) error {
+	for range 50 {
+		var active, exists bool
+		err := sc.pool.QueryRow(ctx, `
+			SELECT true, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists, &active)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return shardmap.ShardError(err, shard)
+		}
+		if active {
+			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active`, slot)
+		} else {
+			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot)
+			if shardmap.SQLState(err) == "42704" || err == nil { // gone meanwhile, or dropped
+				return nil
+			}
+		}
+		if err != nil && shardmap.SQLState(err) != "55006" { // object_in_use: taken again meanwhile
+			return shardmap.ShardError(err, shard)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return silo.Errorf(silo.EUNAVAILABLE, "replication slot %s on shard %q stays in use", slot, shard)
 }
 
 // onAdmin runs f on an admin session on database db of a shard: only for
@@ -738,14 +854,20 @@ func (p *Provisioner) dumpSchema(ctx context.Context, t *silo.Tenant, shard stri
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(line, `\`) {
-			continue // psql meta-commands (\restrict), not SQL
+		// pg_dump's own psql meta-commands, and only those: a line of a
+		// function body or a comment may start with a backslash too.
+		if restrictLine.MatchString(line) {
+			continue
 		}
 		b.WriteString(line)
 		b.WriteByte('\n')
 	}
 	return b.String(), sc.Err()
 }
+
+// restrictLine is the \restrict or \unrestrict line that pg_dump (since
+// the August 2025 releases) writes first and last, for psql.
+var restrictLine = regexp.MustCompile(`^\\(un)?restrict [A-Za-z0-9]+$`)
 
 // pgDumpError says what went wrong with pg_dump: missing, older than the
 // server (pg_dump refuses a newer server: the PostgreSQL 16+ packages of

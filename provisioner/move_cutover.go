@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -125,20 +126,31 @@ func (m *move) liveCutover(ctx context.Context) error {
 		time.Sleep(2 * time.Millisecond)
 	}
 	mark("caught_up")
+	// The subscription stops before any statement runs in a session of the
+	// tenant's on the target: on 15 its apply is a superuser's, and code of
+	// the tenant's (a cast, a policy) must find nothing there to plant a
+	// trigger for; nor may it alter the subscription.
+	if err := m.stopSubscription(ctx); err != nil {
+		return err
+	}
+	mark("stopped")
 	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
 	if err != nil {
 		return err
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
+	if err := readOnly(ctx, sconn); err != nil {
+		return shardmap.ShardError(err, m.from)
+	}
 	if err := copySequences(ctx, sconn, dconn); err != nil {
 		return err
 	}
 	mark("sequences")
-	// The slot's position says what the target received; its last commits
-	// may take a moment more to show. The counts must meet before the
-	// deadline, or the move is undone.
+	// The target committed what the source saw confirmed; its last
+	// commits may take a moment more to show. The counts must meet before
+	// the deadline, or the move is undone.
 	for {
-		err := compareCounts(ctx, sconn, dconn)
+		err := compareReadOnly(ctx, sconn, dconn)
 		if err == nil {
 			break
 		}
@@ -148,9 +160,6 @@ func (m *move) liveCutover(ctx context.Context) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	mark("counted")
-	if err := m.stopSubscription(ctx); err != nil {
-		return err
-	}
 	if err := restoreTriggers(ctx, dconn, m.triggers); err != nil {
 		return shardmap.ShardError(err, m.to)
 	}
@@ -158,14 +167,38 @@ func (m *move) liveCutover(ctx context.Context) error {
 	return m.flip(ctx, start, dconn, phases)
 }
 
-// stopSubscription disables the move's subscription and gives it to the
-// admin before the tenant can reach the target: no change arrives once the
-// tenant's triggers are back, and the tenant cannot alter it.
+// readOnly starts a repeatable-read, read-only transaction on Silo's
+// session as the tenant on the paused source: whatever of the tenant's
+// runs in it while the cutover reads cannot write.
+func readOnly(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	return err
+}
+
+// compareReadOnly compares the rows of both sides (compareCounts), the
+// target's in a read-only transaction too.
+func compareReadOnly(ctx context.Context, src, dst *pgx.Conn) error {
+	if err := readOnly(ctx, dst); err != nil {
+		return err
+	}
+	defer func() { _, _ = dst.Exec(context.WithoutCancel(ctx), "ROLLBACK") }()
+	return compareCounts(ctx, src, dst)
+}
+
+// stopSubscription disables the move's subscription, found by its slot,
+// and gives it to the admin: no change arrives once the tenant's triggers
+// are back, and the tenant cannot alter it. The target has every change
+// the cutover waited for: the subscription committed them before the
+// source saw them confirmed.
 func (m *move) stopSubscription(ctx context.Context) error {
 	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(m.slot)+" DISABLE; ALTER SUBSCRIPTION "+ident(m.slot)+" OWNER TO CURRENT_USER")
-		if shardmap.SQLState(err) == "42704" { // undefined_object: dropped by an earlier attempt's cleanup
-			return nil
+		var sub string
+		err := c.QueryRow(ctx, `SELECT subname FROM pg_catalog.pg_subscription WHERE subslotname = $1`, m.slot).Scan(&sub)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return silo.Errorf(silo.EINTERNAL, "the subscription of tenant %q's move is gone from shard %q", m.id, m.to)
+		}
+		if err == nil {
+			_, err = c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(sub)+" DISABLE; ALTER SUBSCRIPTION "+ident(sub)+" OWNER TO CURRENT_USER")
 		}
 		return shardmap.ShardError(err, m.to)
 	})
@@ -206,13 +239,16 @@ func (m *move) dumpCutover(ctx context.Context) error {
 		return err
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copyData(ctx, sconn, dconn); err != nil {
+	if err := copyData(ctx, sconn, dconn, ""); err != nil {
 		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
+	}
+	if err := readOnly(ctx, sconn); err != nil {
+		return shardmap.ShardError(err, m.from)
 	}
 	if err := copySequences(ctx, sconn, dconn); err != nil {
 		return err
 	}
-	if err := compareCounts(ctx, sconn, dconn); err != nil {
+	if err := compareReadOnly(ctx, sconn, dconn); err != nil {
 		return err
 	}
 	if err := restoreTriggers(ctx, dconn, m.triggers); err != nil {
@@ -298,19 +334,30 @@ func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 // copyData replaces the target's rows with the source's, table by table,
 // in one transaction on the target: COPY out of one tenant session into
 // the other, in text with the same settings on both sides (binary COPY
-// would carry type OIDs that differ between the databases). The tenant's
-// triggers on the target are disabled (prepareTarget), so neither the
-// TRUNCATE of an earlier attempt's rows nor the rows fire them.
-func copyData(ctx context.Context, src, dst *pgx.Conn) error {
+// would carry type OIDs that differ between the databases). The source is
+// read in one repeatable-read, read-only transaction, at snapshot when one
+// is given (a replication slot's, so that the slot's changes follow the
+// copy exactly). The tenant's triggers on the target are disabled
+// (prepareTarget), so neither the TRUNCATE of an earlier attempt's rows
+// nor the rows fire them.
+func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string) error {
+	const settings = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex"
+	if _, err := src.Exec(ctx, settings); err != nil {
+		return err
+	}
+	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return err
+	}
+	defer func() { _, _ = src.Exec(context.WithoutCancel(ctx), "ROLLBACK") }()
+	if snapshot != "" {
+		if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(snapshot)); err != nil {
+			return err
+		}
+	}
 	tables, err := userTables(ctx, src)
 	if err != nil {
 		return err
 	}
-	const settings = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex"
-	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+settings); err != nil {
-		return err
-	}
-	defer func() { _, _ = src.Exec(context.WithoutCancel(ctx), "ROLLBACK") }()
 	return pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, settings+"; SET CONSTRAINTS ALL DEFERRED"); err != nil {
 			return err
@@ -361,7 +408,7 @@ func readTriggers(ctx context.Context, conn *pgx.Conn) ([]triggerState, error) {
 		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), t.tgname, t.tgenabled::text
 		FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE NOT t.tgisinternal ORDER BY 1, 2`)
+		WHERE NOT t.tgisinternal AND c.relkind IN ('r', 'p') ORDER BY 1, 2`) // a view's INSTEAD OF triggers fire in no copy
 	if err != nil {
 		return nil, err
 	}
@@ -432,34 +479,61 @@ func decodeTriggers(v any) []triggerState {
 // keys, types) would run, in a PostgreSQL 15 subscription's apply as a
 // superuser, code the tenant controls (any function or operator outside
 // pg_catalog but C functions of extensions, which no tenant can change) or
-// a built-in that reaches past the session: SQL given as text
-// (query_to_xml and its kin, ts_stat, ts_rewrite), settings, other
-// backends, or anything PUBLIC may not execute (pg_read_file,
-// lo_import). Defaults count: a column the tenant drops on the source
-// during the move is filled from its default on the target.
+// a built-in that is not pure. Built-ins are allowed, not denied: only
+// immutable ones, those stable for the time zone or DateStyle alone, and
+// a few volatile ones defaults use (nextval, now, random,
+// gen_random_uuid), that PUBLIC may execute. Many built-ins check
+// privileges themselves, which a superuser passes: replication slots,
+// other backends' activity, settings, SQL given as text. Defaults count: a
+// column the tenant drops on the source during the move is filled from its
+// default on the target.
 func unsafeExpressions(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	// The calls are read from the stored expression trees: pg_depend
+	// records none on built-ins (they are pinned). An operator's function
+	// may be unset in a stored tree; its operator is not. Objects below
+	// 16384 are the system's own.
 	rows, err := conn.Query(ctx, `
-		WITH fn AS (
-			SELECT d.classid, d.objid, d.objsubid, p.oid AS proc
-			FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p
-				ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
+		WITH trees (what, tree) AS (
+			SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, indexrelid, 0), indexprs::text
+			FROM pg_catalog.pg_index WHERE indexprs IS NOT NULL AND indexrelid >= 16384
+			UNION ALL SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, indexrelid, 0), indpred::text
+			FROM pg_catalog.pg_index WHERE indpred IS NOT NULL AND indexrelid >= 16384
+			UNION ALL SELECT pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, oid, 0), conbin::text
+			FROM pg_catalog.pg_constraint WHERE conbin IS NOT NULL AND oid >= 16384
+			UNION ALL SELECT pg_catalog.pg_describe_object('pg_catalog.pg_attrdef'::pg_catalog.regclass, oid, 0), adbin::text
+			FROM pg_catalog.pg_attrdef WHERE oid >= 16384
+			UNION ALL SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, partrelid, 0), partexprs::text
+			FROM pg_catalog.pg_partitioned_table WHERE partexprs IS NOT NULL AND partrelid >= 16384
+		), calls (what, fn) AS (
+			SELECT what, m[1]::pg_catalog.oid FROM trees, pg_catalog.regexp_matches(tree, ':(?:funcid|opfuncid) (\d+)', 'g') m
 			UNION ALL
-			SELECT d.classid, d.objid, d.objsubid, o.oprcode::oid
-			FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_operator o
-				ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.refobjid
+			SELECT what, o.oprcode::pg_catalog.oid FROM trees, pg_catalog.regexp_matches(tree, ':opno (\d+)', 'g') m
+				JOIN pg_catalog.pg_operator o ON o.oid = m[1]::pg_catalog.oid
+			UNION ALL
+			SELECT what, o.oprcode::pg_catalog.oid FROM trees, pg_catalog.regexp_matches(tree, ':opnos \(o ([0-9 ]+)\)', 'g') m,
+				pg_catalog.unnest(pg_catalog.string_to_array(m[1], ' ')) x JOIN pg_catalog.pg_operator o ON o.oid = x::pg_catalog.oid
+			UNION ALL
+			-- A range type's subtype difference runs in its GiST indexes.
+			SELECT pg_catalog.format('range type %s', rngtypid::pg_catalog.regtype), rngsubdiff::pg_catalog.oid
+			FROM pg_catalog.pg_range WHERE rngtypid >= 16384
 		)
-		SELECT DISTINCT pg_catalog.format('%s calls %s', pg_catalog.pg_describe_object(fn.classid, fn.objid, fn.objsubid), p.oid::pg_catalog.regprocedure)
-		FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.proc
+		SELECT DISTINCT pg_catalog.format('%s calls %s', calls.what, p.oid::pg_catalog.regprocedure)
+		FROM calls JOIN pg_catalog.pg_proc p ON p.oid = calls.fn
 		JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-		WHERE fn.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_constraint'::pg_catalog.regclass,
-		                     'pg_catalog.pg_attrdef'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
-		  AND CASE WHEN p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
-		      THEN p.proname ~ '(_to_xml|_to_xmlschema|_to_xml_and_xmlschema)$' OR p.proname IN
-		           ('ts_stat', 'ts_rewrite', 'set_config', 'pg_terminate_backend', 'pg_cancel_backend', 'dblink')
+		WHERE CASE WHEN p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+		      THEN (p.provolatile <> 'i' AND p.proname NOT IN (
+		               -- volatile, for defaults
+		               'nextval', 'currval', 'random', 'gen_random_uuid', 'now', 'statement_timestamp',
+		               'transaction_timestamp', 'clock_timestamp', 'timeofday',
+		               -- stable only for the time zone or DateStyle
+		               'timestamp', 'timestamptz', 'date', 'time', 'timetz', 'timezone', 'to_char', 'to_date',
+		               'to_timestamp', 'date_trunc', 'date_part', 'extract', 'age', 'date_bin', 'make_timestamptz',
+		               'text', 'to_json', 'to_jsonb', 'json_build_object', 'jsonb_build_object',
+		               'json_build_array', 'jsonb_build_array'))
 		           OR NOT pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
 		      ELSE l.lanname <> 'c' OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
 		           WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e')
-		  END
+		END
 		ORDER BY 1 LIMIT 5`)
 	if err != nil {
 		return nil, err

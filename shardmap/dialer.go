@@ -3,7 +3,9 @@ package shardmap
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -22,10 +24,31 @@ import (
 // operators.
 const SafeSearchPath = "pg_catalog, pg_temp"
 
-// repairEvery bounds how often one tenant's login is repaired: a tenant
-// that keeps changing its password cannot make Silo rewrite its role in a
-// loop.
-const repairEvery = 5 * time.Second
+// adminSettings are the startup parameters of every admin session, over
+// whatever a tenant set on its database for every session there: the
+// admin's own role (a tenant may set role to its own), writable
+// transactions, and no timeouts but Silo's own deadlines.
+var adminSettings = map[string]string{
+	"search_path":                         SafeSearchPath,
+	"role":                                "none",
+	"default_transaction_read_only":       "off",
+	"statement_timeout":                   "0",
+	"lock_timeout":                        "0",
+	"idle_in_transaction_session_timeout": "0",
+}
+
+// Bounds of login repairs. A tenant that keeps changing its password
+// cannot make Silo rewrite its role in a loop, nor make Silo pay for
+// logins it refuses: a verifier the tenant wrote may ask the client for
+// ten million SCRAM iterations, seconds of CPU per attempt. After
+// maxRepairs repairs within repairWindow, the tenant's logins are refused
+// outright for blockFor.
+const (
+	repairEvery  = 5 * time.Second
+	maxRepairs   = 3
+	repairWindow = time.Minute
+	blockFor     = 5 * time.Minute
+)
 
 // DialerConfig configures a Dialer.
 type DialerConfig struct {
@@ -58,8 +81,9 @@ type DialerConfig struct {
 type Dialer struct {
 	cfg DialerConfig
 
-	mu       sync.Mutex
-	repaired map[string]time.Time // tenant id → last login repair
+	mu      sync.Mutex
+	repairs map[string][]time.Time // tenant id → its recent login repairs
+	blocked map[string]time.Time   // tenant id → until when its logins are refused
 }
 
 // NewDialer returns a Dialer.
@@ -76,7 +100,7 @@ func NewDialer(cfg DialerConfig) (*Dialer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Dialer{cfg: cfg, repaired: map[string]time.Time{}}, nil
+	return &Dialer{cfg: cfg, repairs: map[string][]time.Time{}, blocked: map[string]time.Time{}}, nil
 }
 
 // AdminConfig returns the connection settings of the shard's admin role,
@@ -97,7 +121,7 @@ func (d *Dialer) AdminConfig(ctx context.Context, shard, db string) (*pgx.ConnCo
 	}
 	cfg.ConnectTimeout = d.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = d.cfg.ApplicationName
-	cfg.RuntimeParams["search_path"] = SafeSearchPath
+	maps.Copy(cfg.RuntimeParams, adminSettings)
 	return cfg, nil
 }
 
@@ -123,7 +147,9 @@ func (d *Dialer) TenantConfig(ctx context.Context, t *silo.Tenant, shard string)
 	cfg.User, cfg.Password = t.Database, password
 	// The tenant's own settings (ALTER ROLE … SET) apply: its session has
 	// its rights, whatever it sets.
-	delete(cfg.RuntimeParams, "search_path")
+	for k := range adminSettings {
+		delete(cfg.RuntimeParams, k)
+	}
 	return cfg, nil
 }
 
@@ -161,6 +187,9 @@ func (d *Dialer) ConnectAdmin(ctx context.Context, shard, db string) (*pgx.Conn,
 func (d *Dialer) ConnectTenant(ctx context.Context, t *silo.Tenant, shard string) (*pgx.Conn, error) {
 	if shard == "" {
 		shard = t.Shard
+	}
+	if err := d.LoginBlocked(t.ID); err != nil {
+		return nil, err
 	}
 	cfg, err := d.TenantConfig(ctx, t, shard)
 	if err != nil {
@@ -220,6 +249,25 @@ func PoolOf(ctx context.Context, cfg *pgx.ConnConfig, maxConns int32) (*pgxpool.
 	return pgxpool.NewWithConfig(ctx, pcfg)
 }
 
+// LoginBlocked returns EUNAVAILABLE, with a retry hint, while tenant id's
+// logins are refused for its role's password changing again and again
+// (see RepairLogin); nil otherwise.
+func (d *Dialer) LoginBlocked(id string) error {
+	d.mu.Lock()
+	until, ok := d.blocked[id]
+	if ok && time.Now().After(until) {
+		delete(d.blocked, id)
+		ok = false
+	}
+	d.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: time.Until(until).Round(time.Second),
+		Message: fmt.Sprintf("tenant %q's role keeps refusing Silo's logins (its password was changed %d times within %s); its connections are refused until %s",
+			id, maxRepairs+1, repairWindow, until.UTC().Format(time.RFC3339))}
+}
+
 // IsAuthFailure reports whether err is a refused password (SQLSTATE
 // 28P01): the tenant changed its role's password, or the role is gone.
 func IsAuthFailure(err error) bool {
@@ -240,16 +288,34 @@ func (d *Dialer) RepairLogin(ctx context.Context, t *silo.Tenant, shard string) 
 	if err := silo.ValidateDatabaseName(t.Database); err != nil {
 		return err
 	}
+	if err := d.LoginBlocked(t.ID); err != nil {
+		return err
+	}
 	d.mu.Lock()
-	last, seen := d.repaired[t.ID]
-	if seen && time.Since(last) < repairEvery {
+	now := time.Now()
+	recent := d.repairs[t.ID][:0:0]
+	for _, at := range d.repairs[t.ID] {
+		if now.Sub(at) < repairWindow {
+			recent = append(recent, at)
+		}
+	}
+	if n := len(recent); n > 0 && now.Sub(recent[n-1]) < repairEvery {
 		d.mu.Unlock()
 		return nil // repaired moments ago: the caller's one retry says whether it held
 	}
-	d.repaired[t.ID] = time.Now()
-	for id, at := range d.repaired {
-		if time.Since(at) > repairEvery {
-			delete(d.repaired, id)
+	if len(recent) >= maxRepairs {
+		d.blocked[t.ID] = now.Add(blockFor)
+		delete(d.repairs, t.ID)
+		d.mu.Unlock()
+		d.cfg.Logger.Warn("a tenant's role keeps refusing Silo's logins; its logins are refused for a while", "tenant", t.ID, "for", blockFor)
+		_ = d.cfg.Store.Mutate(silo.WithActor(ctx, silo.Actor{Name: "system"}), "tenant.login-blocked", "tenant/"+t.ID,
+			map[string]any{"minutes": int(blockFor.Minutes())}, func(pgx.Tx) error { return nil })
+		return d.LoginBlocked(t.ID)
+	}
+	d.repairs[t.ID] = append(recent, now)
+	for id, times := range d.repairs {
+		if now.Sub(times[len(times)-1]) > repairWindow {
+			delete(d.repairs, id)
 		}
 	}
 	d.mu.Unlock()
