@@ -43,8 +43,8 @@ var adminSettings = map[string]string{
 // ten million SCRAM iterations, seconds of CPU per attempt. After
 // maxRepairs repairs within repairWindow, the tenant's logins are refused
 // outright for blockFor.
-const (
-	repairEvery  = 5 * time.Second
+var (
+	repairEvery  = 5 * time.Second // variables for the tests
 	maxRepairs   = 3
 	repairWindow = time.Minute
 	blockFor     = 5 * time.Minute
