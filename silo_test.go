@@ -96,6 +96,8 @@ func TestRedactDSN(t *testing.T) {
 		{"host=db user=silo password=s3cret dbname=x", "host=db user=silo password=xxxxx dbname=x"},
 		{"host=db password = 's3 cret' dbname=x", "host=db password = xxxxx dbname=x"},
 		{"host=db PASSWORD=s3cret", "host=db PASSWORD=xxxxx"},
+		{"postgres://silo@db/x?sslpassword=s3cret&sslmode=verify-full", "postgres://silo@db/x?sslmode=verify-full&sslpassword=xxxxx"},
+		{"host=db sslkey=k sslpassword=s3cret", "host=db sslkey=k sslpassword=xxxxx"},
 		{"postgres://a:s3cret@[::1", "(unparsable connection string)"},
 	} {
 		got := silo.RedactDSN(tc.in)

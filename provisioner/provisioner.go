@@ -36,8 +36,8 @@ type Config struct {
 	Catalog *pgxpool.Pool
 	// Store is the catalog's Go API over Catalog.
 	Store *shardmap.Store
-	// SecretKey seals tenant role passwords in the catalog
-	// (shardmap.SecretKeyLen bytes).
+	// SecretKey seals tenant role passwords in the catalog: a key ring,
+	// the current key (shardmap.SecretKeyLen bytes) then previous ones.
 	SecretKey []byte
 	// Dialer builds every connection to a shard. Default: one over Store
 	// and SecretKey.
