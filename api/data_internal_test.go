@@ -47,21 +47,23 @@ func TestParamOf(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		raw  string
-		want any
+		want []byte
 	}{
 		{`null`, nil},
-		{`"text"`, "text"},
-		{`"\u00e9\n"`, "é\n"},
-		{`true`, "true"},
-		{`false`, "false"},
-		{`12345678901234567890.50`, "12345678901234567890.50"},
-		{`-1e3`, "-1e3"},
-		{` {"a": [1, 2]} `, `{"a":[1,2]}`},
-		{`[1, "x"]`, `[1,"x"]`},
+		{`"text"`, []byte("text")},
+		{`""`, []byte{}},
+		{`"\u00e9\n"`, []byte("é\n")},
+		{`true`, []byte("true")},
+		{`false`, []byte("false")},
+		{`12345678901234567890.50`, []byte("12345678901234567890.50")},
+		{`-1e3`, []byte("-1e3")},
+		{` {"a": [1, 2]} `, []byte(`{"a":[1,2]}`)},
+		{`[1, "x"]`, []byte(`[1,"x"]`)},
 	} {
 		got, err := paramOf(json.RawMessage(tc.raw))
 		require.NoError(t, err, tc.raw)
 		require.Equal(t, tc.want, got, tc.raw)
+		require.Equal(t, tc.want == nil, got == nil, "%s: only null is NULL", tc.raw)
 	}
 }
 

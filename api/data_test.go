@@ -150,6 +150,17 @@ func TestQuery(t *testing.T) {
 	res = requireResult(t, b.query(t, "q-acme", `-- nothing`))
 	require.Empty(t, res.Columns)
 
+	// Statements that cannot run in a transaction run alone, before the
+	// session's reset; one that leaves a transaction open costs its
+	// connection, not the next call.
+	for range 2 {
+		requireResult(t, b.query(t, "q-acme", `VACUUM notes`))
+		requireResult(t, b.query(t, "q-acme", `CREATE INDEX CONCURRENTLY IF NOT EXISTS notes_title ON notes (title)`))
+		requireResult(t, b.query(t, "q-acme", `BEGIN`))
+		res = requireResult(t, b.query(t, "q-acme", `SELECT count(*) FROM notes`))
+		require.Equal(t, []string{"1"}, rowText(res.Rows[0]))
+	}
+
 	// The tenant's own role and database; no way to another database.
 	res = requireResult(t, b.query(t, "q-acme", `SELECT current_user, current_database()`))
 	tn, err := b.store.GetTenant(b.ctx, "q-acme")

@@ -38,6 +38,7 @@ type resolver struct {
 	// does not cache its result, which may predate the change.
 	gen     atomic.Uint64
 	metrics *metrics
+	limits  connLimits // installed on every tenant connection
 }
 
 func newResolver(dialer *shardmap.Dialer, store *shardmap.Store, size int, m *metrics) (*resolver, error) {
@@ -81,6 +82,7 @@ func (r *resolver) connConfig(ctx context.Context, t *silo.Tenant) (*pgx.ConnCon
 		return nil, err
 	}
 	cfg.RuntimeParams["application_name"] = "silo-router"
+	r.limits.install(cfg)
 	return cfg, nil
 }
 

@@ -40,7 +40,8 @@ type Config struct {
 	// Dialer builds the tenants' connection settings. Default: one over
 	// Store and SecretKey.
 	Dialer *shardmap.Dialer
-	// SecretKey opens the tenants' sealed passwords when Dialer is nil.
+	// SecretKey opens the tenants' sealed passwords when Dialer is nil: a
+	// key ring, the current key then previous ones.
 	SecretKey []byte
 	// ShardBudget is the most connections this router opens to one shard,
 	// all tenants together.
@@ -75,6 +76,13 @@ type Config struct {
 	// BreakerCooldown is how long an open breaker refuses requests before it
 	// lets one through to try the shard.
 	BreakerCooldown time.Duration
+	// MaxMessageBytes caps each protocol message a tenant connection reads
+	// (a row, an error, a notice): a query that gets a larger one fails with
+	// *pgproto3.ExceededMaxBodyLenErr before it is read, and its connection
+	// is closed. Tenant connections also refuse COPY on extended-protocol
+	// queries (ErrCopyRefused) and drop notifications; see limits.go.
+	// Default DefaultMaxMessageBytes, at least MinMaxMessageBytes.
+	MaxMessageBytes int
 	Logger          *slog.Logger
 	// Registry gets the router's metrics; nil registers none.
 	Registry prometheus.Registerer
@@ -114,6 +122,9 @@ func (c Config) withDefaults() Config {
 	if c.BreakerCooldown == 0 {
 		c.BreakerCooldown = 3 * time.Second
 	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -130,6 +141,8 @@ func (c Config) validate() error {
 		return errors.New("router: timeouts must be positive, the idle timeout at least 1s")
 	case c.ProbeInterval < 100*time.Millisecond:
 		return errors.New("router: the probe interval must be at least 100ms")
+	case c.MaxMessageBytes < MinMaxMessageBytes:
+		return fmt.Errorf("router: the message cap must be at least %d bytes", MinMaxMessageBytes)
 	}
 	return nil
 }
@@ -173,6 +186,7 @@ func New(cfg Config) (*Router, error) {
 	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, cfg.RouteCacheSize, r.metrics); err != nil {
 		return nil, err
 	}
+	r.resolver.limits = connLimits{maxMessageBytes: cfg.MaxMessageBytes}
 	// golang-lru calls this in the goroutine of Add: closing a pool never
 	// blocks, so the request path is not held up.
 	r.tenants, err = lru.NewWithEvict(cfg.MaxTenantPools, func(_ string, tp *tenantPool) { tp.close() })
@@ -258,8 +272,11 @@ func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *
 		ferr := fn(conn)
 		r.metrics.observeQuery(tp.shard.name, time.Since(start), ferr)
 		// Every request tells the breaker how the shard behaved, so a trial
-		// request on a reused connection closes it too.
-		if conn.IsClosed() && ctx.Err() == nil {
+		// request on a reused connection closes it too. A connection closed
+		// on purpose (by fn, which then returns nil, or by the limits on
+		// what it reads) says nothing of the shard: else one tenant's
+		// oversized rows would shut out every tenant of the shard.
+		if conn.IsClosed() && ctx.Err() == nil && ferr != nil && !closedByLimits(ferr) {
 			tp.shard.breaker.failure()
 		} else if !conn.IsClosed() {
 			tp.shard.breaker.success()
@@ -287,6 +304,9 @@ func (r *Router) WithTenantTx(ctx context.Context, tenantID string, fn func(tx p
 func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*pgx.Conn, error) {
 	s := tp.shard
 	return func(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+		if err := r.cfg.Dialer.LoginBlocked(tp.route.TenantID); err != nil {
+			return nil, err
+		}
 		repaired := false
 		for {
 			dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)

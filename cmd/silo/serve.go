@@ -51,9 +51,10 @@ type serveOptions struct {
 	autoMigrate         bool
 	migrateWorkers      int
 
-	shardBudget    int
-	tenantMaxConns int
-	acquireTimeout time.Duration
+	shardBudget     int
+	tenantMaxConns  int
+	acquireTimeout  time.Duration
+	maxMessageBytes int
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -83,8 +84,10 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.IntVar(&o.shardBudget, "shard-budget", router.DefaultShardBudget, "connections this server opens to one shard for tenant queries, all tenants together")
 	f.IntVar(&o.tenantMaxConns, "tenant-max-conns", router.DefaultTenantMaxConns, "connections one tenant may hold, so a hot tenant cannot starve the others")
 	f.DurationVar(&o.acquireTimeout, "acquire-timeout", router.DefaultAcquireTimeout, "how long a tenant query waits for a connection within the budget")
+	f.IntVar(&o.maxMessageBytes, "max-message-bytes", router.DefaultMaxMessageBytes, "largest row, error or notice a tenant query may return, in bytes (1 MiB at least); a larger one fails with 413")
 	envNames(cmd, map[string]string{
 		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
+		"max-message-bytes": "SILO_MAX_MESSAGE_BYTES",
 	})
 	envNames(cmd, map[string]string{
 		"secret-key": "SILO_SECRET_KEY", "secret-key-previous": "SILO_SECRET_KEY_PREVIOUS",
@@ -239,7 +242,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	}()
 	rt, err := router.New(router.Config{
 		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, ShardBudget: o.shardBudget,
-		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout,
+		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout, MaxMessageBytes: o.maxMessageBytes,
 		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
 	})
 	if err != nil {
