@@ -64,7 +64,7 @@ func NewStore(t testing.TB, pool *pgxpool.Pool, log *slog.Logger, ring []byte) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: 2 * time.Second, Sealer: sealer})
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: 10 * time.Second, Sealer: sealer}) // a busy CI machine
 	if err != nil {
 		t.Fatal(err)
 	}
