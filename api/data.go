@@ -1165,9 +1165,16 @@ func (s *Server) dataError(ctx context.Context, err error, tenant string, index 
 	case ok:
 		code, msg = se.Code, se.Message // the router's, or ours
 	case isTooLarge:
+		// The connection is gone before the call's end: a transaction never
+		// commits, but a lone statement's Sync was sent with it, and a
+		// statement that had done its work (INSERT … RETURNING) commits.
+		outcome := "the transaction was rolled back"
+		if at == nil {
+			outcome = "a statement that changes data may still have completed"
+		}
 		code, msg = silo.ETOOLARGE, fmt.Sprintf("PostgreSQL sent a message of %d bytes (a row, an error or a notice), "+
-			"over the data API's limit of %d bytes: the statement was stopped and its connection closed",
-			tooLarge.ActualBodyLen, tooLarge.MaxExpectedBodyLen)
+			"over the data API's limit of %d bytes: the connection was closed, and %s",
+			tooLarge.ActualBodyLen, tooLarge.MaxExpectedBodyLen, outcome)
 	case errors.Is(err, router.ErrCopyRefused):
 		code, msg = silo.ErrorCode(errCopy), silo.ErrorMessage(errCopy)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):

@@ -147,6 +147,11 @@ func TestHostileDataAPIMemory(t *testing.T) {
 	// In a transaction: the statement is named and nothing is committed.
 	p = requireProblem(t, b.transactionAuth(t, auth, "mem-acme", `INSERT INTO notes (title) VALUES ('doomed')`, over), 413, silo.ETOOLARGE)
 	require.Equal(t, 1, *p.Statement)
+	require.Contains(t, *p.Detail, "the transaction was rolled back")
+	require.Equal(t, "1", count())
+	p = requireProblem(t, b.transactionAuth(t, auth, "mem-acme",
+		`INSERT INTO notes (title) VALUES ('doomed') RETURNING repeat('x', 20000000)`), 413, silo.ETOOLARGE)
+	require.Equal(t, 0, *p.Statement)
 	require.Equal(t, "1", count())
 	// Errors and notices are messages too.
 	for _, sql := range []string{
