@@ -635,3 +635,36 @@ func TestHostileMoveBuiltinDefaults(t *testing.T) {
 	require.NoError(t, admin.QueryRow(b.ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hog\_%'`).Scan(&slots))
 	require.Zero(t, slots)
 }
+
+// A move's undo after its flip (a failed cleanup, the source shard down)
+// must not drop the target: it is the tenant's only live copy.
+func TestMoveUndoAfterFlipKeepsTarget(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	res, err := p.Create(b.ctx, CreateRequest{ID: newID("flipped"), Shard: "a"}, 30*time.Second)
+	require.NoError(t, err)
+	tn := res.Tenant
+	opID := startMove(t, p, b, tn, "a", "cutover", func() {
+		pool, err := p.dialer.TenantPool(b.ctx, tn, "b", 1)
+		require.NoError(t, err)
+		defer pool.Close()
+		_, _, err = migrations.MigrateTenantTo(b.ctx, pool, p.cfg.TenantMigrations, tn.SchemaVersion)
+		require.NoError(t, err)
+		_, err = pool.Exec(b.ctx, `TRUNCATE silo_schema_migrations`)
+		require.NoError(t, err)
+	})
+	op, err := p.store.GetOperation(b.ctx, opID)
+	require.NoError(t, err)
+	params, err := p.store.OperationParams(b.ctx, opID)
+	require.NoError(t, err)
+	pl, err := p.movePlan(op, params)
+	require.NoError(t, err)
+	for _, s := range pl.undo { // as if the cleanup had failed
+		require.NoError(t, s.run(b.ctx), s.name)
+	}
+	moved, err := b.store.GetTenant(b.ctx, tn.ID)
+	require.NoError(t, err)
+	require.Equal(t, "b", moved.Shard)
+	var n int
+	require.NoError(t, b.asTenant(t, p, moved).QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&n))
+}

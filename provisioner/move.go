@@ -504,6 +504,12 @@ func (m *move) undoTarget(ctx context.Context) error {
 	if err := m.load(ctx); err != nil {
 		return err
 	}
+	// Once the catalog points at the target, the target is the tenant's
+	// only live copy: a failure after the flip (the cleanup's) leaves it.
+	// Issue 12's engine makes the flip a pivot no undo passes.
+	if t, err := m.p.store.GetTenant(ctx, m.id); err != nil || t.Shard == m.to {
+		return err
+	}
 	return m.p.dropDatabaseAndRole(ctx, m.dst, m.to, m.name)
 }
 
@@ -512,8 +518,8 @@ func (m *move) undoSource(ctx context.Context) error {
 		return err
 	}
 	t, err := m.p.store.GetTenant(ctx, m.id)
-	if err != nil {
-		return err
+	if err != nil || t.Shard == m.to {
+		return err // flipped: the source is retired, not restored
 	}
 	if err := m.p.setLogin(ctx, m.src, m.from, m.name, true); err != nil {
 		return err
