@@ -28,7 +28,8 @@ func TestHostileMetricsToken(t *testing.T) {
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	pool, store := catalogtest.New(t, log)
-	prov := newProvisioner(t, pool, store, log)
+	prov, eng := newProvisioner(t, pool, store, log)
+	require.NoError(t, eng.Start(ctx))
 	const metricsToken = "metrics-token-0123456789"
 
 	serve := func(cfg api.Config) *bundle {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/migrations"
@@ -89,8 +90,7 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	pool, store := catalogtest.New(t, log)
 	var runner *migrations.Runner
-	var prov *provisioner.Provisioner
-	var jobs []provisioner.JobSource
+	prov, eng := newProvisioner(t, pool, store, log)
 	for _, o := range opts {
 		if o.migrationFiles != nil {
 			sealer, err := shardmap.NewSealer(secretKey)
@@ -98,16 +98,12 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 			dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer})
 			require.NoError(t, err)
 			runner, err = migrations.NewRunner(migrations.Config{
-				Catalog: pool, Store: store, Dialer: dialer, Files: o.migrationFiles, Logger: log,
-				Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
-					return prov.MigrateTemplate(ctx, shard, v)
-				}),
+				Catalog: pool, Store: store, Engine: eng, Dialer: dialer, Files: o.migrationFiles, Logger: log, Templates: prov,
 			})
 			require.NoError(t, err)
-			jobs = append(jobs, runner)
 		}
 	}
-	prov = newProvisioner(t, pool, store, log, jobs...)
+	require.NoError(t, eng.Start(ctx))
 	rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: secretKey, Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, rt.Start(ctx))
@@ -165,24 +161,26 @@ func hasPgDump(t testing.TB) bool {
 	return true
 }
 
-// newProvisioner starts a provisioner over the catalog in pool; it stops
-// before the pool closes.
-func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger, jobs ...provisioner.JobSource) *provisioner.Provisioner {
+// newProvisioner returns a provisioner over the catalog in pool and its
+// engine, not yet started (the caller adds jobs, then starts it); both stop
+// before the pool closes, the engine first.
+func newProvisioner(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger) (*provisioner.Provisioner, *engine.Engine) {
 	t.Helper()
 	binDir, err := pgcluster.FindBinDir()
 	require.NoError(t, err)
+	eng := catalogtest.NewEngine(t, pool, store, log, engine.Config{})
 	prov, err := provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, SecretKey: secretKey, Logger: log,
-		PgDump: filepath.Join(binDir, "pg_dump"), Jobs: jobs,
+		Catalog: pool, Store: store, Engine: eng, SecretKey: secretKey, Logger: log,
+		PgDump: filepath.Join(binDir, "pg_dump"),
 	})
 	require.NoError(t, err)
-	require.NoError(t, prov.Start(context.Background()))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		require.NoError(t, eng.Stop(ctx))
 		require.NoError(t, prov.Stop(ctx))
 	})
-	return prov
+	return prov, eng
 }
 
 type response struct {

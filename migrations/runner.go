@@ -20,6 +20,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -32,6 +33,9 @@ const (
 	// MaxConcurrency bounds RunOptions.Concurrency.
 	MaxConcurrency = 256
 )
+
+// prepareLockClass is the first key of the lease of a run's prepare job.
+const prepareLockClass = 0x51_10_0F
 
 // TenantLockClass is the first key of the session advisory lock (on the
 // catalog) held on a tenant while its schema is migrated. Anything else that
@@ -74,6 +78,10 @@ type Config struct {
 	Files fs.FS
 	// Templates migrates shard templates; required.
 	Templates Templates
+	// Engine runs the runner's jobs on its River client and recovers the
+	// work of servers that died; required. NewRunner adds the runner's
+	// jobs to it, and the caller starts it.
+	Engine *engine.Engine
 	// Workers is how many tenant migrations this server runs at once, at
 	// most; a run's Concurrency bounds them fleet-wide. Default 8.
 	Workers int
@@ -94,7 +102,7 @@ type Config struct {
 type Runner struct {
 	cfg     Config
 	log     *slog.Logger
-	river   *river.Client[pgx.Tx]
+	eng     *engine.Engine
 	metrics runnerMetrics
 
 	mu   sync.Mutex
@@ -114,8 +122,8 @@ const shardDownFor = 5 * time.Second
 
 // NewRunner returns a Runner, or an error for an invalid Config.
 func NewRunner(cfg Config) (*Runner, error) {
-	if cfg.Catalog == nil || cfg.Store == nil || cfg.Dialer == nil || cfg.Templates == nil || cfg.Files == nil {
-		return nil, errors.New("migrations: Config.Catalog, Store, Dialer, Templates and Files are required")
+	if cfg.Catalog == nil || cfg.Store == nil || cfg.Dialer == nil || cfg.Templates == nil || cfg.Files == nil || cfg.Engine == nil {
+		return nil, errors.New("migrations: Config.Catalog, Store, Dialer, Templates, Files and Engine are required")
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = DefaultWorkers
@@ -132,12 +140,13 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Workers < 1 || cfg.ConnectTimeout < 0 || cfg.TenantTimeout < time.Second {
 		return nil, errors.New("migrations: Config.Workers must be positive and TenantTimeout at least 1s")
 	}
-	r := &Runner{cfg: cfg, log: cfg.Logger, metrics: newRunnerMetrics(), down: map[string]shardDown{}}
+	r := &Runner{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, metrics: newRunnerMetrics(), down: map[string]shardDown{}}
 	if cfg.Registry != nil {
 		if err := r.metrics.register(cfg.Registry); err != nil {
 			return nil, err
 		}
 	}
+	cfg.Engine.AddJobs(r)
 	return r, nil
 }
 
@@ -153,8 +162,17 @@ func (r *Runner) Queues() map[string]river.QueueConfig {
 	return map[string]river.QueueConfig{queue: {MaxWorkers: r.cfg.Workers}}
 }
 
-// UseClient gives the runner the River client its workers were added to.
-func (r *Runner) UseClient(c *river.Client[pgx.Tx]) { r.river = c }
+// PeriodicJobs returns none: runs are started by request.
+func (r *Runner) PeriodicJobs() []*river.PeriodicJob { return nil }
+
+// jobs returns the River client, once the engine has started.
+func (r *Runner) jobs() (*river.Client[pgx.Tx], error) {
+	c := r.eng.River()
+	if c == nil {
+		return nil, silo.Errorf(silo.EUNAVAILABLE, "the migration runner's job client is not running")
+	}
+	return c, nil
+}
 
 // RunOptions are the choices of a run.
 type RunOptions struct {
@@ -183,8 +201,9 @@ type RunOptions struct {
 // and files that are malformed or fail (EINVALID), before any tenant is
 // touched.
 func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun, error) {
-	if r.river == nil {
-		return nil, silo.Errorf(silo.EINTERNAL, "the migration runner has no job client")
+	client, err := r.jobs()
+	if err != nil {
+		return nil, err
 	}
 	if o.Direction == "" {
 		o.Direction = silo.MigrateUp
@@ -228,7 +247,7 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 		var highest int64
 		if err := r.cfg.Catalog.QueryRow(ctx, `
 			SELECT coalesce(max(schema_version), 0) FROM tenants WHERE state IN ('active', 'suspended')`).Scan(&highest); err != nil {
-			return nil, catalogError(err)
+			return nil, shardmap.CatalogError(err, "tenant migrations")
 		}
 		if cur, err := TargetVersion(ctx, r.cfg.Catalog, func() (int64, error) { return latest, nil }); err == nil {
 			highest = max(highest, cur)
@@ -246,7 +265,7 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 	} else if err := r.cfg.Catalog.QueryRow(ctx, `
 		SELECT count(DISTINCT shard) FROM tenants
 		WHERE state IN ('active', 'suspended') AND schema_version <> $1`, target).Scan(&canary); err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	if active, err := r.activeRun(ctx); err != nil {
 		return nil, err
@@ -270,14 +289,14 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 			return silo.Errorf(silo.ECONFLICT, "another migration run is in progress: wait for it, or stop it")
 		}
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO tenant_schema_target (version, run_id) VALUES ($1, $2)
 			ON CONFLICT (singleton) DO UPDATE SET version = $1, run_id = $2, updated_at = now()`, target, id); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
-		_, err = r.river.InsertTx(ctx, tx, prepareArgs{RunID: id}, &river.InsertOpts{Queue: queue, MaxAttempts: 5})
+		_, err = client.InsertTx(ctx, tx, prepareArgs{RunID: id}, &river.InsertOpts{Queue: queue, MaxAttempts: 5})
 		return err
 	})
 	if err != nil {
@@ -320,7 +339,7 @@ func TargetVersion(ctx context.Context, catalog interface {
 			return v, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return 0, catalogError(err)
+			return 0, shardmap.CatalogError(err, "tenant migrations")
 		}
 		// The first: whoever inserts first sets it, and the next SELECT, a
 		// statement of its own, sees whichever row won.
@@ -330,7 +349,7 @@ func TargetVersion(ctx context.Context, catalog interface {
 		}
 		if _, err := catalog.Exec(ctx, `
 			INSERT INTO tenant_schema_target (version) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, v); err != nil {
-			return 0, catalogError(err)
+			return 0, shardmap.CatalogError(err, "tenant migrations")
 		}
 	}
 }
@@ -344,7 +363,7 @@ func (r *Runner) activeRun(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	if err != nil {
-		return "", catalogError(err)
+		return "", shardmap.CatalogError(err, "tenant migrations")
 	}
 	return id, nil
 }
@@ -359,7 +378,7 @@ func (r *Runner) dryRun(ctx context.Context, target int64) error {
 		return nil // no shard, so no tenant and no template
 	}
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	dsn, err := r.cfg.Store.ShardDSN(ctx, shard)
 	if err != nil {
@@ -440,7 +459,7 @@ func (r *Runner) StopRun(ctx context.Context, id string) (*silo.MigrationRun, er
 			return silo.Errorf(silo.ENOTFOUND, "migration run %s not found", id)
 		}
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		if state != silo.RunPreparing && state != silo.RunCanary && state != silo.RunRunning {
 			return silo.Errorf(silo.ECONFLICT, "migration run %s is %s, not in progress", id, state)
@@ -458,11 +477,11 @@ func finishRun(ctx context.Context, tx pgx.Tx, id, state, msg string) error {
 	if _, err := tx.Exec(ctx, `
 		UPDATE migration_tenants SET state = 'skipped', finished_at = now()
 		WHERE run_id = $1 AND state = 'pending'`, id); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	_, err := tx.Exec(ctx, `
 		UPDATE migration_runs SET state = $2, error = $3, updated_at = now(), finished_at = now() WHERE id = $1`, id, state, msg)
-	return catalogError(err)
+	return shardmap.CatalogError(err, "tenant migrations")
 }
 
 const runColumns = `id, direction, target_version, state, concurrency, per_shard, canary, continue_on_error,
@@ -486,7 +505,7 @@ func (r *Runner) Run(ctx context.Context, id string) (*silo.MigrationRun, error)
 		return nil, silo.Errorf(silo.ENOTFOUND, "migration run %s not found", id)
 	}
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	return run, r.progress(ctx, r.cfg.Catalog, run)
 }
@@ -507,11 +526,11 @@ type querier interface {
 func (r *Runner) runs(ctx context.Context, q querier, limit int) ([]*silo.MigrationRun, error) {
 	rows, err := q.Query(ctx, `SELECT `+runColumns+` FROM migration_runs ORDER BY created_at DESC LIMIT $1`, limit)
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*silo.MigrationRun, error) { return scanRun(row) })
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	for _, run := range runs {
 		if err := r.progress(ctx, q, run); err != nil {
@@ -526,7 +545,7 @@ func (r *Runner) progress(ctx context.Context, q querier, run *silo.MigrationRun
 	rows, err := q.Query(ctx, `
 		SELECT state, count(*), min(started_at) FROM migration_tenants WHERE run_id = $1 GROUP BY state`, run.ID)
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	var first *time.Time
 	for rows.Next() {
@@ -534,7 +553,7 @@ func (r *Runner) progress(ctx context.Context, q querier, run *silo.MigrationRun
 		var n int
 		var started *time.Time
 		if err := rows.Scan(&state, &n, &started); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		if started != nil && (first == nil || started.Before(*first)) {
 			first = started
@@ -553,7 +572,7 @@ func (r *Runner) progress(ctx context.Context, q querier, run *silo.MigrationRun
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	finished := run.Done + run.Failed
 	if run.Active() && first != nil && finished > 0 {
@@ -570,18 +589,6 @@ func validRunID(id string) error {
 		return silo.Errorf(silo.EINVALID, "migration run id %q is not a UUID", id)
 	}
 	return nil
-}
-
-// catalogError turns a catalog failure into a silo error; silo errors and
-// nil pass through.
-func catalogError(err error) error {
-	if err == nil || silo.ErrorCode(err) != silo.EINTERNAL || errors.As(err, new(*silo.Error)) {
-		return err
-	}
-	if _, ok := errors.AsType[*pgconn.PgError](err); ok || errors.Is(err, pgx.ErrNoRows) {
-		return silo.WrapError(err, silo.EINTERNAL, "catalog: %v", err)
-	}
-	return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable: %v", err)
 }
 
 func randomBytes(n int) []byte {

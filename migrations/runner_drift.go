@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // driftConcurrency bounds the tenant databases inspected at once, and
@@ -31,7 +32,7 @@ func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 		SELECT t.id, t.shard, t.database_name, t.schema_version FROM tenants t
 		WHERE t.state = 'active' ORDER BY t.shard, t.id`)
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	type tenant struct {
 		id, shard, db string
@@ -42,7 +43,7 @@ func (r *Runner) Drift(ctx context.Context) (*silo.DriftReport, error) {
 		return t, row.Scan(&t.id, &t.shard, &t.db, &t.version)
 	})
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	report := &silo.DriftReport{Checked: len(tenants)}
 	templates := map[string]Fingerprint{}

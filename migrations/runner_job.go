@@ -36,7 +36,27 @@ type prepareWorker struct {
 // Work prepares the run. A failure shows in the run's error while River
 // retries; after the last attempt the run fails.
 func (w *prepareWorker) Work(ctx context.Context, job *river.Job[prepareArgs]) error {
-	err := w.r.prepare(silo.WithActor(ctx, silo.Actor{Name: "system"}), job.Args.RunID)
+	// The lease: a second job for the run (queued by recovery while this
+	// one started) leaves it to this one; if this server dies, the lease
+	// goes with its connection and recovery queues the run's prepare again.
+	conn, err := w.r.cfg.Catalog.Acquire(ctx)
+	if err != nil {
+		return shardmap.CatalogError(err, "tenant migrations")
+	}
+	defer conn.Release()
+	var mine bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, prepareLockClass, job.Args.RunID).Scan(&mine); err != nil {
+		return shardmap.CatalogError(err, "tenant migrations")
+	}
+	if !mine {
+		return nil
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext($2))`, prepareLockClass, job.Args.RunID); err != nil {
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+	}()
+	err = w.r.prepare(silo.WithActor(ctx, silo.Actor{Name: "system"}), job.Args.RunID)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
@@ -90,11 +110,11 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 	}
 	rows, err := r.cfg.Catalog.Query(ctx, `SELECT name FROM shards WHERE state = 'active' ORDER BY name`)
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	shards, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	for _, shard := range shards {
 		err := r.cfg.Templates.MigrateTemplate(ctx, shard, run.TargetVersion)
@@ -111,10 +131,13 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 		}
 	}
 
+	if err := r.eng.Failpoint(ctx, "migrate/prepare"); err != nil {
+		return err
+	}
 	return pgx.BeginFunc(ctx, r.cfg.Catalog, func(tx pgx.Tx) error {
 		var state string
 		if err := tx.QueryRow(ctx, `SELECT state FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		if state != silo.RunPreparing {
 			return nil // stopped meanwhile, or prepared by another attempt
@@ -128,7 +151,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 			WHERE state = 'active' AND schema_version `+cmp+` $1
 			ORDER BY shard, id`, run.TargetVersion)
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		type tenant struct{ id, shard string }
 		list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (tenant, error) {
@@ -136,7 +159,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 			return t, row.Scan(&t.id, &t.shard)
 		})
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		// Interleave shards, so that every wave (the canary first) and the
 		// queue's order spread the load over them.
@@ -170,7 +193,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 			SELECT $1, t.id, t.shard, t.canary, t.position
 			FROM unnest($2::text[], $3::text[], $4::bool[], $5::int[]) AS t(id, shard, canary, position)`,
 			id, ids, shardOf, canaries, positions); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		next := silo.RunRunning
 		wave := ids
@@ -180,13 +203,13 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 			_, err := tx.Exec(ctx, `
 				UPDATE migration_runs SET state = 'succeeded', updated_at = now(), finished_at = now() WHERE id = $1`, id)
 			r.metrics.runs.WithLabelValues(silo.RunSucceeded).Inc()
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		case canary > 0:
 			next, wave = silo.RunCanary, ids[:canary]
 		}
 		if _, err := tx.Exec(ctx, `
 			UPDATE migration_runs SET state = $2, total = $3, updated_at = now() WHERE id = $1`, id, next, len(ids)); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		r.log.Info("migration run prepared", "run", id, "tenants", len(ids), "canary", canary, "shards", len(order))
 		return r.queue(ctx, tx, id, wave)
@@ -203,7 +226,11 @@ func (r *Runner) queue(ctx context.Context, tx pgx.Tx, runID string, ids []strin
 	if len(params) == 0 {
 		return nil
 	}
-	_, err := r.river.InsertManyFastTx(ctx, tx, params)
+	client, err := r.jobs()
+	if err != nil {
+		return err
+	}
+	_, err = client.InsertManyFastTx(ctx, tx, params)
 	return err
 }
 
@@ -235,7 +262,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 		return nil
 	}
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	run.ID = runID
 	if state != silo.RunTenantPending && state != silo.RunTenantRunning {
@@ -249,7 +276,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 	// tenant's lock; they go with it, however the job ends.
 	conn, err := r.cfg.Catalog.Acquire(ctx)
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	defer func() {
 		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock_all()`); err != nil {
@@ -273,7 +300,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 			WHERE run_id = $1 AND tenant_id = $2`, runID, tenantID)
 		return err
 	}); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	start := time.Now()
 	from, to, skip, err := r.migrateTenant(ctx, &run, tenantID)
@@ -294,9 +321,10 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 	r.metrics.duration.WithLabelValues(shard).Observe(time.Since(start).Seconds())
 	// Recorded even when the job's context ends now: the work is done.
 	bctx := context.WithoutCancel(ctx)
+	defer func() { _ = r.eng.Failpoint(bctx, "migrate/mid-fleet") }() // a tenant done, the rest not
 	return pgx.BeginFunc(bctx, r.cfg.Catalog, func(tx pgx.Tx) error {
 		if err := asyncCommit(bctx, tx); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		var werr error
 		switch {
@@ -318,7 +346,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 			}
 		}
 		if werr != nil {
-			return catalogError(werr)
+			return shardmap.CatalogError(werr, "tenant migrations")
 		}
 		return r.advance(bctx, tx, runID)
 	})
@@ -344,7 +372,7 @@ func (r *Runner) takeSlots(ctx context.Context, conn *pgxpool.Conn, run *silo.Mi
 	try := func(key string) (bool, error) {
 		var ok bool
 		err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, slotClass, key).Scan(&ok)
-		return ok, catalogError(err)
+		return ok, shardmap.CatalogError(err, "tenant migrations")
 	}
 	tryAny := func(prefix string, n int) (bool, error) {
 		first := rand.IntN(n)
@@ -384,7 +412,7 @@ func (r *Runner) takeSlots(ctx context.Context, conn *pgxpool.Conn, run *silo.Mi
 	}
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, TenantLockClass, tenantID).Scan(&ok); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	if !ok {
 		return errBusy // being moved, or migrated by a straggler of another attempt
@@ -393,7 +421,7 @@ func (r *Runner) takeSlots(ctx context.Context, conn *pgxpool.Conn, run *silo.Mi
 	var busy bool
 	if err := conn.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM operations WHERE tenant_id = $1 AND state = 'running')`, tenantID).Scan(&busy); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	if busy {
 		return errBusy
@@ -473,7 +501,7 @@ func (r *Runner) migrateTenant(ctx context.Context, run *silo.MigrationRun, id s
 func (r *Runner) advance(ctx context.Context, tx pgx.Tx, id string) error {
 	run, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs WHERE id = $1 FOR UPDATE`, id))
 	if err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	if run.State != silo.RunCanary && run.State != silo.RunRunning {
 		return nil
@@ -486,7 +514,7 @@ func (r *Runner) advance(ctx context.Context, tx pgx.Tx, id string) error {
 		       count(*) FILTER (WHERE state = 'failed'),
 		       coalesce(min(tenant_id || ': ' || error) FILTER (WHERE state = 'failed'), '')
 		FROM migration_tenants WHERE run_id = $1`, id).Scan(&open, &canaryOpen, &failed, &firstFailure); err != nil {
-		return catalogError(err)
+		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	switch {
 	case run.State == silo.RunCanary && failed > 0:
@@ -498,14 +526,14 @@ func (r *Runner) advance(ctx context.Context, tx pgx.Tx, id string) error {
 		rows, err := tx.Query(ctx, `
 			SELECT tenant_id FROM migration_tenants WHERE run_id = $1 AND state = 'pending' ORDER BY position`, id)
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		rest, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'running', updated_at = now() WHERE id = $1`, id); err != nil {
-			return catalogError(err)
+			return shardmap.CatalogError(err, "tenant migrations")
 		}
 		r.log.Info("migration run: canaries passed", "run", id, "rest", len(rest))
 		if len(rest) > 0 {
@@ -537,7 +565,7 @@ func (r *Runner) finishIfDone(ctx context.Context, tx pgx.Tx, run *silo.Migratio
 	r.log.Info("migration run succeeded", "run", run.ID, "target", run.TargetVersion)
 	_, err := tx.Exec(ctx, `
 		UPDATE migration_runs SET state = 'succeeded', updated_at = now(), finished_at = now() WHERE id = $1`, run.ID)
-	return catalogError(err)
+	return shardmap.CatalogError(err, "tenant migrations")
 }
 
 // Status returns the fleet's tenant schema: versions per shard, the target,
@@ -556,21 +584,21 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 	// run seen finished never comes with tenants seen behind it.
 	tx, err := r.cfg.Catalog.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	rows, err := tx.Query(ctx, `
 		SELECT shard, schema_version, count(*) FROM tenants
 		WHERE state IN ('active', 'suspended') GROUP BY shard, schema_version ORDER BY shard, schema_version`)
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	for rows.Next() {
 		var shard string
 		var v int64
 		var n int
 		if err := rows.Scan(&shard, &v, &n); err != nil {
-			return nil, catalogError(err)
+			return nil, shardmap.CatalogError(err, "tenant migrations")
 		}
 		if len(st.Shards) == 0 || st.Shards[len(st.Shards)-1].Shard != shard {
 			st.Shards = append(st.Shards, silo.ShardVersions{Shard: shard, Versions: map[int64]int{}})
@@ -581,7 +609,7 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	// Each tenant's latest failure, while it is still not at the target.
 	rows, err = tx.Query(ctx, `
@@ -593,14 +621,14 @@ func (r *Runner) Status(ctx context.Context) (*silo.MigrationStatus, error) {
 		WHERE f.state = 'failed' AND t.state IN ('active', 'suspended') AND t.schema_version <> $1
 		ORDER BY f.finished_at DESC LIMIT 100`, target)
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	st.Failures, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (silo.MigrationFailure, error) {
 		var f silo.MigrationFailure
 		return f, row.Scan(&f.TenantID, &f.Shard, &f.RunID, &f.Version, &f.Error, &f.SQLState, &f.FinishedAt)
 	})
 	if err != nil {
-		return nil, catalogError(err)
+		return nil, shardmap.CatalogError(err, "tenant migrations")
 	}
 	// The run in progress, else the latest (one run at a time: it is both).
 	runs, err := r.runs(ctx, tx, 1)
@@ -621,7 +649,7 @@ func (r *Runner) Pending(ctx context.Context) (pending int, latest int64, err er
 	}
 	err = r.cfg.Catalog.QueryRow(ctx, `
 		SELECT count(*) FROM tenants WHERE state IN ('active', 'suspended') AND schema_version < $1`, latest).Scan(&pending)
-	return pending, latest, catalogError(err)
+	return pending, latest, shardmap.CatalogError(err, "tenant migrations")
 }
 
 // tenantError says why a tenant's migration failed, PostgreSQL's own

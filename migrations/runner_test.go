@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/migrations"
@@ -39,6 +40,7 @@ func newDialer(t *testing.T, store *shardmap.Store) *shardmap.Dialer {
 
 // server is one `silo serve`'s provisioner and runner.
 type server struct {
+	eng    *engine.Engine
 	prov   *provisioner.Provisioner
 	runner *migrations.Runner
 }
@@ -76,20 +78,20 @@ func setupRunner(t *testing.T) (*server, *runnerBundle) {
 	b.start = func(t *testing.T) *server {
 		s := &server{}
 		var err error
-		s.runner, err = migrations.NewRunner(migrations.Config{
-			Catalog: pool, Store: store, Dialer: newDialer(t, store), Files: files, Workers: 4, ConnectTimeout: 2 * time.Second, Logger: log,
-			Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
-				return s.prov.MigrateTemplate(ctx, shard, v)
-			}),
-		})
+		eng, err := engine.New(engine.Config{Catalog: pool, Store: store, Logger: log, RecoveryDelay: time.Second})
 		require.NoError(t, err)
+		s.eng = eng
 		s.prov, err = provisioner.New(provisioner.Config{
-			Catalog: pool, Store: store, SecretKey: testKey, TenantMigrations: files, Logger: log,
+			Catalog: pool, Store: store, Engine: eng, SecretKey: testKey, TenantMigrations: files, Logger: log,
 			WarmPoolSize: -1, MaintenanceInterval: time.Hour, ConnectTimeout: 2 * time.Second,
-			Jobs: []provisioner.JobSource{s.runner},
 		})
 		require.NoError(t, err)
-		require.NoError(t, s.prov.Start(ctx))
+		s.runner, err = migrations.NewRunner(migrations.Config{
+			Catalog: pool, Store: store, Engine: eng, Dialer: newDialer(t, store), Files: files, Workers: 4,
+			ConnectTimeout: 2 * time.Second, Logger: log, Templates: s.prov,
+		})
+		require.NoError(t, err)
+		require.NoError(t, eng.Start(ctx))
 		top.Cleanup(func() { s.stop(top) })
 		return s
 	}
@@ -100,6 +102,7 @@ func (s *server) stop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if s.prov != nil {
+		require.NoError(t, s.eng.Stop(ctx))
 		require.NoError(t, s.prov.Stop(ctx))
 		s.prov = nil
 	}

@@ -12,9 +12,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -57,7 +57,7 @@ func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.D
 		}, p.sealer.Seal([]byte(password), req.ID)); err != nil {
 			return err
 		}
-		return p.insertOperation(ctx, tx, shardmap.NewOperation{
+		return p.eng.Insert(ctx, tx, shardmap.NewOperation{
 			ID: opID, Kind: silo.OpCreate, TenantID: req.ID,
 			IdempotencyKey: req.IdempotencyKey, RequestHash: hash,
 		})
@@ -71,7 +71,7 @@ func (p *Provisioner) create(ctx context.Context, req CreateRequest, wait time.D
 		}
 		return Result{}, err
 	}
-	return p.await(ctx, opID, p.launch(ctx, opID), wait)
+	return p.run(ctx, opID, wait)
 }
 
 // replay answers a request whose idempotency key was seen before with the
@@ -89,20 +89,6 @@ func (p *Provisioner) replay(ctx context.Context, key, hash string, wait time.Du
 	}
 	res, err := p.await(ctx, op.ID, nil, wait)
 	return res, true, err
-}
-
-// insertOperation records an operation and its recovery job in tx.
-func (p *Provisioner) insertOperation(ctx context.Context, tx pgx.Tx, n shardmap.NewOperation) error {
-	job, err := p.river.InsertTx(ctx, tx, operationArgs{OperationID: n.ID}, &river.InsertOpts{
-		ScheduledAt: time.Now().Add(p.cfg.RecoveryDelay),
-		MaxAttempts: 100, // retried with backoff until the shard is back
-	})
-	if err != nil {
-		return fmt.Errorf("enqueue recovery job: %w", err)
-	}
-	n.RecoveryJobID = job.Job.ID
-	_, err = p.store.InsertOperation(ctx, tx, n)
-	return err
 }
 
 // place chooses the shard of a new tenant, within the transaction that
@@ -170,7 +156,10 @@ type templates struct {
 // With a warm unit (a prepared role and database), the steps rename both;
 // otherwise they create the role and clone the template, and hand the
 // template's objects over to the role.
-func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (plan, error) {
+//
+// The activation is the pivot: once the tenant is active, its database is
+// never dropped by an undo.
+func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (engine.Plan, error) {
 	id := op.TenantID
 	var name string // the tenant's database and role, from its row
 	var t *silo.Tenant
@@ -197,9 +186,10 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 		version = int64(v)
 	}
 	claimed := false // the role step took a whole warm unit
-	return plan{
-		forward: []step{
-			{"role", func(ctx context.Context) error {
+	return engine.Plan{
+		Pivot: "activate",
+		Steps: []engine.Step{
+			{Name: "role", Run: func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
@@ -220,7 +210,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				claimed, err = p.ensureRole(ctx, sc, t.Shard, t, warm)
 				return err
 			}},
-			{"database", func(ctx context.Context) error {
+			{Name: "database", Run: func(ctx context.Context) error {
 				if claimed {
 					return nil // renamed with the role
 				}
@@ -239,7 +229,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				}
 				return nil
 			}},
-			{"ownership", func(ctx context.Context) error {
+			{Name: "ownership", Run: func(ctx context.Context) error {
 				if claimed {
 					return nil // a warm unit was handed over when it was made
 				}
@@ -248,7 +238,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				}
 				return p.handOver(ctx, sc, t.Shard, name, cloned)
 			}},
-			{"activate", func(ctx context.Context) error {
+			{Name: "activate", Run: func(ctx context.Context) error {
 				cur, err := p.store.GetTenant(ctx, id)
 				if err != nil {
 					return err
@@ -271,12 +261,16 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 					}
 				}
 				cur.State, cur.SchemaVersion = silo.TenantActive, version
-				_, err = p.store.UpdateTenantTx(ctx, nil, *cur)
-				return err
+				return pgx.BeginFunc(ctx, p.catalog, func(tx pgx.Tx) error {
+					if _, err := p.store.UpdateTenantTx(ctx, tx, *cur); err != nil {
+						return err
+					}
+					return engine.MarkPivot(ctx, tx)
+				})
 			}},
 		},
-		undo: []step{
-			{"undo:drop", func(ctx context.Context) error {
+		Undo: []engine.Step{
+			{Name: "undo:drop", Run: func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					if silo.ErrorCode(err) == silo.ENOTFOUND {
 						return nil // the tenant row is already gone
@@ -290,7 +284,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (pla
 				}
 				return p.dropDatabaseAndRole(ctx, sc, t.Shard, name)
 			}},
-			{"undo:forget-tenant", func(ctx context.Context) error {
+			{Name: "undo:forget-tenant", Run: func(ctx context.Context) error {
 				return p.store.DeleteProvisioningTenant(ctx, id)
 			}},
 		},

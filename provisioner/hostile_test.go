@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/hostile"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
@@ -373,13 +374,14 @@ func stepsUpTo(t *testing.T, p *Provisioner, b *bundle, opID, last string, schem
 	require.NoError(t, err)
 	pl, err := p.movePlan(op, params)
 	require.NoError(t, err)
-	for _, s := range pl.forward {
-		if s.name == "copy-schema" {
+	ctx := engine.WithOperation(b.ctx, opID)
+	for _, s := range pl.Steps {
+		if s.Name == "copy-schema" {
 			schema()
 		} else {
-			require.NoError(t, s.run(b.ctx), s.name)
+			require.NoError(t, s.Run(ctx), s.Name)
 		}
-		if s.name == last {
+		if s.Name == last {
 			return
 		}
 	}
@@ -419,7 +421,7 @@ func TestHostileMoveAsTenant(t *testing.T) {
 			opID := newUUID()
 			params := map[string]any{"operation": opID, "from": from, "to": "b"}
 			require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+tn.ID, params, func(tx pgx.Tx) error {
-				return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
+				return p.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
 			}))
 			stepsUpTo(t, p, b, opID, "replicate", func() {
 				conn, err := p.asTenant(b.ctx, tn, "b")
@@ -458,7 +460,7 @@ func TestHostileMoveAsTenant(t *testing.T) {
 					require.True(t, super, "only a superuser may own a subscription on 15")
 				}
 			}
-			done, err := p.execute(b.ctx, opID)
+			done, err := b.eng.RunNow(b.ctx, opID)
 			require.NoError(t, err)
 			require.Equal(t, silo.OpSucceeded, done.State, "%+v", done.Steps)
 			require.Equal(t, path, done.Move.Path, done.Move.PathReason)
@@ -492,7 +494,7 @@ func startMove(t *testing.T, p *Provisioner, b *bundle, tn *silo.Tenant, from, l
 	opID := newUUID()
 	params := map[string]any{"operation": opID, "from": from, "to": "b"}
 	require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+tn.ID, params, func(tx pgx.Tx) error {
-		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
+		return p.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: tn.ID, Params: params})
 	}))
 	stepsUpTo(t, p, b, opID, last, schema)
 	return opID
@@ -530,7 +532,7 @@ func TestHostileMoveSwapsTableForView(t *testing.T) {
 		BEGIN PERFORM public.hostile_escalate(); RETURN current_user; END $f$;
 		CREATE VIEW zzz AS SELECT 1 AS id, public.who() AS who`)
 	require.NoError(t, err)
-	_, err = p.execute(b.ctx, opID)
+	_, err = b.eng.RunNow(b.ctx, opID)
 	require.NoError(t, err)
 	b.requireNotSuper(t, p, tn.Database, "a", "b")
 	after, err := b.store.GetTenant(b.ctx, tn.ID)
@@ -659,8 +661,8 @@ func TestMoveUndoAfterFlipKeepsTarget(t *testing.T) {
 	require.NoError(t, err)
 	pl, err := p.movePlan(op, params)
 	require.NoError(t, err)
-	for _, s := range pl.undo { // as if the cleanup had failed
-		require.NoError(t, s.run(b.ctx), s.name)
+	for _, s := range pl.Undo { // as if the cleanup had failed
+		require.NoError(t, s.Run(engine.WithOperation(b.ctx, opID)), s.Name)
 	}
 	moved, err := b.store.GetTenant(b.ctx, tn.ID)
 	require.NoError(t, err)

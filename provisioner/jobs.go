@@ -11,38 +11,6 @@ import (
 	"github.com/silo-db/silo"
 )
 
-// operationArgs is the recovery job of one operation.
-type operationArgs struct {
-	OperationID string `json:"operation_id"`
-}
-
-func (operationArgs) Kind() string { return "silo_operation" }
-
-type operationWorker struct {
-	river.WorkerDefaults[operationArgs]
-	p *Provisioner
-}
-
-// Work resumes an operation whose server did not finish it. Another server
-// still running it is left alone (the job snoozes); an operation that cannot
-// finish yet returns an error, so River retries it with backoff.
-func (w *operationWorker) Work(ctx context.Context, job *river.Job[operationArgs]) error {
-	ctx = silo.WithActor(ctx, silo.Actor{Name: "system"})
-	op, err := w.p.execute(ctx, job.Args.OperationID)
-	if errors.Is(err, errLocked) {
-		return river.JobSnooze(w.p.cfg.RecoveryDelay)
-	}
-	if err != nil {
-		return err
-	}
-	if !op.Done() {
-		return errors.New("operation not finished yet; retrying")
-	}
-	return nil
-}
-
-func (w *operationWorker) Timeout(*river.Job[operationArgs]) time.Duration { return 10 * time.Minute }
-
 // maintainArgs asks for template and warm pool upkeep: of one shard, or of
 // every active shard when Shard is "".
 type maintainArgs struct {
@@ -100,7 +68,11 @@ func (p *Provisioner) refillSoon(ctx context.Context, shard string) {
 		defer cancel()
 		opts := uniqueOpts()
 		opts.ScheduledAt = time.Now().Add(refillDelay)
-		if _, err := p.river.Insert(ctx, maintainArgs{Shard: shard}, opts); err != nil {
+		client := p.eng.River()
+		if client == nil {
+			return // the engine is not running: the periodic upkeep refills
+		}
+		if _, err := client.Insert(ctx, maintainArgs{Shard: shard}, opts); err != nil {
 			p.log.Warn("cannot schedule a warm pool refill", "shard", shard, "err", err)
 		}
 	}()

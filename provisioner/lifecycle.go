@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -41,26 +42,22 @@ func (p *Provisioner) lifecycle(ctx context.Context, id string, kind silo.Operat
 	opID := newUUID()
 	params := map[string]any{"operation": opID, "priorState": string(t.State)}
 	err = p.store.Mutate(ctx, "tenant."+string(kind), "tenant/"+id, params, func(tx pgx.Tx) error {
-		return p.insertOperation(ctx, tx, shardmap.NewOperation{ID: opID, Kind: kind, TenantID: id, Params: params})
+		return p.eng.Insert(ctx, tx, shardmap.NewOperation{ID: opID, Kind: kind, TenantID: id, Params: params})
 	})
 	if err != nil {
 		return Result{}, err
 	}
-	return p.await(ctx, opID, p.launch(ctx, opID), wait)
+	return p.run(ctx, opID, wait)
 }
 
 var pastTense = map[silo.OperationKind]string{
 	silo.OpSuspend: "suspended", silo.OpResume: "resumed", silo.OpDelete: "deleted", silo.OpPurge: "purged",
 }
 
-// plan returns how to carry out an operation.
-func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, error) {
-	switch op.Kind {
-	case silo.OpCreate:
-		return p.createPlan(op, params)
-	case silo.OpMove:
-		return p.movePlan(op, params)
-	}
+// plan returns how to carry out a suspend, resume, delete or purge. The
+// catalog's new state is the pivot of each: once it is recorded, the role's
+// login is never set back. A purge has no undo: it only goes forward.
+func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (engine.Plan, error) {
 	id := op.TenantID
 	var sc *shardConn
 	var shard, name string // the tenant's shard, and its database and role
@@ -109,49 +106,63 @@ func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (plan, err
 				}
 				t.PurgeAfter = nil
 			}
-			_, err = p.store.UpdateTenantTx(ctx, nil, *t)
-			return err
+			return pgx.BeginFunc(ctx, p.catalog, func(tx pgx.Tx) error {
+				if _, err := p.store.UpdateTenantTx(ctx, tx, *t); err != nil {
+					return err
+				}
+				if state == silo.TenantPurged {
+					return nil // no undo, so no pivot
+				}
+				return engine.MarkPivot(ctx, tx)
+			})
 		}
 	}
 	// Undo restores the role's login as it was before the operation.
-	restore := []step{{"undo:restore-login", login(params["priorState"] == string(silo.TenantActive))}}
+	restore := []engine.Step{{Name: "undo:restore-login", Run: login(params["priorState"] == string(silo.TenantActive))}}
 	switch op.Kind {
 	case silo.OpSuspend:
-		return plan{forward: []step{{"disable-login", login(false)}, {"mark-suspended", mark(silo.TenantSuspended)}}, undo: restore}, nil
+		return engine.Plan{Steps: []engine.Step{
+			{Name: "disable-login", Run: login(false)},
+			{Name: "mark-suspended", Run: mark(silo.TenantSuspended)},
+		}, Undo: restore, Pivot: "mark-suspended"}, nil
 	case silo.OpResume:
-		return plan{forward: []step{
-			{"enable-login", login(true)},
+		return engine.Plan{Steps: []engine.Step{
+			{Name: "enable-login", Run: login(true)},
 			// Migration runs pass suspended tenants by (Silo reaches a
 			// tenant's objects only as its own role, which cannot log in
 			// while suspended): a resumed tenant is brought to the target
 			// before it serves again.
-			{"migrate", func(ctx context.Context) error { return p.bringCurrent(ctx, id) }},
-			{"mark-active", mark(silo.TenantActive)},
-		}, undo: restore}, nil
+			{Name: "migrate", Run: func(ctx context.Context) error { return p.bringCurrent(ctx, id) }},
+			{Name: "mark-active", Run: mark(silo.TenantActive)},
+		}, Undo: restore, Pivot: "mark-active"}, nil
 	case silo.OpDelete:
-		return plan{forward: []step{{"disable-login", login(false)}, {"mark-deleted", mark(silo.TenantDeleted)}}, undo: restore}, nil
+		return engine.Plan{Steps: []engine.Step{
+			{Name: "disable-login", Run: login(false)},
+			{Name: "mark-deleted", Run: mark(silo.TenantDeleted)},
+		}, Undo: restore, Pivot: "mark-deleted"}, nil
 	case silo.OpPurge:
 		// No undo: a purge goes forward until it is done.
-		return plan{forward: []step{
-			{"disable-login", login(false)},
-			{"drop-database", func(ctx context.Context) error {
+		return engine.Plan{Steps: []engine.Step{
+			{Name: "disable-login", Run: login(false)},
+			{Name: "drop-database", Run: func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
 				_, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)")
 				return shardmap.ShardError(err, shard)
 			}},
-			{"drop-role", func(ctx context.Context) error {
+			{Name: "drop-retired-copies", Run: func(ctx context.Context) error { return p.dropRetiredCopies(ctx, op) }},
+			{Name: "drop-role", Run: func(ctx context.Context) error {
 				if err := load(ctx); err != nil {
 					return err
 				}
 				_, err := sc.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name))
 				return shardmap.ShardError(err, shard)
 			}},
-			{"mark-purged", mark(silo.TenantPurged)},
+			{Name: "mark-purged", Run: mark(silo.TenantPurged)},
 		}}, nil
 	}
-	return plan{}, fmt.Errorf("unknown operation kind %q", op.Kind)
+	return engine.Plan{}, fmt.Errorf("unknown operation kind %q", op.Kind)
 }
 
 // loginLockClass is the first key of the catalog advisory lock held while
@@ -293,4 +304,35 @@ func (p *Provisioner) setLimits(ctx context.Context, id string, limits silo.Tena
 		return shardmap.ShardError(err, t.Shard)
 	})
 	return out, err
+}
+
+// dropRetiredCopies destroys the copies a purged tenant's moves left on
+// their old shards, at once rather than after RetireAfter: an erasure
+// leaves no copy. The audit entry tenant.purge-copies lists each one.
+// Silo keeps no dump files: an export streams to its client.
+func (p *Provisioner) dropRetiredCopies(ctx context.Context, op *silo.Operation) error {
+	copies, err := p.store.RetiredDatabasesOf(ctx, op.TenantID)
+	if err != nil || len(copies) == 0 {
+		return err
+	}
+	var destroyed []map[string]any
+	for _, c := range copies {
+		if err := silo.ValidateDatabaseName(c.Name); err != nil {
+			return err
+		}
+		sc, err := p.shard(ctx, c.Shard)
+		if err == nil {
+			err = p.dropDatabaseAndRole(ctx, sc, c.Shard, c.Name)
+		}
+		if err != nil {
+			return err // retried forward: the purge goes on until every copy is gone
+		}
+		if err := p.store.ForgetRetiredDatabase(ctx, c.Shard, c.Name); err != nil {
+			return err
+		}
+		destroyed = append(destroyed, map[string]any{"shard": c.Shard, "database": c.Name})
+		p.log.Info("purge: retired copy destroyed", "tenant", op.TenantID, "shard", c.Shard, "database", c.Name)
+	}
+	return p.store.Mutate(ctx, "tenant.purge-copies", "tenant/"+op.TenantID,
+		map[string]any{"operation": op.ID, "copies": destroyed}, func(pgx.Tx) error { return nil })
 }

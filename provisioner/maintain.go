@@ -142,3 +142,9 @@ func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *shardConn, sh
 	}
 	return nil
 }
+
+// lockClass is the first key of the advisory locks of the provisioner's
+// upkeep: the catalog's per-shard maintenance lock and each shard's
+// template lock. The engine's operation leases share the class; their
+// second keys (hashes of UUIDs) are apart from these (hashes of names).
+const lockClass = 0x51_10_0B

@@ -6,7 +6,6 @@ import (
 
 type metrics struct {
 	provision  *prometheus.HistogramVec
-	operations *prometheus.CounterVec
 	warmPool   *prometheus.GaugeVec
 	movePause  prometheus.Histogram
 	moveBytes  prometheus.Counter
@@ -19,10 +18,6 @@ func newMetrics() metrics {
 			Help:    "Time from a create request to the tenant being active, by source of its database (warm pool or template) and outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.002, 2, 14), // 2 ms to 16 s
 		}, []string{"source", "outcome"}),
-		operations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "silo_operations_total",
-			Help: "Tenant lifecycle operations finished, by kind and outcome.",
-		}, []string{"kind", "outcome"}),
 		warmPool: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "silo_warm_pool_databases",
 			Help: "Ready databases in each shard's warm pool, as last seen by this server.",
@@ -40,7 +35,7 @@ func newMetrics() metrics {
 }
 
 func (m metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.provision, m.operations, m.warmPool, m.movePause, m.moveBytes} {
+	for _, c := range []prometheus.Collector{m.provision, m.warmPool, m.movePause, m.moveBytes} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -75,12 +76,12 @@ func (p *Provisioner) Move(ctx context.Context, req MoveRequest, wait time.Durat
 	opID := newUUID()
 	params := map[string]any{"operation": opID, "from": t.Shard, "to": target.Name}
 	err = p.store.Mutate(ctx, "tenant.move", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
-		return p.insertOperation(ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: req.ID, Params: params})
+		return p.eng.Insert(ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: req.ID, Params: params})
 	})
 	if err != nil {
 		return Result{}, err
 	}
-	return p.await(ctx, opID, p.launch(ctx, opID), wait)
+	return p.run(ctx, opID, wait)
 }
 
 // move is one move's plan: its inputs, what its steps learn, and the steps
@@ -114,31 +115,36 @@ type move struct {
 // and on 15 the subscription, whose apply then runs as a superuser: the
 // tenant's triggers are disabled on the target meanwhile, and a schema
 // whose expressions call functions goes by the paused copy instead.
-func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (plan, error) {
+//
+// The cutover is the pivot: its flip of the tenant's row to the target
+// marks it in the same transaction. Before it, a failure undoes the move;
+// after it, the target is the tenant's only live copy, and the move only
+// goes forward (its cleanup is retried until the source is tidied).
+func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (engine.Plan, error) {
 	m := &move{p: p, op: op, id: op.TenantID}
 	m.from, _ = params["from"].(string)
 	m.to, _ = params["to"].(string)
 	if m.from == "" || m.to == "" {
-		return plan{}, silo.Errorf(silo.EINTERNAL, "move operation %s has no shards", op.ID)
+		return engine.Plan{}, silo.Errorf(silo.EINTERNAL, "move operation %s has no shards", op.ID)
 	}
 	m.targetMade, _ = params["targetMade"].(bool)
 	m.dump, _ = params["dump"].(bool)
 	m.triggers = decodeTriggers(params["triggers"])
 	m.pub = "silo_move"
-	return plan{forward: []step{
-		{"check-source", m.checkSource},
-		{"target-database", m.unlessFlipped(m.targetDatabase)},
-		{"copy-schema", m.unlessFlipped(m.copySchema)},
-		{"prepare-target", m.unlessFlipped(m.prepareTarget)},
-		{"replicate", m.unlessFlipped(m.replicate)},
-		{"initial-copy", m.unlessFlipped(m.initialCopy)},
-		{"cutover", m.unlessFlipped(m.cutover)},
-		{"cleanup", m.cleanup},
-	}, undo: []step{
-		{"undo:replication", m.undoReplication},
-		{"undo:target-database", m.undoTarget},
-		{"undo:source", m.undoSource},
-	}, finishUndo: true}, nil
+	return engine.Plan{Steps: []engine.Step{
+		{Name: "check-source", Run: m.unlessFlipped(m.checkSource)},
+		{Name: "target-database", Run: m.unlessFlipped(m.targetDatabase)},
+		{Name: "copy-schema", Run: m.unlessFlipped(m.copySchema)},
+		{Name: "prepare-target", Run: m.unlessFlipped(m.prepareTarget)},
+		{Name: "replicate", Run: m.unlessFlipped(m.replicate), Timeout: moveCopyTimeout},
+		{Name: "initial-copy", Run: m.unlessFlipped(m.initialCopy), Timeout: moveCopyTimeout},
+		{Name: "cutover", Run: m.unlessFlipped(m.cutover)},
+		{Name: "cleanup", Run: m.cleanup},
+	}, Undo: []engine.Step{
+		{Name: "undo:replication", Run: m.undoReplication},
+		{Name: "undo:target-database", Run: m.undoTarget},
+		{Name: "undo:source", Run: m.undoSource},
+	}, Pivot: "cutover"}, nil
 }
 
 // load reads the tenant and opens both shards' admin pools, once.

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -204,14 +205,24 @@ func (m *move) stopSubscription(ctx context.Context) error {
 	})
 }
 
-// flip points the catalog at the target and records the pause.
+// flip points the catalog at the target, the move's pivot (marked in the
+// same transaction), and records the pause.
 func (m *move) flip(ctx context.Context, start time.Time, dconn *pgx.Conn, phases []any) error {
 	t, err := m.p.store.GetTenant(ctx, m.id)
 	if err != nil {
 		return err
 	}
 	t.Shard, t.State = m.to, silo.TenantActive
-	if _, err := m.p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+	err = pgx.BeginFunc(ctx, m.p.catalog, func(tx pgx.Tx) error {
+		if _, err := m.p.store.UpdateTenantTx(ctx, tx, *t); err != nil {
+			return err
+		}
+		return engine.MarkPivot(ctx, tx)
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.p.eng.Failpoint(ctx, "move/after-flip"); err != nil {
 		return err
 	}
 	pause := time.Since(start)

@@ -252,7 +252,7 @@ func TestMoveTargetDown(t *testing.T) {
 	c, err = pgcluster.Start(b.ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	op, err := p.execute(b.ctx, moved.Operation.ID) // what the recovery job does
+	op, err := b.eng.RunNow(b.ctx, moved.Operation.ID) // what the recovery job does
 	require.NoError(t, err)
 	require.Equal(t, silo.OpFailed, op.State, "%+v", op.Steps)
 	admin, err := pgx.Connect(b.ctx, c.DSN("postgres"))
@@ -365,7 +365,7 @@ func TestMoveSourceDown(t *testing.T) {
 	s, err = pgcluster.Start(b.ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Stop(context.Background()) })
-	op, err := p.execute(b.ctx, moved.Operation.ID) // what the recovery job does
+	op, err := b.eng.RunNow(b.ctx, moved.Operation.ID) // what the recovery job does
 	require.NoError(t, err)
 	require.Equal(t, silo.OpFailed, op.State, "%+v", op.Steps)
 
@@ -438,17 +438,17 @@ func TestCrashedMoveIsResumed(t *testing.T) {
 	opID := newUUID()
 	params := map[string]any{"operation": opID, "from": "a", "to": "b"}
 	require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+id, params, func(tx pgx.Tx) error {
-		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: id, Params: params})
+		return p.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: id, Params: params})
 	}))
 	op, err := p.store.GetOperation(b.ctx, opID)
 	require.NoError(t, err)
 	pl, err := p.movePlan(op, params)
 	require.NoError(t, err)
-	for _, s := range pl.forward[:5] { // check-source .. replicate
-		require.NoError(t, s.run(b.ctx), s.name)
+	for _, s := range pl.Steps[:5] { // check-source .. replicate
+		require.NoError(t, s.Run(b.ctx), s.Name)
 	}
 
-	done, err := p.execute(b.ctx, opID) // what the recovery job does
+	done, err := b.eng.RunNow(b.ctx, opID) // what the recovery job does
 	require.NoError(t, err)
 	require.Equal(t, silo.OpSucceeded, done.State, "%+v", done.Steps)
 	tn, err := b.store.GetTenant(b.ctx, id)

@@ -26,26 +26,26 @@ func startWithoutRunning(t *testing.T, p *Provisioner, b *bundle, req CreateRequ
 		}, p.sealer.Seal([]byte("a-password-of-the-dead-server"), req.ID)); err != nil {
 			return err
 		}
-		return p.insertOperation(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpCreate, TenantID: req.ID})
+		return p.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpCreate, TenantID: req.ID})
 	})
 	require.NoError(t, err)
 	return opID
 }
 
 // A server that dies after accepting a create, and after its first step,
-// has its operation finished by River on another server.
-func TestCrashedCreateIsResumedByRiver(t *testing.T) {
+// has its operation finished by another server's recovery sweep.
+func TestCrashedCreateIsResumed(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{RecoveryDelay: time.Second})
+	p, b := setupRecovering(t, Config{})
 	id := newID("crash")
 	opID := startWithoutRunning(t, p, b, CreateRequest{ID: id, Shard: "a"})
 
 	// The dead server had made the role, and nothing else.
 	op, err := b.store.GetOperation(b.ctx, opID)
 	require.NoError(t, err)
-	pl, err := p.plan(op, nil)
+	pl, err := p.createPlan(op, map[string]any{})
 	require.NoError(t, err)
-	require.NoError(t, (&recorder{p: p, op: op}).run(b.ctx, pl.forward[:1]))
+	require.NoError(t, pl.Steps[0].Run(b.ctx))
 	_, role := b.shardHas(t, "a", b.dbName(t, id))
 	require.True(t, role)
 
@@ -67,29 +67,11 @@ func TestCrashedCreateIsResumedByRiver(t *testing.T) {
 	conn.Close(b.ctx)
 }
 
-// An operation another server is running is not run twice.
-func TestOperationLock(t *testing.T) {
-	t.Parallel()
-	p, b := setup(t, Config{})
-	opID := startWithoutRunning(t, p, b, CreateRequest{ID: newID("locked")})
-	conn, err := b.pool.Acquire(b.ctx)
-	require.NoError(t, err)
-	defer conn.Release()
-	_, err = conn.Exec(b.ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, lockClass, opID)
-	require.NoError(t, err)
-	_, err = p.execute(b.ctx, opID)
-	require.ErrorIs(t, err, errLocked)
-	_, err = conn.Exec(b.ctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, lockClass, opID)
-	require.NoError(t, err)
-	op, err := p.execute(b.ctx, opID)
-	require.NoError(t, err)
-	require.Equal(t, silo.OpSucceeded, op.State)
-}
-
 // A shard that hangs mid-create (SIGSTOP) fails the step in StepTimeout; the
 // rollback cannot reach it either, so the operation stays running, the
 // tenant stays provisioning (known to the catalog), and once the shard is
-// back the operation finishes. Not parallel: it freezes a shared shard.
+// back the rollback, once begun, finishes: nothing is left on the shard,
+// and the id is free again. Not parallel: it freezes a shared shard.
 func TestCreateOnHungShard(t *testing.T) {
 	p, b := setup(t, Config{ConnectTimeout: 2 * time.Second})
 	// Warm the shard connection and template first, as a running server has;
@@ -97,7 +79,7 @@ func TestCreateOnHungShard(t *testing.T) {
 	// timeout the rest of the test uses.
 	_, err := p.Create(b.ctx, CreateRequest{ID: newID("before-hang"), Shard: "b"}, time.Minute)
 	require.NoError(t, err)
-	p.cfg.StepTimeout = 2 * time.Second
+	b.eng.SetStepTimeout(2 * time.Second)
 
 	require.NoError(t, b.fleet.Shards[1].Pause())
 	resumed := false
@@ -117,12 +99,17 @@ func TestCreateOnHungShard(t *testing.T) {
 
 	require.NoError(t, b.fleet.Shards[1].Resume())
 	resumed = true
-	op, err := p.execute(b.ctx, res.Operation.ID) // what the recovery job does
+	op, err := b.eng.RunNow(b.ctx, res.Operation.ID) // what the recovery job does
 	require.NoError(t, err)
-	require.Equal(t, silo.OpSucceeded, op.State)
-	tn, err := b.store.GetTenant(b.ctx, id)
-	require.NoError(t, err)
-	require.Equal(t, silo.TenantActive, tn.State)
+	require.Equal(t, silo.OpFailed, op.State, "%+v", op.Steps)
+	require.Contains(t, op.Error, "was undone")
+	db, role := b.shardHas(t, "b", res.Tenant.Database)
+	require.False(t, db || role, "the rollback left nothing")
+	_, err = b.store.GetTenant(b.ctx, id)
+	requireCode(t, err, silo.ENOTFOUND)
+	b.eng.SetStepTimeout(30 * time.Second)
+	_, err = p.Create(b.ctx, CreateRequest{ID: id, Shard: "b"}, time.Minute)
+	require.NoError(t, err, "the id is free again")
 }
 
 // A create that fails for good is rolled back: no database, no role, no
@@ -136,7 +123,7 @@ func TestFailedCreateRollsBack(t *testing.T) {
 	// Break the sealed password so the role step cannot open it.
 	_, err := b.pool.Exec(b.ctx, `UPDATE tenants SET password_sealed = '\x01deadbeef' WHERE id = $1`, id)
 	require.NoError(t, err)
-	op, err := p.execute(b.ctx, opID)
+	op, err := b.eng.RunNow(b.ctx, opID)
 	require.NoError(t, err)
 	require.Equal(t, silo.OpFailed, op.State)
 	require.Equal(t, silo.EINTERNAL, op.ErrorCode)

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/provisioner"
@@ -50,17 +51,19 @@ func setup(t *testing.T) *bundle {
 		_, err := store.CreateShard(ctx, silo.Shard{Name: name, DSN: fleet.Shards[i].DSN("postgres")})
 		require.NoError(t, err)
 	}
+	eng := catalogtest.NewEngine(t, pool, store, log, engine.Config{})
 	prov, err := provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, SecretKey: key, Logger: log,
-		WarmPoolSize: -1, MaintenanceInterval: time.Hour, MaxConcurrentOps: 8,
+		Catalog: pool, Store: store, Engine: eng, SecretKey: key, Logger: log,
+		WarmPoolSize: -1, MaintenanceInterval: time.Hour,
 	})
 	require.NoError(t, err)
-	require.NoError(t, prov.Start(ctx))
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		_ = eng.Stop(sctx)
 		_ = prov.Stop(sctx)
 	})
+	require.NoError(t, eng.Start(ctx))
 	return &bundle{ctx: ctx, pool: pool, store: store, prov: prov, fleet: fleet}
 }
 

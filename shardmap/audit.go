@@ -40,7 +40,7 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter, p silo.Page) (silo
 		ORDER BY id DESC LIMIT $5`,
 		before, f.Action, f.Target, f.Actor, limit+1)
 	if err != nil {
-		return silo.List[silo.AuditEntry]{}, catalogError(err, "list audit entries")
+		return silo.List[silo.AuditEntry]{}, CatalogError(err, "list audit entries")
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.AuditEntry, error) {
 		var e silo.AuditEntry
@@ -51,7 +51,7 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter, p silo.Page) (silo
 		return e, json.Unmarshal(params, &e.Params)
 	})
 	if err != nil {
-		return silo.List[silo.AuditEntry]{}, catalogError(err, "list audit entries")
+		return silo.List[silo.AuditEntry]{}, CatalogError(err, "list audit entries")
 	}
 	return collectPage(items, limit, func(e silo.AuditEntry) string { return strconv.FormatInt(e.ID, 10) }), nil
 }

@@ -135,7 +135,7 @@ func (s *Store) CreateTenantKey(ctx context.Context, tenantID, name string) (*Te
 			return silo.Errorf(silo.ENOTFOUND, "tenant %q not found", tenantID)
 		}
 		if err != nil {
-			return catalogError(err, "look up tenant %q", tenantID)
+			return CatalogError(err, "look up tenant %q", tenantID)
 		}
 		if state == silo.TenantDeleted || state == silo.TenantPurged {
 			return silo.Errorf(silo.ECONFLICT, "tenant %q is %s: it can have no new keys", tenantID, state)
@@ -145,7 +145,7 @@ func (s *Store) CreateTenantKey(ctx context.Context, tenantID, name string) (*Te
 			VALUES ($1, $2, $3, $4)
 			RETURNING `+keyColumns,
 			id, tenantID, name, hashSecret(secret)))
-		return catalogError(err, "create key for tenant %q", tenantID)
+		return CatalogError(err, "create key for tenant %q", tenantID)
 	})
 	if err != nil {
 		return nil, "", err
@@ -163,7 +163,7 @@ func (s *Store) ListTenantKeys(ctx context.Context, tenantID string, p silo.Page
 	}
 	var exists bool
 	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)`, tenantID).Scan(&exists); err != nil {
-		return silo.List[TenantKey]{}, catalogError(err, "look up tenant %q", tenantID)
+		return silo.List[TenantKey]{}, CatalogError(err, "look up tenant %q", tenantID)
 	}
 	if !exists {
 		return silo.List[TenantKey]{}, silo.Errorf(silo.ENOTFOUND, "tenant %q not found", tenantID)
@@ -174,11 +174,11 @@ func (s *Store) ListTenantKeys(ctx context.Context, tenantID string, p silo.Page
 		WHERE tenant_id = $1 AND id > $2
 		ORDER BY id LIMIT $3`, tenantID, after, limit+1)
 	if err != nil {
-		return silo.List[TenantKey]{}, catalogError(err, "list keys of tenant %q", tenantID)
+		return silo.List[TenantKey]{}, CatalogError(err, "list keys of tenant %q", tenantID)
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TenantKey, error) { return scanKey(r) })
 	if err != nil {
-		return silo.List[TenantKey]{}, catalogError(err, "list keys of tenant %q", tenantID)
+		return silo.List[TenantKey]{}, CatalogError(err, "list keys of tenant %q", tenantID)
 	}
 	return collectPage(items, limit, func(k TenantKey) string { return k.ID }), nil
 }
@@ -198,7 +198,7 @@ func (s *Store) RevokeTenantKey(ctx context.Context, tenantID, keyID string) err
 		if errors.Is(err, pgx.ErrNoRows) {
 			return silo.Errorf(silo.ENOTFOUND, "key %q of tenant %q not found", keyID, tenantID)
 		}
-		return catalogError(err, "revoke key %q of tenant %q", keyID, tenantID)
+		return CatalogError(err, "revoke key %q of tenant %q", keyID, tenantID)
 	})
 }
 
@@ -221,7 +221,7 @@ func (s *Store) AuthenticateKey(ctx context.Context, token string) (*TenantKey, 
 		return nil, silo.Errorf(silo.EUNAUTHORIZED, "the key is not valid")
 	}
 	if err != nil {
-		return nil, catalogError(err, "authenticate key %q", id)
+		return nil, CatalogError(err, "authenticate key %q", id)
 	}
 	if subtle.ConstantTimeCompare(hashSecret(secret), hash) != 1 {
 		return nil, silo.Errorf(silo.EUNAUTHORIZED, "the key is not valid")

@@ -61,7 +61,7 @@ func (s *Store) InsertOperation(ctx context.Context, tx pgx.Tx, n NewOperation) 
 			}
 			return nil, silo.Errorf(silo.ECONFLICT, "tenant %q has an operation in progress; wait for it to finish", n.TenantID)
 		}
-		return nil, catalogError(err, "record %s operation for tenant %q", n.Kind, n.TenantID)
+		return nil, CatalogError(err, "record %s operation for tenant %q", n.Kind, n.TenantID)
 	}
 	return &op, nil
 }
@@ -74,7 +74,7 @@ func (s *Store) GetOperation(ctx context.Context, id string) (*silo.Operation, e
 		return nil, silo.Errorf(silo.ENOTFOUND, "operation %q not found", id)
 	}
 	if err != nil {
-		return nil, catalogError(err, "get operation %q", id)
+		return nil, CatalogError(err, "get operation %q", id)
 	}
 	return &op, nil
 }
@@ -91,7 +91,7 @@ func (s *Store) OperationByKey(ctx context.Context, key string) (*silo.Operation
 		return nil, "", silo.Errorf(silo.ENOTFOUND, "no operation with idempotency key %q", key)
 	}
 	if err != nil {
-		return nil, "", catalogError(err, "look up idempotency key")
+		return nil, "", CatalogError(err, "look up idempotency key")
 	}
 	if err := json.Unmarshal(steps, &op.Steps); err != nil {
 		return nil, "", err
@@ -103,7 +103,7 @@ func (s *Store) OperationByKey(ctx context.Context, key string) (*silo.Operation
 func (s *Store) OperationParams(ctx context.Context, id string) (map[string]any, error) {
 	var raw []byte
 	if err := s.pool.QueryRow(ctx, `SELECT params FROM operations WHERE id::text = $1`, id).Scan(&raw); err != nil {
-		return nil, catalogError(err, "operation %q not found", id)
+		return nil, CatalogError(err, "operation %q not found", id)
 	}
 	params := map[string]any{}
 	return params, json.Unmarshal(raw, &params)
@@ -121,7 +121,7 @@ func (s *Store) SetOperationParams(ctx context.Context, tx pgx.Tx, id string, pa
 		db = tx
 	}
 	_, err = db.Exec(ctx, `UPDATE operations SET params = params || $2, updated_at = now() WHERE id::text = $1`, id, raw)
-	return catalogError(err, "record parameter of operation %q", id)
+	return CatalogError(err, "record parameter of operation %q", id)
 }
 
 // SaveSteps records an operation's steps as they progress.
@@ -131,7 +131,7 @@ func (s *Store) SaveSteps(ctx context.Context, id string, steps []silo.Operation
 		return err
 	}
 	_, err = s.pool.Exec(ctx, `UPDATE operations SET steps = $2, updated_at = now() WHERE id::text = $1`, id, raw)
-	return catalogError(err, "record steps of operation %q", id)
+	return CatalogError(err, "record steps of operation %q", id)
 }
 
 // FinishedOperation is an operation as FinishOperation left it, with what
@@ -168,7 +168,7 @@ func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps
 		&out.ID, &out.Kind, &out.TenantID, &out.State, &stepsRaw, &out.ErrorCode, &out.Error,
 		&out.CreatedAt, &out.UpdatedAt, &out.FinishedAt, &params, &job)
 	if err != nil {
-		return nil, catalogError(err, "finish operation %q", id)
+		return nil, CatalogError(err, "finish operation %q", id)
 	}
 	if job != nil {
 		out.RecoveryJobID = *job

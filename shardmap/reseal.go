@@ -22,7 +22,7 @@ func (s *Store) SealPlaintextDSNs(ctx context.Context) (int, error) {
 	}
 	var found bool
 	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE dsn IS NOT NULL)`).Scan(&found); err != nil {
-		return 0, catalogError(err, "look for plaintext shard DSNs")
+		return 0, CatalogError(err, "look for plaintext shard DSNs")
 	}
 	if !found {
 		return 0, nil
@@ -34,12 +34,12 @@ func (s *Store) SealPlaintextDSNs(ctx context.Context) (int, error) {
 		// WHERE again: the rows that server sealed are skipped.
 		rows, err := tx.Query(ctx, `SELECT name, dsn FROM shards WHERE dsn IS NOT NULL ORDER BY name FOR UPDATE`)
 		if err != nil {
-			return catalogError(err, "read plaintext shard DSNs")
+			return CatalogError(err, "read plaintext shard DSNs")
 		}
 		type plain struct{ Name, DSN string }
 		found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[plain])
 		if err != nil {
-			return catalogError(err, "read plaintext shard DSNs")
+			return CatalogError(err, "read plaintext shard DSNs")
 		}
 		for _, p := range found {
 			sealed, err := s.sealDSN(p.Name, p.DSN)
@@ -47,7 +47,7 @@ func (s *Store) SealPlaintextDSNs(ctx context.Context) (int, error) {
 				return err
 			}
 			if _, err := tx.Exec(ctx, `UPDATE shards SET dsn_sealed = $2, dsn = NULL WHERE name = $1`, p.Name, sealed); err != nil {
-				return catalogError(err, "seal the DSN of shard %q", p.Name)
+				return CatalogError(err, "seal the DSN of shard %q", p.Name)
 			}
 			names = append(names, p.Name)
 		}
@@ -153,11 +153,11 @@ func (s *Store) resealColumn(ctx context.Context, c sealedColumn, batchSize int,
 	for {
 		rows, err := s.pool.Query(ctx, read, after, batchSize)
 		if err != nil {
-			return catalogError(err, "read the sealed values of %s", c.table)
+			return CatalogError(err, "read the sealed values of %s", c.table)
 		}
 		batch, err := pgx.CollectRows(rows, pgx.RowToStructByPos[sealedValue])
 		if err != nil {
-			return catalogError(err, "read the sealed values of %s", c.table)
+			return CatalogError(err, "read the sealed values of %s", c.table)
 		}
 		var stale []string
 		for _, v := range batch {
@@ -196,11 +196,11 @@ func (s *Store) resealRows(ctx context.Context, c sealedColumn, keys []string, r
 			SELECT %[2]s, %[3]s FROM %[1]s WHERE %[2]s = ANY($1) AND %[3]s IS NOT NULL
 			ORDER BY %[2]s FOR UPDATE`, c.table, c.key, c.column), keys)
 		if err != nil {
-			return catalogError(err, "lock the sealed values of %s", c.table)
+			return CatalogError(err, "lock the sealed values of %s", c.table)
 		}
 		locked, err := pgx.CollectRows(rows, pgx.RowToStructByPos[sealedValue])
 		if err != nil {
-			return catalogError(err, "lock the sealed values of %s", c.table)
+			return CatalogError(err, "lock the sealed values of %s", c.table)
 		}
 		var newKeys []string
 		var newValues [][]byte
@@ -222,7 +222,7 @@ func (s *Store) resealRows(ctx context.Context, c sealedColumn, keys []string, r
 			FROM unnest($1::text[], $2::bytea[]) AS v(key, sealed)
 			WHERE t.%[2]s = v.key`, c.table, c.key, c.column), newKeys, newValues)
 		if err != nil {
-			return catalogError(err, "reseal the values of %s", c.table)
+			return CatalogError(err, "reseal the values of %s", c.table)
 		}
 		params["moved"], params["current"], params["failed"] = batch.Moved, batch.Current, batch.Failed
 		return nil

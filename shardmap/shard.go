@@ -73,7 +73,7 @@ func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, er
 		// Fail on a taken name before spending a probe on it.
 		var exists bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE name = $1)`, sh.Name).Scan(&exists); err != nil {
-			return catalogError(err, "look up shard %q", sh.Name)
+			return CatalogError(err, "look up shard %q", sh.Name)
 		}
 		if exists {
 			return silo.Errorf(silo.ECONFLICT, "shard %q already exists", sh.Name)
@@ -94,7 +94,7 @@ func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, er
 			SELECT s.name, s.dsn_sealed, s.region, s.weight, s.state, s.created_at, s.updated_at, 0 FROM s`,
 			sh.Name, sealed, sh.Region, sh.Weight)
 		if created, err = s.scanShard(row); err != nil {
-			return catalogError(err, "register shard %q", sh.Name)
+			return CatalogError(err, "register shard %q", sh.Name)
 		}
 		return nil
 	})
@@ -177,7 +177,7 @@ func (s *Store) GetShard(ctx context.Context, name string) (*silo.Shard, error) 
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 		}
-		return nil, catalogError(err, "get shard %q", name)
+		return nil, CatalogError(err, "get shard %q", name)
 	}
 	return &sh, nil
 }
@@ -192,7 +192,7 @@ func (s *Store) ShardDSN(ctx context.Context, name string) (string, error) {
 		return "", silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 	}
 	if err != nil {
-		return "", catalogError(err, "get shard %q", name)
+		return "", CatalogError(err, "get shard %q", name)
 	}
 	return s.openDSN(name, sealed)
 }
@@ -206,11 +206,11 @@ func (s *Store) ListShards(ctx context.Context, p silo.Page) (silo.List[silo.Sha
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name > $1 ORDER BY s.name LIMIT $2`, after, limit+1)
 	if err != nil {
-		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
+		return silo.List[silo.Shard]{}, CatalogError(err, "list shards")
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.Shard, error) { return s.scanShard(r) })
 	if err != nil {
-		return silo.List[silo.Shard]{}, catalogError(err, "list shards")
+		return silo.List[silo.Shard]{}, CatalogError(err, "list shards")
 	}
 	return collectPage(items, limit, func(sh silo.Shard) string { return sh.Name }), nil
 }
@@ -238,13 +238,13 @@ func (s *Store) SetShardState(ctx context.Context, name string, state silo.Shard
 			UPDATE shards SET state = $2, updated_at = now()
 			WHERE name = $1 AND state <> $2`, name, state)
 		if err != nil {
-			return catalogError(err, "set state of shard %q", name)
+			return CatalogError(err, "set state of shard %q", name)
 		}
 		out, err = s.scanShard(tx.QueryRow(ctx, `SELECT `+shardColumns+` FROM shards s WHERE s.name = $1`, name))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 		}
-		return catalogError(err, "get shard %q", name)
+		return CatalogError(err, "get shard %q", name)
 	})
 	if err != nil {
 		return nil, err
@@ -269,13 +269,13 @@ func (s *Store) DeleteShard(ctx context.Context, name string) error {
 			return silo.Errorf(silo.ENOTFOUND, "shard %q not found", name)
 		}
 		if err != nil {
-			return catalogError(err, "remove shard %q", name)
+			return CatalogError(err, "remove shard %q", name)
 		}
 		if live > 0 {
 			return silo.Errorf(silo.ECONFLICT, "shard %q still holds %d tenants: drain it first", name, live)
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM shards WHERE name = $1`, name); err != nil {
-			return catalogError(err, "remove shard %q", name)
+			return CatalogError(err, "remove shard %q", name)
 		}
 		return nil
 	})

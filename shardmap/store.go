@@ -64,7 +64,7 @@ func New(cfg Config) (*Store, error) {
 func (s *Store) Ping(ctx context.Context) error {
 	var one int
 	if err := s.pool.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
-		return catalogError(err, "catalog is not reachable")
+		return CatalogError(err, "catalog is not reachable")
 	}
 	return nil
 }
@@ -156,15 +156,16 @@ func insertAudit(ctx context.Context, db execer, actor silo.Actor, action, targe
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
 		actor.Name, action, target, raw, result, msg, actor.RequestID)
 	if err != nil {
-		return catalogError(err, "write audit entry")
+		return CatalogError(err, "write audit entry")
 	}
 	return nil
 }
 
-// catalogError turns a catalog failure into a *silo.Error: constraint
+// CatalogError turns a catalog failure into a *silo.Error, for every
+// package that reads the catalog: no row is ENOTFOUND, constraint
 // violations are the caller's fault, lost connections and deadlines are not.
 // An error that already is a *silo.Error is returned unchanged.
-func catalogError(err error, format string, args ...any) error {
+func CatalogError(err error, format string, args ...any) error {
 	if err == nil {
 		return nil
 	}

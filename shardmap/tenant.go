@@ -60,7 +60,7 @@ func (s *Store) InsertTenant(ctx context.Context, tx pgx.Tx, t silo.Tenant, seal
 		RETURNING `+tenantColumns,
 		t.ID, t.Shard, t.Database, t.Region, t.State, t.SchemaVersion, sealedPassword, t.Limits.Connections, t.Limits.TempFileMB))
 	if err != nil {
-		err = catalogError(err, "create tenant %q", t.ID)
+		err = CatalogError(err, "create tenant %q", t.ID)
 		if silo.ErrorCode(err) == silo.ECONFLICT {
 			return nil, silo.Errorf(silo.ECONFLICT, "tenant %q already exists", t.ID)
 		}
@@ -75,7 +75,7 @@ func (s *Store) TenantSecret(ctx context.Context, id string) ([]byte, error) {
 	var sealed []byte
 	err := s.pool.QueryRow(ctx, `SELECT password_sealed FROM tenants WHERE id = $1`, id).Scan(&sealed)
 	if err != nil {
-		return nil, catalogError(err, "tenant %q not found", id)
+		return nil, CatalogError(err, "tenant %q not found", id)
 	}
 	if sealed == nil {
 		return nil, silo.Errorf(silo.ENOTFOUND, "tenant %q has no credentials", id)
@@ -91,10 +91,10 @@ func (s *Store) ExpiredTenants(ctx context.Context, now time.Time, limit int) ([
 		WHERE state = 'deleted' AND purge_after < $1
 		ORDER BY purge_after LIMIT $2`, now, limit)
 	if err != nil {
-		return nil, catalogError(err, "list expired tenants")
+		return nil, CatalogError(err, "list expired tenants")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, catalogError(err, "list expired tenants")
+	return ids, CatalogError(err, "list expired tenants")
 }
 
 func validateTenant(t silo.Tenant) error {
@@ -123,7 +123,7 @@ func (s *Store) GetTenant(ctx context.Context, id string) (*silo.Tenant, error) 
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, silo.Errorf(silo.ENOTFOUND, "tenant %q not found", id)
 		}
-		return nil, catalogError(err, "get tenant %q", id)
+		return nil, CatalogError(err, "get tenant %q", id)
 	}
 	return &t, nil
 }
@@ -146,11 +146,11 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter, p silo.Page) (s
 		ORDER BY id LIMIT $5`,
 		after, f.Shard, string(f.State), f.Region, limit+1)
 	if err != nil {
-		return silo.List[silo.Tenant]{}, catalogError(err, "list tenants")
+		return silo.List[silo.Tenant]{}, CatalogError(err, "list tenants")
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (silo.Tenant, error) { return scanTenant(r) })
 	if err != nil {
-		return silo.List[silo.Tenant]{}, catalogError(err, "list tenants")
+		return silo.List[silo.Tenant]{}, CatalogError(err, "list tenants")
 	}
 	return collectPage(items, limit, func(t silo.Tenant) string { return t.ID }), nil
 }
@@ -203,7 +203,7 @@ func (s *Store) UpdateTenantTx(ctx context.Context, tx pgx.Tx, t silo.Tenant) (*
 		return &out, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
-		return nil, catalogError(err, "update tenant %q", t.ID)
+		return nil, CatalogError(err, "update tenant %q", t.ID)
 	}
 	var epoch int64
 	err = db.QueryRow(ctx, `SELECT epoch FROM tenants WHERE id = $1`, t.ID).Scan(&epoch)
@@ -211,7 +211,7 @@ func (s *Store) UpdateTenantTx(ctx context.Context, tx pgx.Tx, t silo.Tenant) (*
 		return nil, silo.Errorf(silo.ENOTFOUND, "tenant %q not found", t.ID)
 	}
 	if err != nil {
-		return nil, catalogError(err, "update tenant %q", t.ID)
+		return nil, CatalogError(err, "update tenant %q", t.ID)
 	}
 	return nil, silo.Errorf(silo.ECONFLICT, "tenant %q changed since it was read (epoch %d, now %d)", t.ID, t.Epoch, epoch)
 }
@@ -221,5 +221,5 @@ func (s *Store) UpdateTenantTx(ctx context.Context, tx pgx.Tx, t silo.Tenant) (*
 // is left alone.
 func (s *Store) DeleteProvisioningTenant(ctx context.Context, id string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM tenants WHERE id = $1 AND state = 'provisioning'`, id)
-	return catalogError(err, "forget tenant %q", id)
+	return CatalogError(err, "forget tenant %q", id)
 }

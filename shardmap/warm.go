@@ -25,13 +25,13 @@ func (s *Store) AddWarmDatabase(ctx context.Context, shard, name string, version
 	_, err := s.pool.Exec(ctx, `
 		INSERT INTO warm_databases (shard, name, schema_version, state) VALUES ($1, $2, $3, 'creating')`,
 		shard, name, version)
-	return catalogError(err, "record warm database %q on shard %q", name, shard)
+	return CatalogError(err, "record warm database %q on shard %q", name, shard)
 }
 
 // WarmDatabaseReady marks a warm database created and claimable.
 func (s *Store) WarmDatabaseReady(ctx context.Context, shard, name string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE warm_databases SET state = 'ready' WHERE shard = $1 AND name = $2`, shard, name)
-	return catalogError(err, "mark warm database %q ready", name)
+	return CatalogError(err, "mark warm database %q ready", name)
 }
 
 // HoldWarmDatabase takes a ready warm database out of reach of claims (back
@@ -41,7 +41,7 @@ func (s *Store) HoldWarmDatabase(ctx context.Context, shard, name string) (bool,
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE warm_databases SET state = 'creating' WHERE shard = $1 AND name = $2 AND state = 'ready'`, shard, name)
 	if err != nil {
-		return false, catalogError(err, "hold warm database %q", name)
+		return false, CatalogError(err, "hold warm database %q", name)
 	}
 	return tag.RowsAffected() == 1, nil
 }
@@ -51,13 +51,13 @@ func (s *Store) HoldWarmDatabase(ctx context.Context, shard, name string) (bool,
 func (s *Store) WarmDatabaseMigrated(ctx context.Context, shard, name string, version int64) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE warm_databases SET state = 'ready', schema_version = $3 WHERE shard = $1 AND name = $2`, shard, name, version)
-	return catalogError(err, "record warm database %q at version %d", name, version)
+	return CatalogError(err, "record warm database %q at version %d", name, version)
 }
 
 // RemoveWarmDatabase forgets a warm database (after dropping it).
 func (s *Store) RemoveWarmDatabase(ctx context.Context, shard, name string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM warm_databases WHERE shard = $1 AND name = $2`, shard, name)
-	return catalogError(err, "forget warm database %q", name)
+	return CatalogError(err, "forget warm database %q", name)
 }
 
 // WarmDatabases lists a shard's warm databases.
@@ -66,10 +66,10 @@ func (s *Store) WarmDatabases(ctx context.Context, shard string) ([]WarmDatabase
 		SELECT shard, name, schema_version, state = 'ready', created_at
 		FROM warm_databases WHERE shard = $1 ORDER BY created_at`, shard)
 	if err != nil {
-		return nil, catalogError(err, "list warm databases of shard %q", shard)
+		return nil, CatalogError(err, "list warm databases of shard %q", shard)
 	}
 	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[WarmDatabase])
-	return dbs, catalogError(err, "list warm databases of shard %q", shard)
+	return dbs, CatalogError(err, "list warm databases of shard %q", shard)
 }
 
 // ClaimWarmDatabase takes a ready warm database of the given schema version
@@ -100,7 +100,7 @@ func (s *Store) ClaimWarmDatabase(ctx context.Context, shard string, version int
 		return s.SetOperationParams(ctx, tx, operationID, map[string]any{"warmDatabase": name})
 	})
 	if err != nil {
-		return "", catalogError(err, "claim a warm database on shard %q", shard)
+		return "", CatalogError(err, "claim a warm database on shard %q", shard)
 	}
 	return name, nil
 }
@@ -116,7 +116,7 @@ func (s *Store) ShardFor(ctx context.Context, tx pgx.Tx, region string) (*silo.S
 	var db querier = s.pool
 	if tx != nil {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('silo:placement'))`); err != nil {
-			return nil, catalogError(err, "choose a shard")
+			return nil, CatalogError(err, "choose a shard")
 		}
 		db = tx
 	}
@@ -134,7 +134,7 @@ func (s *Store) ShardFor(ctx context.Context, tx pgx.Tx, region string) (*silo.S
 		return nil, silo.Errorf(silo.EUNAVAILABLE, "no active shard can take a tenant: add one, or activate a drained one")
 	}
 	if err != nil {
-		return nil, catalogError(err, "choose a shard")
+		return nil, CatalogError(err, "choose a shard")
 	}
 	return &sh, nil
 }
@@ -143,7 +143,7 @@ func (s *Store) ShardFor(ctx context.Context, tx pgx.Tx, region string) (*silo.S
 func (s *Store) RegionExists(ctx context.Context, region string) (bool, error) {
 	var ok bool
 	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shards WHERE region = $1)`, region).Scan(&ok)
-	return ok, catalogError(err, "look up region %q", region)
+	return ok, CatalogError(err, "look up region %q", region)
 }
 
 // RetiredDatabase is a moved tenant's old database (and role, of the same
@@ -159,7 +159,7 @@ func (s *Store) RetireDatabase(ctx context.Context, shard, name, tenantID string
 	_, err := s.pool.Exec(ctx, `
 		INSERT INTO retired_databases (shard, name, tenant_id, drop_after) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (shard, name) DO NOTHING`, shard, name, tenantID, dropAfter)
-	return catalogError(err, "record retired database %q on shard %q", name, shard)
+	return CatalogError(err, "record retired database %q on shard %q", name, shard)
 }
 
 // ExpiredRetiredDatabases lists retired databases past their time, at most
@@ -169,14 +169,26 @@ func (s *Store) ExpiredRetiredDatabases(ctx context.Context, now time.Time, limi
 		SELECT shard, name, tenant_id, drop_after FROM retired_databases
 		WHERE drop_after <= $1 ORDER BY drop_after LIMIT $2`, now, limit)
 	if err != nil {
-		return nil, catalogError(err, "list retired databases")
+		return nil, CatalogError(err, "list retired databases")
 	}
 	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[RetiredDatabase])
-	return dbs, catalogError(err, "list retired databases")
+	return dbs, CatalogError(err, "list retired databases")
 }
 
 // ForgetRetiredDatabase removes a retired database's record, once dropped.
 func (s *Store) ForgetRetiredDatabase(ctx context.Context, shard, name string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM retired_databases WHERE shard = $1 AND name = $2`, shard, name)
-	return catalogError(err, "forget retired database %q", name)
+	return CatalogError(err, "forget retired database %q", name)
+}
+
+// RetiredDatabasesOf lists a tenant's retired databases, on any shard.
+func (s *Store) RetiredDatabasesOf(ctx context.Context, tenantID string) ([]RetiredDatabase, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT shard, name, tenant_id, drop_after FROM retired_databases
+		WHERE tenant_id = $1 ORDER BY shard, name`, tenantID)
+	if err != nil {
+		return nil, CatalogError(err, "list retired databases of tenant %q", tenantID)
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[RetiredDatabase])
+	return dbs, CatalogError(err, "list retired databases of tenant %q", tenantID)
 }

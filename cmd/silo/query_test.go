@@ -16,6 +16,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/provisioner"
@@ -41,17 +42,19 @@ func dataServer(t *testing.T, maxRows int) string {
 	}
 	key := make([]byte, shardmap.SecretKeyLen)
 	_, _ = rand.Read(key)
+	eng := catalogtest.NewEngine(t, pool, store, log, engine.Config{})
 	prov, err := provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, SecretKey: key, Logger: log,
+		Catalog: pool, Store: store, Engine: eng, SecretKey: key, Logger: log,
 		WarmPoolSize: -1, MaintenanceInterval: time.Hour,
 	})
 	require.NoError(t, err)
-	require.NoError(t, prov.Start(ctx))
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		_ = eng.Stop(sctx)
 		_ = prov.Stop(sctx)
 	})
+	require.NoError(t, eng.Start(ctx))
 	rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: key, Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, rt.Start(ctx))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
@@ -75,10 +76,10 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.StringVar(&o.tenantMigrations, "tenant-migrations", "", "directory of goose SQL files for tenant databases (default: the embedded example schema)")
 	f.IntVar(&o.warmPoolSize, "warm-pool-size", provisioner.DefaultWarmPoolSize, "ready databases kept on each shard for fast creates (0 turns the pool off)")
 	f.DurationVar(&o.gracePeriod, "grace-period", provisioner.DefaultGracePeriod, "how long a deleted tenant's database is kept before it is purged")
-	f.DurationVar(&o.recoveryDelay, "recovery-delay", provisioner.DefaultRecoveryDelay, "how soon another server resumes an operation whose server died")
+	f.DurationVar(&o.recoveryDelay, "recovery-delay", engine.DefaultRecoveryDelay, "how soon another server resumes an operation whose server died (its lease on the catalog gone)")
 	f.DurationVar(&o.stepTimeout, "step-timeout", 30*time.Second, "time limit of each step of a tenant operation")
 	f.DurationVar(&o.maintenanceInterval, "maintenance-interval", provisioner.DefaultMaintenanceInterval, "how often shard templates and warm pools are checked")
-	f.IntVar(&o.maxOperations, "max-operations", provisioner.DefaultMaxConcurrentOps, "tenant operations this server runs at once")
+	f.IntVar(&o.maxOperations, "max-operations", engine.DefaultMaxConcurrentOps, "tenant operations this server runs at once")
 	f.BoolVar(&o.autoMigrate, "auto-migrate", false, "at startup, start a migration run for tenants behind the latest tenant migration")
 	f.IntVar(&o.migrateWorkers, "migrate-workers", migrations.DefaultWorkers, "tenant migrations this server runs at once (a run's --concurrency bounds them fleet-wide)")
 	f.IntVar(&o.shardBudget, "shard-budget", router.DefaultShardBudget, "connections this server opens to one shard for tenant queries, all tenants together")
@@ -204,42 +205,54 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if warm == 0 {
 		warm = -1 // off; the provisioner reads 0 as "the default"
 	}
-	// The runner migrates templates through the provisioner, whose River
-	// client runs the runner's jobs.
-	var prov *provisioner.Provisioner
+	// The engine runs every operation and job; the provisioner and the
+	// runner register theirs with it before it starts.
+	eng, err := engine.New(engine.Config{
+		Catalog: pool, Store: store, StepTimeout: o.stepTimeout, RecoveryDelay: o.recoveryDelay,
+		MaxConcurrentOps: o.maxOperations, Logger: log, Registry: registry,
+	})
+	if err != nil {
+		return err
+	}
+	prov, err := provisioner.New(provisioner.Config{
+		Catalog: pool, Store: store, Engine: eng, Dialer: dialer, SecretKey: key, TenantMigrations: tenantFS,
+		WarmPoolSize: warm, GracePeriod: o.gracePeriod, MaintenanceInterval: o.maintenanceInterval,
+		ConnectTimeout: o.connectTimeout, PgDump: findPgDump(), Logger: log, Registry: registry,
+	})
+	if err != nil {
+		return err
+	}
 	runner, err := migrations.NewRunner(migrations.Config{
-		Catalog: pool, Store: store, Dialer: dialer, Files: tenantFS, Workers: o.migrateWorkers,
-		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
-		Templates: migrations.TemplatesFunc(func(ctx context.Context, shard string, v int64) error {
-			return prov.MigrateTemplate(ctx, shard, v)
-		}),
+		Catalog: pool, Store: store, Engine: eng, Dialer: dialer, Files: tenantFS, Templates: prov,
+		Workers: o.migrateWorkers, ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
 	})
 	if err != nil {
 		return err
 	}
-	prov, err = provisioner.New(provisioner.Config{
-		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, TenantMigrations: tenantFS,
-		WarmPoolSize: warm, GracePeriod: o.gracePeriod, RecoveryDelay: o.recoveryDelay,
-		StepTimeout: o.stepTimeout, MaintenanceInterval: o.maintenanceInterval,
-		MaxConcurrentOps: o.maxOperations, ConnectTimeout: o.connectTimeout,
-		PgDump: findPgDump(), Logger: log, Registry: registry, Jobs: []provisioner.JobSource{runner},
-	})
-	if err != nil {
+	if err := eng.Start(ctx); err != nil {
 		return err
 	}
-	if err := prov.Start(ctx); err != nil {
-		return err
-	}
-	if err := startupMigrations(ctx, runner, o.autoMigrate, log); err != nil {
-		return err
-	}
-	defer func() {
+	// On SIGTERM the engine stops at once, beside the HTTP drain: running
+	// steps reach their boundary, and what is cut short is resumed by
+	// another server as soon as this one's leases are gone.
+	ctx, stop := context.WithCancel(ctx) // also when serve returns early
+	engineStopped := make(chan struct{})
+	go func() {
+		defer close(engineStopped)
+		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
 		defer cancel()
+		if err := eng.Stop(sctx); err != nil {
+			log.Warn("engine stop", "err", err)
+		}
 		if err := prov.Stop(sctx); err != nil {
 			log.Warn("provisioner stop", "err", err)
 		}
 	}()
+	defer func() { stop(); <-engineStopped }()
+	if err := startupMigrations(ctx, runner, o.autoMigrate, log); err != nil {
+		return err
+	}
 	rt, err := router.New(router.Config{
 		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, ShardBudget: o.shardBudget,
 		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout, MaxMessageBytes: o.maxMessageBytes,

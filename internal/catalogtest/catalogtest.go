@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
@@ -98,4 +99,24 @@ func NewAtVersion(t testing.TB, version int64) (string, *pgxpool.Pool) {
 		t.Fatal(err)
 	}
 	return dsn, pool
+}
+
+// NewEngine returns an operation engine over the catalog in pool, not yet
+// started (register kinds and job sources, then Start it), that stops
+// before the pool closes. cfg's Catalog, Store and Logger are filled in.
+func NewEngine(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slog.Logger, cfg engine.Config) *engine.Engine {
+	t.Helper()
+	cfg.Catalog, cfg.Store, cfg.Logger = pool, store, log
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := eng.Stop(ctx); err != nil {
+			t.Errorf("engine stop: %v", err)
+		}
+	})
+	return eng
 }

@@ -1,0 +1,40 @@
+package engine
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	operations     *prometheus.CounterVec
+	steps          *prometheus.CounterVec
+	forwardRetries *prometheus.CounterVec
+	recovered      prometheus.Counter
+}
+
+func newMetrics() metrics {
+	return metrics{
+		operations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_operations_total",
+			Help: "Tenant operations finished, by kind and outcome.",
+		}, []string{"kind", "outcome"}),
+		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_operation_steps_total",
+			Help: "Operation steps run (undo steps included), by operation kind, step and outcome.",
+		}, []string{"kind", "step", "outcome"}),
+		forwardRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_operation_forward_retries_total",
+			Help: "Failed steps left to be retried forward (past the pivot, or in a plan without undo), by operation kind.",
+		}, []string{"kind"}),
+		recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "silo_operations_recovered_total",
+			Help: "Running operations whose server was gone (lease free), queued to be resumed by the recovery sweep.",
+		}),
+	}
+}
+
+func (m metrics) register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.operations, m.steps, m.forwardRetries, m.recovered} {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
+)
+
+// Recovery. An operation runs on the server that took its request, under a
+// lease: a session advisory lock on the catalog, which PostgreSQL releases
+// the moment that server's connection dies (a crash, a SIGKILL, a network
+// cut). Every server sweeps the catalog every RecoveryDelay or so for
+// running operations whose lease is free and that no River job is waiting
+// to run, and queues a job for each: the first server with a free slot
+// resumes it. River's own rescue of a job whose server died waits longer
+// than any job may run (over an hour); the lease tells in seconds.
+
+const operationQueue = "silo_operation"
+
+// operationArgs is the job that resumes one operation. Since is the
+// operation's updated_at when it was queued: a job queued again after the
+// operation moved on is a new job, not a duplicate of one a dead server
+// left "running".
+type operationArgs struct {
+	OperationID string `json:"operation_id"`
+	Since       int64  `json:"since"`
+}
+
+func (operationArgs) Kind() string { return "silo_operation" }
+
+type operationWorker struct {
+	river.WorkerDefaults[operationArgs]
+	e *Engine
+}
+
+// Work resumes an operation. Another server running it is left to it (if
+// it dies, the sweep queues the operation again); an operation that cannot
+// finish yet returns an error, so River retries it.
+func (w *operationWorker) Work(ctx context.Context, job *river.Job[operationArgs]) error {
+	e := w.e
+	select {
+	case e.slots <- struct{}{}:
+		defer func() { <-e.slots }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	ctx = silo.WithActor(ctx, silo.Actor{Name: "system"})
+	op, err := e.execute(ctx, job.Args.OperationID)
+	switch {
+	case errors.Is(err, errLocked):
+		return nil
+	case err != nil:
+		return err
+	case !op.Done():
+		return errors.New("operation not finished yet; retrying")
+	}
+	return nil
+}
+
+// NextRetry retries an operation that cannot finish yet (a shard down)
+// within half a minute at most: past its pivot it must go forward as soon
+// as it can.
+func (w *operationWorker) NextRetry(job *river.Job[operationArgs]) time.Time {
+	d := time.Second << min(job.Attempt, 5)
+	return time.Now().Add(min(d, 30*time.Second))
+}
+
+func (w *operationWorker) Timeout(*river.Job[operationArgs]) time.Duration { return w.e.cfg.MaxRunTime }
+
+// recoverLoop sweeps until the engine stops.
+func (e *Engine) recoverLoop() {
+	for {
+		ctx, cancel := context.WithTimeout(e.base, 2*e.cfg.RecoveryDelay+5*time.Second)
+		if err := e.Sweep(ctx); err != nil && !e.isStopping() {
+			e.log.Warn("recovery sweep failed; trying again", "err", err)
+		}
+		cancel()
+		// Jittered, so servers started together do not sweep together.
+		wait := e.cfg.RecoveryDelay/2 + rand.N(e.cfg.RecoveryDelay/2)
+		select {
+		case <-time.After(wait):
+		case <-e.stopping:
+			return
+		}
+	}
+}
+
+// Sweep queues a recovery job for every running operation whose lease is
+// free, that has not changed for RecoveryDelay and that no job waits to
+// run; then asks every Recoverer to do the same for its own work. It runs
+// on every server every RecoveryDelay or so; it is exported for tests.
+func (e *Engine) Sweep(ctx context.Context) error {
+	client := e.River()
+	if client == nil {
+		return errors.New("engine: not started")
+	}
+	rows, err := e.catalog.Query(ctx, `
+		SELECT o.id::text, (extract(epoch FROM o.updated_at) * 1000000)::bigint
+		FROM operations o
+		WHERE o.state = 'running'
+		  AND o.updated_at < now() - make_interval(secs => $1)
+		  AND NOT EXISTS (
+			SELECT 1 FROM pg_catalog.pg_locks l
+			WHERE l.locktype = 'advisory' AND l.objsubid = 2
+			  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+			  AND l.classid::bigint = $2 AND l.objid::bigint = (hashtext(o.id::text)::bigint & 4294967295))
+		  AND NOT EXISTS (
+			SELECT 1 FROM river_job j
+			WHERE j.kind = 'silo_operation' AND j.args->>'operation_id' = o.id::text
+			  AND j.state IN ('available', 'pending', 'retryable', 'scheduled'))
+		ORDER BY o.updated_at
+		LIMIT 100`, e.cfg.RecoveryDelay.Seconds(), lockClass)
+	if err != nil {
+		return shardmap.CatalogError(err, "look for operations to recover")
+	}
+	orphans, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (operationArgs, error) {
+		var a operationArgs
+		return a, row.Scan(&a.OperationID, &a.Since)
+	})
+	if err != nil {
+		return shardmap.CatalogError(err, "look for operations to recover")
+	}
+	var errs []error
+	for _, a := range orphans {
+		res, err := client.Insert(ctx, a, &river.InsertOpts{
+			Queue:       operationQueue,
+			MaxAttempts: 25, // then the sweep queues it again
+			UniqueOpts:  river.UniqueOpts{ByArgs: true},
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !res.UniqueSkippedAsDuplicate {
+			e.metrics.recovered.Inc()
+			e.log.Info("operation's server is gone; resuming it", "operation", a.OperationID)
+		}
+	}
+	e.mu.Lock()
+	sources := e.sources
+	e.mu.Unlock()
+	for _, src := range sources {
+		if r, ok := src.(Recoverer); ok {
+			if err := r.Recover(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LeaseFree reports whether no session holds the advisory lock (class,
+// hashtext(key)) on the catalog: the lease of work whose server is gone.
+// Recoverers use it for their own leases.
+func LeaseFree(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, class int32, key string) (bool, error) {
+	var held bool
+	err := q.QueryRow(ctx, `
+		SELECT EXISTS (
+			SELECT 1 FROM pg_catalog.pg_locks l
+			WHERE l.locktype = 'advisory' AND l.objsubid = 2
+			  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+			  AND l.classid::bigint = $1 AND l.objid::bigint = (hashtext($2)::bigint & 4294967295))`, class, key).Scan(&held)
+	return !held, err
+}
