@@ -5,10 +5,10 @@ import (
 )
 
 type metrics struct {
-	provision  *prometheus.HistogramVec
-	warmPool   *prometheus.GaugeVec
-	movePause  prometheus.Histogram
-	moveBytes  prometheus.Counter
+	provision *prometheus.HistogramVec
+	warmPool  *prometheus.GaugeVec
+	movePause prometheus.Histogram
+	moveBytes prometheus.Counter
 }
 
 func newMetrics() metrics {
