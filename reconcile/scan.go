@@ -48,7 +48,13 @@ type tenantScan struct {
 // that the catalog (before) places there and no operation is changing.
 func (c *Checker) scanShard(ctx context.Context, sh silo.Shard, before *shardmap.Owners) *shardScan {
 	s := &shardScan{name: sh.Name, databases: map[string]database{}, roles: map[string]bool{}, tenants: map[string]*tenantScan{}}
-	if s.err = c.listShardObjects(ctx, s, before); s.err != nil {
+	// The shard's admin settings once, for the session in each database.
+	admin, err := c.cfg.Dialer.AdminConfig(ctx, sh.Name, "")
+	if err != nil {
+		s.err = err
+		return s
+	}
+	if s.err = c.listShardObjects(ctx, s, admin, before); s.err != nil {
 		return s
 	}
 	inFlight := runningTenants(before)
@@ -70,7 +76,7 @@ func (c *Checker) scanShard(ctx context.Context, sh silo.Shard, before *shardmap
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			ts := c.scanTenant(ctx, sh.Name, &t, s.roles[t.Database], before.Migrating[t.ID])
+			ts := c.scanTenant(ctx, admin, &t, s.roles[t.Database], before.Migrating[t.ID])
 			mu.Lock()
 			s.tenants[t.ID] = ts
 			mu.Unlock()
@@ -82,12 +88,12 @@ func (c *Checker) scanShard(ctx context.Context, sh silo.Shard, before *shardmap
 
 // listShardObjects reads the shard's databases, roles, replication slots
 // and subscriptions of Silo's naming, from pg_catalog, as its admin.
-func (c *Checker) listShardObjects(ctx context.Context, s *shardScan, before *shardmap.Owners) error {
+func (c *Checker) listShardObjects(ctx context.Context, s *shardScan, admin *pgx.ConnConfig, before *shardmap.Owners) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.QueryTimeout)
 	defer cancel()
-	conn, err := c.cfg.Dialer.ConnectAdmin(ctx, s.name, "")
+	conn, err := pgx.ConnectConfig(ctx, admin)
 	if err != nil {
-		return err
+		return shardmap.ShardError(err, s.name)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rows, err := conn.Query(ctx, `
@@ -190,11 +196,11 @@ func (c *Checker) listShardObjects(ctx context.Context, s *shardScan, before *sh
 // pg_catalog (Silo's publication, unpopulated materialized views); as the
 // tenant's own role, its schema version, when it is active (its role may
 // log in) and no migration is running on it.
-func (c *Checker) scanTenant(ctx context.Context, shard string, t *silo.Tenant, canLogin, migrating bool) *tenantScan {
+func (c *Checker) scanTenant(ctx context.Context, admin *pgx.ConnConfig, t *silo.Tenant, canLogin, migrating bool) *tenantScan {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.QueryTimeout)
 	defer cancel()
 	ts := &tenantScan{}
-	if ts.err = c.catalogAsAdmin(ctx, shard, t.Database, ts); ts.err != nil {
+	if ts.err = c.catalogAsAdmin(ctx, admin, t.Shard, t.Database, ts); ts.err != nil {
 		return ts
 	}
 	if t.State == silo.TenantActive && canLogin && !migrating {
@@ -204,13 +210,16 @@ func (c *Checker) scanTenant(ctx context.Context, shard string, t *silo.Tenant, 
 	return ts
 }
 
-// catalogAsAdmin reads pg_catalog in database db as the shard's admin: the
-// session pins search_path and runs nothing of the tenant's, and these
-// reads call only built-ins.
-func (c *Checker) catalogAsAdmin(ctx context.Context, shard, db string, ts *tenantScan) error {
-	conn, err := c.cfg.Dialer.ConnectAdmin(ctx, shard, db)
+// catalogAsAdmin reads pg_catalog in database db as the shard's admin
+// (admin: the Dialer's AdminConfig of the shard): the session pins
+// search_path and runs nothing of the tenant's, and these reads call only
+// built-ins.
+func (c *Checker) catalogAsAdmin(ctx context.Context, admin *pgx.ConnConfig, shard, db string, ts *tenantScan) error {
+	cfg := admin.Copy()
+	cfg.Database = db
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return err
+		return shardmap.ShardError(err, shard)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	// Silo's publication belongs to the admin; a tenant may make one of
