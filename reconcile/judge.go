@@ -195,6 +195,9 @@ func orphans(s *shardScan, named, moves map[string]bool, anywhere map[string][]s
 		cls, base := classify(name)
 		db, isDB := s.databases[name]
 		_, isRole := s.roles[name]
+		if (cls == scratch && !isDB) || (cls == subRole && isDB) {
+			continue // Silo makes no role of a scratch name, no database of a role's
+		}
 		f := Finding{Kind: OrphanDatabase, Shard: s.name, Object: name, Repairable: true}
 		what := "database"
 		switch {
