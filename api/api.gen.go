@@ -21,6 +21,78 @@ import (
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
 
+// Defines values for CheckFindingKind.
+const (
+	CheckFailed        CheckFindingKind = "check-failed"
+	MissingDatabase    CheckFindingKind = "missing-database"
+	MissingRole        CheckFindingKind = "missing-role"
+	OrphanDatabase     CheckFindingKind = "orphan-database"
+	OrphanPublication  CheckFindingKind = "orphan-publication"
+	OrphanRole         CheckFindingKind = "orphan-role"
+	OrphanSlot         CheckFindingKind = "orphan-slot"
+	OrphanSubscription CheckFindingKind = "orphan-subscription"
+	OrphanWarmUnit     CheckFindingKind = "orphan-warm-unit"
+	RetiredExpired     CheckFindingKind = "retired-expired"
+	ShardUnreachable   CheckFindingKind = "shard-unreachable"
+	UnpopulatedMatview CheckFindingKind = "unpopulated-matview"
+	VersionMismatch    CheckFindingKind = "version-mismatch"
+)
+
+// Valid indicates whether the value is a known member of the CheckFindingKind enum.
+func (e CheckFindingKind) Valid() bool {
+	switch e {
+	case CheckFailed:
+		return true
+	case MissingDatabase:
+		return true
+	case MissingRole:
+		return true
+	case OrphanDatabase:
+		return true
+	case OrphanPublication:
+		return true
+	case OrphanRole:
+		return true
+	case OrphanSlot:
+		return true
+	case OrphanSubscription:
+		return true
+	case OrphanWarmUnit:
+		return true
+	case RetiredExpired:
+		return true
+	case ShardUnreachable:
+		return true
+	case UnpopulatedMatview:
+		return true
+	case VersionMismatch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CheckRepairResultOutcome.
+const (
+	CheckRepairResultOutcomeFailed   CheckRepairResultOutcome = "failed"
+	CheckRepairResultOutcomeRepaired CheckRepairResultOutcome = "repaired"
+	CheckRepairResultOutcomeSkipped  CheckRepairResultOutcome = "skipped"
+)
+
+// Valid indicates whether the value is a known member of the CheckRepairResultOutcome enum.
+func (e CheckRepairResultOutcome) Valid() bool {
+	switch e {
+	case CheckRepairResultOutcomeFailed:
+		return true
+	case CheckRepairResultOutcomeRepaired:
+		return true
+	case CheckRepairResultOutcomeSkipped:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for MigrationRunDirection.
 const (
 	MigrationRunDirectionDown MigrationRunDirection = "down"
@@ -336,6 +408,83 @@ type AuditEntry struct {
 type AuditList struct {
 	Items      []AuditEntry `json:"items"`
 	NextCursor *string      `json:"nextCursor,omitempty"`
+}
+
+// CheckFinding defines model for CheckFinding.
+type CheckFinding struct {
+	// Database The database the object lives in, for slots, publications, subscriptions and materialized views.
+	Database *string          `json:"database,omitempty"`
+	Kind     CheckFindingKind `json:"kind"`
+	Message  string           `json:"message"`
+
+	// Object The database, role, slot, publication, subscription or materialized view (schema.name); empty for a shard.
+	Object string `json:"object"`
+
+	// Repairable Whether `POST /v1/check/repair` fixes it.
+	Repairable bool    `json:"repairable"`
+	Shard      string  `json:"shard"`
+	TenantId   *string `json:"tenantId,omitempty"`
+}
+
+// CheckFindingKind defines model for CheckFindingKind.
+type CheckFindingKind string
+
+// CheckRepair defines model for CheckRepair.
+type CheckRepair struct {
+	// Repairs What each repair did, in the order it was made.
+	Repairs []CheckRepairResult `json:"repairs"`
+	Report  CheckReport         `json:"report"`
+}
+
+// CheckRepairResult defines model for CheckRepairResult.
+type CheckRepairResult struct {
+	Database *string `json:"database,omitempty"`
+
+	// Error Why it was skipped or failed.
+	Error *string          `json:"error,omitempty"`
+	Kind  CheckFindingKind `json:"kind"`
+
+	// Message The finding repaired.
+	Message string `json:"message"`
+	Object  string `json:"object"`
+
+	// Outcome `skipped`: a new check no longer found it, or something in the catalog names it now.
+	Outcome  CheckRepairResultOutcome `json:"outcome"`
+	Shard    string                   `json:"shard"`
+	TenantId *string                  `json:"tenantId,omitempty"`
+}
+
+// CheckRepairResultOutcome `skipped`: a new check no longer found it, or something in the catalog names it now.
+type CheckRepairResultOutcome string
+
+// CheckReport defines model for CheckReport.
+type CheckReport struct {
+	CheckedAt time.Time `json:"checkedAt"`
+
+	// Clean Nothing was found.
+	Clean      bool           `json:"clean"`
+	DurationMs int64          `json:"durationMs"`
+	Findings   []CheckFinding `json:"findings"`
+
+	// InFlight Tenants with an operation or a migration in progress, left alone.
+	InFlight int          `json:"inFlight"`
+	Shards   []CheckShard `json:"shards"`
+
+	// Tenants Tenants in the catalog, purged ones aside.
+	Tenants int `json:"tenants"`
+
+	// VersionsRead Active tenants whose schema version was read (as the tenant: suspended and deleted tenants' roles cannot log in).
+	VersionsRead int `json:"versionsRead"`
+}
+
+// CheckShard defines model for CheckShard.
+type CheckShard struct {
+	// Databases Databases of Silo's naming on the shard.
+	Databases int `json:"databases"`
+
+	// Error Why the shard could not be read.
+	Error *string `json:"error,omitempty"`
+	Name  string  `json:"name"`
 }
 
 // DriftReport defines model for DriftReport.
@@ -1170,6 +1319,36 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/audit (the `ListAudit` operationId).
 	ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// CheckFleet Compare the catalog with every shard and report what disagrees.
+	//
+	// Reads the catalog, then every shard (as its admin, through
+	// pg_catalog), then the catalog again, and lists each disagreement:
+	// databases, roles, replication slots, publications, subscriptions
+	// and warm units of Silo's naming that nothing in the catalog names;
+	// tenants whose database or role is missing, or whose database is at
+	// another schema version than the catalog says (read as the tenant,
+	// for active tenants); retired copies past their time; materialized
+	// views never populated; shards that could not be read. What an
+	// operation in progress names is in flight and never listed. Nothing
+	// changes. `clean` is true when nothing was found.
+	//
+	// Corresponds with GET /v1/check (the `CheckFleet` operationId).
+	CheckFleet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RepairFleet Check, fix what is safe to fix, and check again.
+	//
+	// Checks (as `GET /v1/check`), then fixes the findings marked
+	// `repairable`: drops orphaned subscriptions, slots, publications,
+	// warm units, databases and roles that nothing in the catalog names
+	// (asking the catalog once more right before each drop), and retired
+	// copies past their time. It never drops a database that a tenant, an
+	// operation, a warm unit or a retired copy names. Each repair is
+	// audited (`check.repair`). The answer lists what each repair did and
+	// the report of a check made afterwards.
+	//
+	// Corresponds with POST /v1/check/repair (the `RepairFleet` operationId).
+	RepairFleet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetSchemaDrift Compare every tenant's actual schema with its shard's template.
 	//
 	// Fingerprints the tables, columns, indexes, constraints and triggers
@@ -1714,6 +1893,56 @@ func (c *Client) GetReady(ctx context.Context, reqEditors ...RequestEditorFn) (*
 // Corresponds with GET /v1/audit (the `ListAudit` operationId).
 func (c *Client) ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListAuditRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CheckFleet Compare the catalog with every shard and report what disagrees.
+//
+// Reads the catalog, then every shard (as its admin, through
+// pg_catalog), then the catalog again, and lists each disagreement:
+// databases, roles, replication slots, publications, subscriptions
+// and warm units of Silo's naming that nothing in the catalog names;
+// tenants whose database or role is missing, or whose database is at
+// another schema version than the catalog says (read as the tenant,
+// for active tenants); retired copies past their time; materialized
+// views never populated; shards that could not be read. What an
+// operation in progress names is in flight and never listed. Nothing
+// changes. `clean` is true when nothing was found.
+//
+// Corresponds with GET /v1/check (the `CheckFleet` operationId).
+func (c *Client) CheckFleet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCheckFleetRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RepairFleet Check, fix what is safe to fix, and check again.
+//
+// Checks (as `GET /v1/check`), then fixes the findings marked
+// `repairable`: drops orphaned subscriptions, slots, publications,
+// warm units, databases and roles that nothing in the catalog names
+// (asking the catalog once more right before each drop), and retired
+// copies past their time. It never drops a database that a tenant, an
+// operation, a warm unit or a retired copy names. Each repair is
+// audited (`check.repair`). The answer lists what each repair did and
+// the report of a check made afterwards.
+//
+// Corresponds with POST /v1/check/repair (the `RepairFleet` operationId).
+func (c *Client) RepairFleet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRepairFleetRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -2788,6 +3017,60 @@ func NewListAuditRequest(server string, params *ListAuditParams) (*http.Request,
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCheckFleetRequest constructs an http.Request for the CheckFleet method
+func NewCheckFleetRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/check")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRepairFleetRequest constructs an http.Request for the RepairFleet method
+func NewRepairFleetRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/check/repair")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -4354,6 +4637,40 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/audit (the `ListAudit` operationId).
 	ListAuditWithResponse(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*ListAuditResponse, error)
 
+	// CheckFleetWithResponse Compare the catalog with every shard and report what disagrees.
+	//
+	// Reads the catalog, then every shard (as its admin, through
+	// pg_catalog), then the catalog again, and lists each disagreement:
+	// databases, roles, replication slots, publications, subscriptions
+	// and warm units of Silo's naming that nothing in the catalog names;
+	// tenants whose database or role is missing, or whose database is at
+	// another schema version than the catalog says (read as the tenant,
+	// for active tenants); retired copies past their time; materialized
+	// views never populated; shards that could not be read. What an
+	// operation in progress names is in flight and never listed. Nothing
+	// changes. `clean` is true when nothing was found.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/check (the `CheckFleet` operationId).
+	CheckFleetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*CheckFleetResponse, error)
+
+	// RepairFleetWithResponse Check, fix what is safe to fix, and check again.
+	//
+	// Checks (as `GET /v1/check`), then fixes the findings marked
+	// `repairable`: drops orphaned subscriptions, slots, publications,
+	// warm units, databases and roles that nothing in the catalog names
+	// (asking the catalog once more right before each drop), and retired
+	// copies past their time. It never drops a database that a tenant, an
+	// operation, a warm unit or a retired copy names. Each repair is
+	// audited (`check.repair`). The answer lists what each repair did and
+	// the report of a check made afterwards.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/check/repair (the `RepairFleet` operationId).
+	RepairFleetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*RepairFleetResponse, error)
+
 	// GetSchemaDriftWithResponse Compare every tenant's actual schema with its shard's template.
 	//
 	// Fingerprints the tables, columns, indexes, constraints and triggers
@@ -5059,6 +5376,102 @@ func (r ListAuditResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListAuditResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CheckFleetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *CheckReport
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CheckFleetResponse) GetJSON200() *CheckReport {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r CheckFleetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r CheckFleetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CheckFleetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CheckFleetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CheckFleetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RepairFleetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *CheckRepair
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RepairFleetResponse) GetJSON200() *CheckRepair {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RepairFleetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RepairFleetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RepairFleetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RepairFleetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RepairFleetResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6708,6 +7121,52 @@ func (c *ClientWithResponses) ListAuditWithResponse(ctx context.Context, params 
 	return ParseListAuditResponse(rsp)
 }
 
+// CheckFleetWithResponse Compare the catalog with every shard and report what disagrees.
+//
+// Reads the catalog, then every shard (as its admin, through
+// pg_catalog), then the catalog again, and lists each disagreement:
+// databases, roles, replication slots, publications, subscriptions
+// and warm units of Silo's naming that nothing in the catalog names;
+// tenants whose database or role is missing, or whose database is at
+// another schema version than the catalog says (read as the tenant,
+// for active tenants); retired copies past their time; materialized
+// views never populated; shards that could not be read. What an
+// operation in progress names is in flight and never listed. Nothing
+// changes. `clean` is true when nothing was found.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/check (the `CheckFleet` operationId).
+func (c *ClientWithResponses) CheckFleetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*CheckFleetResponse, error) {
+	rsp, err := c.CheckFleet(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCheckFleetResponse(rsp)
+}
+
+// RepairFleetWithResponse Check, fix what is safe to fix, and check again.
+//
+// Checks (as `GET /v1/check`), then fixes the findings marked
+// `repairable`: drops orphaned subscriptions, slots, publications,
+// warm units, databases and roles that nothing in the catalog names
+// (asking the catalog once more right before each drop), and retired
+// copies past their time. It never drops a database that a tenant, an
+// operation, a warm unit or a retired copy names. Each repair is
+// audited (`check.repair`). The answer lists what each repair did and
+// the report of a check made afterwards.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/check/repair (the `RepairFleet` operationId).
+func (c *ClientWithResponses) RepairFleetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*RepairFleetResponse, error) {
+	rsp, err := c.RepairFleet(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRepairFleetResponse(rsp)
+}
+
 // GetSchemaDriftWithResponse Compare every tenant's actual schema with its shard's template.
 //
 // Fingerprints the tables, columns, indexes, constraints and triggers
@@ -7581,6 +8040,72 @@ func ParseListAuditResponse(rsp *http.Response) (*ListAuditResponse, error) {
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest AuditList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCheckFleetResponse parses an HTTP response from a CheckFleetWithResponse call
+func ParseCheckFleetResponse(rsp *http.Response) (*CheckFleetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CheckFleetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest CheckReport
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRepairFleetResponse parses an HTTP response from a RepairFleetWithResponse call
+func ParseRepairFleetResponse(rsp *http.Response) (*RepairFleetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RepairFleetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest CheckRepair
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -8802,6 +9327,12 @@ type ServerInterface interface {
 	// ListAudit List audit entries, newest first.
 	// (GET /v1/audit)
 	ListAudit(ctx echo.Context, params ListAuditParams) error
+	// CheckFleet Compare the catalog with every shard and report what disagrees.
+	// (GET /v1/check)
+	CheckFleet(ctx echo.Context) error
+	// RepairFleet Check, fix what is safe to fix, and check again.
+	// (POST /v1/check/repair)
+	RepairFleet(ctx echo.Context) error
 	// GetSchemaDrift Compare every tenant's actual schema with its shard's template.
 	// (GET /v1/migrations/drift)
 	GetSchemaDrift(ctx echo.Context) error
@@ -8972,6 +9503,24 @@ func (w *ServerInterfaceWrapper) ListAudit(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.ListAudit(ctx, params)
+	return err
+}
+
+// CheckFleet converts echo context to params.
+func (w *ServerInterfaceWrapper) CheckFleet(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CheckFleet(ctx)
+	return err
+}
+
+// RepairFleet converts echo context to params.
+func (w *ServerInterfaceWrapper) RepairFleet(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RepairFleet(ctx)
 	return err
 }
 
@@ -9646,6 +10195,8 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.GET(options.BaseURL+"/v1/migrations/runs/:id", wrapper.GetMigrationRun, options.OperationMiddlewares["getMigrationRun"]...)
 	router.POST(options.BaseURL+"/v1/migrations/runs/:id/stop", wrapper.StopMigrationRun, options.OperationMiddlewares["stopMigrationRun"]...)
 	router.GET(options.BaseURL+"/v1/migrations/drift", wrapper.GetSchemaDrift, options.OperationMiddlewares["getSchemaDrift"]...)
+	router.GET(options.BaseURL+"/v1/check", wrapper.CheckFleet, options.OperationMiddlewares["checkFleet"]...)
+	router.POST(options.BaseURL+"/v1/check/repair", wrapper.RepairFleet, options.OperationMiddlewares["repairFleet"]...)
 	router.GET(options.BaseURL+"/v1/audit", wrapper.ListAudit, options.OperationMiddlewares["listAudit"]...)
 
 }

@@ -85,6 +85,9 @@ type Config struct {
 	Migrations Migrations
 	// Rebalancer plans moves. Without it, /v1/rebalance answers 503.
 	Rebalancer Rebalancer
+	// Checker compares the catalog with the shards. Without it, /v1/check
+	// answers 503.
+	Checker Checker
 	// QueryTimeout bounds each call of the data API: a query, or a
 	// transaction with all its statements, the wait for a connection
 	// included. PostgreSQL gets it as statement_timeout too, so it stops a
@@ -167,6 +170,7 @@ type Server struct {
 	router         Router
 	migrations     Migrations
 	rebalancer     Rebalancer
+	checker        Checker
 	queryTimeout   time.Duration
 	maxRows        int
 	maxResultBytes int
@@ -220,6 +224,7 @@ func New(cfg Config) (*Server, error) {
 		router:         cfg.Router,
 		migrations:     cfg.Migrations,
 		rebalancer:     cfg.Rebalancer,
+		checker:        cfg.Checker,
 		queryTimeout:   cfg.QueryTimeout,
 		maxRows:        cfg.MaxRows,
 		maxResultBytes: cfg.MaxResultBytes,

@@ -21,6 +21,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
@@ -32,6 +33,7 @@ import (
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/rebalancer"
+	"github.com/silo-db/silo/reconcile"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -69,6 +71,8 @@ type serverOpts struct {
 	migrationFiles fs.FS
 	// rebalance turns on the rebalance planner.
 	rebalance bool
+	// check turns on the fleet checker, whose metrics /metrics serves.
+	check bool
 }
 
 // secretKey seals tenant passwords for the provisioner, and opens them for
@@ -118,6 +122,15 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 			reb, err := rebalancer.New(pool, store, prov, 0)
 			require.NoError(t, err)
 			cfg.Rebalancer = reb
+		}
+		if o.check {
+			sealer, err := shardmap.NewSealer(secretKey)
+			require.NoError(t, err)
+			dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer})
+			require.NoError(t, err)
+			cfg.Registry = prometheus.NewRegistry()
+			cfg.Checker, err = reconcile.New(reconcile.Config{Store: store, Dialer: dialer, Dropper: prov, Logger: log, Registry: cfg.Registry})
+			require.NoError(t, err)
 		}
 	}
 	for _, o := range opts {

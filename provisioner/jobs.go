@@ -102,7 +102,7 @@ func (p *Provisioner) PurgeExpired(ctx context.Context) error {
 			err = p.dropDatabaseAndRole(ctx, sc, r.Shard, r.Name)
 		}
 		if err == nil {
-			err = p.store.ForgetRetiredDatabase(ctx, r.Shard, r.Name)
+			err = p.store.ForgetRetiredDatabase(ctx, nil, r.Shard, r.Name)
 		}
 		if err != nil {
 			errs = append(errs, err)

@@ -327,7 +327,7 @@ func (p *Provisioner) dropRetiredCopies(ctx context.Context, op *silo.Operation)
 		if err != nil {
 			return err // retried forward: the purge goes on until every copy is gone
 		}
-		if err := p.store.ForgetRetiredDatabase(ctx, c.Shard, c.Name); err != nil {
+		if err := p.store.ForgetRetiredDatabase(ctx, nil, c.Shard, c.Name); err != nil {
 			return err
 		}
 		destroyed = append(destroyed, map[string]any{"shard": c.Shard, "database": c.Name})

@@ -697,19 +697,7 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		if err != nil {
 			return err
 		}
-		if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(sub)+" DISABLE"); err != nil {
-			return err
-		}
-		_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(sub))
-		if err != nil {
-			// The source cannot be reached: forget the slot here and drop
-			// it there below.
-			if _, err := c.Exec(ctx, "ALTER SUBSCRIPTION "+ident(sub)+" SET (slot_name = NONE)"); err != nil {
-				return err
-			}
-			_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(sub))
-		}
-		return err
+		return dropSubscription(ctx, c, sub)
 	})
 	if err != nil && shardmap.SQLState(err) != "3D000" { // the target database is gone already
 		return shardmap.ShardError(err, to)

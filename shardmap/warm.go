@@ -175,9 +175,14 @@ func (s *Store) ExpiredRetiredDatabases(ctx context.Context, now time.Time, limi
 	return dbs, CatalogError(err, "list retired databases")
 }
 
-// ForgetRetiredDatabase removes a retired database's record, once dropped.
-func (s *Store) ForgetRetiredDatabase(ctx context.Context, shard, name string) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM retired_databases WHERE shard = $1 AND name = $2`, shard, name)
+// ForgetRetiredDatabase removes a retired database's record, once dropped,
+// within tx (or on the pool when tx is nil).
+func (s *Store) ForgetRetiredDatabase(ctx context.Context, tx pgx.Tx, shard, name string) error {
+	var db querier = s.pool
+	if tx != nil {
+		db = tx
+	}
+	_, err := db.Exec(ctx, `DELETE FROM retired_databases WHERE shard = $1 AND name = $2`, shard, name)
 	return CatalogError(err, "forget retired database %q", name)
 }
 

@@ -63,6 +63,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newOperationCmd(g),
 		newRebalanceCmd(g),
 		newMigrateCmd(g),
+		newCheckCmd(g),
 		newAuditCmd(g),
 		newSecretsCmd(g),
 		newBenchCmd(g),

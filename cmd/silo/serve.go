@@ -21,6 +21,7 @@ import (
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/rebalancer"
+	"github.com/silo-db/silo/reconcile"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -269,8 +270,12 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if err != nil {
 		return err
 	}
+	checker, err := reconcile.New(reconcile.Config{Store: store, Dialer: dialer, Dropper: prov, Logger: log, Registry: registry})
+	if err != nil {
+		return err
+	}
 	srv, err := api.New(api.Config{
-		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, AdminToken: o.adminToken, Logger: log,
+		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, Checker: checker, AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
 	})
 	if err != nil {
