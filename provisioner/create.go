@@ -365,8 +365,17 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, t *silo
 		return 0, false, shardmap.ShardError(err, shard)
 	}
 	if exists {
-		// Made by an earlier attempt of this operation.
+		// Made by an earlier attempt of this operation. A clone whose
+		// server died before the ownership step still belongs to the
+		// template's owner, so the tenant cannot read its version yet:
+		// hand it over first (the next step would), then read.
 		v, err := p.databaseVersion(ctx, t)
+		if shardmap.SQLState(err) == "42501" && warm == "" { // insufficient_privilege
+			if err := p.handOver(ctx, sc, shard, name, true); err != nil {
+				return 0, false, err
+			}
+			v, err = p.databaseVersion(ctx, t)
+		}
 		return v, warm == "", err
 	}
 	version, err := p.templateVersion(ctx, shard)

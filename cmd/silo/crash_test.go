@@ -1,0 +1,449 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/silo-db/silo/engine"
+	"github.com/silo-db/silo/internal/pgtest"
+	"github.com/silo-db/silo/pgcluster"
+)
+
+// The crash suite: a real `silo serve` process is killed (SIGKILL, by a
+// failpoint) at every step boundary of every operation, a new server is
+// started on the same catalog, and the operation must reach its end within
+// 30 s, the tenant reachable with every acknowledged row, nothing left
+// orphaned on the shards.
+
+const (
+	crashToken = "crash-test-token-0123456789"
+	crashKey   = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"
+	// recoverWithin is the issue's bound: a killed server's operation ends
+	// within 30 s of its successor's start.
+	recoverWithin = 30 * time.Second
+)
+
+var siloBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "silo-crash-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "silo")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v: %s", err, out)
+	}
+	return bin, nil
+})
+
+// crashFleet is a catalog and two shards of a test's own, so that what a
+// check finds on the shards is this test's doing.
+type crashFleet struct {
+	ctx     context.Context
+	dir     string
+	catalog string // DSN
+	pool    *pgxpool.Pool
+	shards  []*pgcluster.Cluster
+	files   string // tenant migrations
+}
+
+func newCrashFleet(t *testing.T) *crashFleet {
+	t.Helper()
+	if _, err := siloBinary(); err != nil {
+		t.Fatal(err)
+	}
+	fleet := pgtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	dir, err := os.MkdirTemp("", "silo-crash-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	f := &crashFleet{ctx: ctx, dir: dir, catalog: pgtest.NewDatabase(t, fleet.Catalog), files: filepath.Join(dir, "migrations")}
+	require.NoError(t, os.MkdirAll(f.files, 0o755))
+	first, err := os.ReadFile("../../migrations/tenant/00001_notes.sql")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(f.files, "00001_notes.sql"), first, 0o644))
+	cfgs := []pgcluster.Config{
+		{Dir: filepath.Join(dir, "s0"), Fast: true},
+		{Dir: filepath.Join(dir, "s1"), Fast: true},
+	}
+	f.shards, err = pgcluster.StartAll(ctx, cfgs...)
+	for _, c := range f.shards {
+		if c != nil {
+			t.Cleanup(func() { _ = c.Stop(context.Background()) })
+		}
+	}
+	require.NoError(t, err)
+	f.pool, err = pgxpool.New(ctx, f.catalog)
+	require.NoError(t, err)
+	t.Cleanup(f.pool.Close)
+	return f
+}
+
+// server is one `silo serve` process.
+type server struct {
+	cmd    *exec.Cmd
+	url    string
+	stderr *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+// start runs a server on the fleet, with failpoints armed ("" for none),
+// and waits until it serves.
+func (f *crashFleet) start(t *testing.T, failpoints string) *server {
+	t.Helper()
+	bin, err := siloBinary()
+	require.NoError(t, err)
+	s := &server{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, "serve", "--listen", "127.0.0.1:0")
+	s.cmd.Env = append(os.Environ(),
+		"SILO_CATALOG_DSN="+f.catalog, "SILO_ADMIN_TOKEN="+crashToken, "SILO_SECRET_KEY="+crashKey,
+		"SILO_RECOVERY_DELAY=1s", "SILO_WARM_POOL_SIZE=0", "SILO_TENANT_MIGRATIONS="+f.files,
+		"SILO_SHUTDOWN_TIMEOUT=10s", engine.FailpointsEnv+"="+failpoints)
+	s.cmd.Stderr = s.stderr
+	require.NoError(t, s.cmd.Start())
+	go func() { s.err = s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() { s.kill() })
+	addrRE := regexp.MustCompile(`"msg":"silo serving".*"addr":"([^"]+)"`)
+	deadline := time.Now().Add(60 * time.Second)
+	for s.url == "" {
+		if m := addrRE.FindStringSubmatch(s.stderr.String()); m != nil {
+			s.url = "http://" + m[1]
+			break
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("silo serve exited: %v\n%s", s.err, s.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		require.True(t, time.Now().Before(deadline), "silo serve did not start: %s", s.stderr.String())
+	}
+	return s
+}
+
+func (s *server) kill() {
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.exited
+}
+
+// stop ends the server with SIGTERM and returns how long it took.
+func (s *server) stop(t *testing.T) time.Duration {
+	t.Helper()
+	start := time.Now()
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-s.exited:
+	case <-time.After(45 * time.Second):
+		t.Fatalf("silo serve did not stop within 45s of SIGTERM:\n%s", s.stderr.String())
+	}
+	return time.Since(start)
+}
+
+// died waits for the server to end by its failpoint's SIGKILL.
+func (s *server) died(t *testing.T, failpoint string) {
+	t.Helper()
+	select {
+	case <-s.exited:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("failpoint %s never fired:\n%s", failpoint, s.stderr.String())
+	}
+	require.Contains(t, s.stderr.String(), `"failpoint":"`+failpoint+`"`)
+}
+
+// do sends a request; a server that dies meanwhile gives status 0.
+func (s *server) do(t *testing.T, method, path string, body any) (int, map[string]any) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(t, err)
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.url+path, r)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+crashToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	out := map[string]any{}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func (s *server) must(t *testing.T, method, path string, body any, want ...int) map[string]any {
+	t.Helper()
+	code, out := s.do(t, method, path, body)
+	require.Contains(t, want, code, "%s %s: %v", method, path, out)
+	return out
+}
+
+// count returns the rows of notes in a tenant, through the data API.
+func (s *server) count(t *testing.T, id string) int {
+	t.Helper()
+	out := s.must(t, "POST", "/v1/tenants/"+id+"/query", map[string]any{"sql": "SELECT count(*)::int AS n FROM notes"}, 200)
+	rows, _ := out["rows"].([]any)
+	require.Len(t, rows, 1, "%v", out)
+	switch row := rows[0].(type) {
+	case map[string]any:
+		return int(row["n"].(float64))
+	case []any:
+		return int(row[0].(float64))
+	}
+	t.Fatalf("odd rows: %v", out)
+	return 0
+}
+
+// lastOperation returns the id and state of a tenant's latest operation.
+func (f *crashFleet) lastOperation(t *testing.T, tenant string) (id, state string, steps []string) {
+	t.Helper()
+	var raw []byte
+	err := f.pool.QueryRow(f.ctx, `
+		SELECT id::text, state, steps FROM operations WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1`, tenant).Scan(&id, &state, &raw)
+	require.NoError(t, err)
+	var st []struct{ Name string }
+	require.NoError(t, json.Unmarshal(raw, &st))
+	for _, s := range st {
+		steps = append(steps, s.Name)
+	}
+	return id, state, steps
+}
+
+// ended waits for a tenant's latest operation to end, within the issue's
+// bound, and returns its state.
+func (f *crashFleet) ended(t *testing.T, tenant string) string {
+	t.Helper()
+	var state string
+	deadline := time.Now().Add(recoverWithin)
+	for {
+		_, state, _ = f.lastOperation(t, tenant)
+		if state != "running" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.NotEqual(t, "running", state, "tenant %s's operation did not end within %s of the new server's start", tenant, recoverWithin)
+	return state
+}
+
+// orphans lists what is on the shards that the catalog does not name: the
+// databases, roles, replication slots and subscriptions of tenants, warm
+// units and moves.
+func (f *crashFleet) orphans(t *testing.T) []string {
+	t.Helper()
+	named := map[string]bool{}
+	rows, err := f.pool.Query(f.ctx, `
+		SELECT database_name FROM tenants WHERE state <> 'purged'
+		UNION SELECT name FROM retired_databases
+		UNION SELECT name FROM warm_databases`)
+	require.NoError(t, err)
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	for _, n := range names {
+		named[n] = true
+	}
+	var found []string
+	for i, c := range f.shards {
+		conn, err := pgx.Connect(f.ctx, c.DSN("postgres"))
+		require.NoError(t, err)
+		rows, err := conn.Query(f.ctx, `
+			SELECT 'database ' || datname FROM pg_database WHERE datname LIKE 't\_%'
+			UNION ALL SELECT 'role ' || rolname FROM pg_roles WHERE rolname LIKE 't\_%' OR rolname LIKE 'silo\_sub\_%'
+			UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots
+			UNION ALL SELECT 'subscription ' || subname FROM pg_subscription`)
+		require.NoError(t, err)
+		objs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		conn.Close(f.ctx)
+		for _, o := range objs {
+			kind, name, _ := strings.Cut(o, " ")
+			if (kind == "database" || kind == "role") && named[name] {
+				continue
+			}
+			found = append(found, fmt.Sprintf("s%d: %s", i, o))
+		}
+	}
+	return found
+}
+
+// addShards registers the fleet's shards through a server.
+func (f *crashFleet) addShards(t *testing.T, s *server) {
+	t.Helper()
+	for i, c := range f.shards {
+		s.must(t, "POST", "/v1/shards", map[string]any{"name": fmt.Sprintf("s%d", i), "dsn": c.DSN("postgres")}, 201)
+	}
+}
+
+// crashCase is one operation, killed at one failpoint.
+type crashCase struct {
+	failpoint string
+	// prepare readies the tenant (on a server without failpoints) and
+	// returns the rows it acknowledged.
+	prepare func(t *testing.T, s *server, id string) int
+	// request starts the operation on the server that will die.
+	request func(t *testing.T, s *server, id string)
+	// check asserts the end state, on the new server.
+	check func(t *testing.T, s *server, id, state string, rows int)
+}
+
+func createTenant(t *testing.T, s *server, id, shard string) {
+	t.Helper()
+	s.must(t, "POST", "/v1/tenants?wait=60s", map[string]any{"id": id, "shard": shard}, 201)
+}
+
+func writeRows(t *testing.T, s *server, id string, n int) int {
+	t.Helper()
+	s.must(t, "POST", "/v1/tenants/"+id+"/query",
+		map[string]any{"sql": fmt.Sprintf("INSERT INTO notes (title) SELECT 'row-' || g FROM generate_series(1, %d) g", n)}, 200)
+	return n
+}
+
+func tenantState(t *testing.T, s *server, id string) (state, shard string) {
+	t.Helper()
+	out := s.must(t, "GET", "/v1/tenants/"+id, nil, 200, 404)
+	state, _ = out["state"].(string)
+	shard, _ = out["shard"].(string)
+	return state, shard
+}
+
+// run runs one case: a fresh tenant, the operation started on a server
+// armed with the failpoint, the kill, a new server, and the checks.
+func (f *crashFleet) run(t *testing.T, n int, c crashCase) {
+	t.Helper()
+	id := fmt.Sprintf("crash-%d", n)
+	helper := f.start(t, "")
+	rows := c.prepare(t, helper, id)
+	helper.stop(t)
+
+	victim := f.start(t, c.failpoint+"=kill")
+	go c.request(t, victim, id)
+	victim.died(t, c.failpoint)
+
+	successor := f.start(t, "")
+	state := f.ended(t, id)
+	if state != "succeeded" {
+		var msg string
+		var steps []byte
+		_ = f.pool.QueryRow(f.ctx, `SELECT error, steps FROM operations WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1`, id).Scan(&msg, &steps)
+		t.Logf("operation %s: %s; steps %s", state, msg, steps)
+	}
+	c.check(t, successor, id, state, rows)
+	require.Empty(t, f.orphans(t), "after a kill at %s", c.failpoint)
+	// silo check, the oracle, agrees.
+	report := successor.must(t, "GET", "/v1/check", nil, 200)
+	require.Equal(t, true, report["clean"], "after a kill at %s: %v", c.failpoint, report["findings"])
+	took := successor.stop(t)
+	require.Less(t, took, 30*time.Second, "SIGTERM ends a server within 30 s")
+}
+
+// steps returns an operation kind's steps, as a run without failpoints
+// recorded them: every boundary of the operation is a failpoint.
+func boundaries(kind string, steps []string) []string {
+	points := []string{kind + "/before-" + steps[0]}
+	for _, s := range steps {
+		points = append(points, kind+"/after-"+s)
+	}
+	return points
+}
+
+func TestCrashLifecycle(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	s := f.start(t, "")
+	f.addShards(t, s)
+	// One clean run of each kind names its steps.
+	steps := map[string][]string{}
+	createTenant(t, s, "probe", "s0")
+	_, _, steps["create"] = f.lastOperation(t, "probe")
+	for _, op := range []struct{ kind, method, path string }{
+		{"suspend", "POST", "/suspend"}, {"resume", "POST", "/resume"}, {"delete", "DELETE", ""},
+	} {
+		s.must(t, op.method, "/v1/tenants/probe"+op.path+"?wait=60s", nil, 200)
+		_, _, steps[op.kind] = f.lastOperation(t, "probe")
+	}
+	s.must(t, "DELETE", "/v1/tenants/probe?purge=true&wait=60s", nil, 200)
+	_, _, steps["purge"] = f.lastOperation(t, "probe")
+	s.stop(t)
+	t.Logf("steps: %v", steps)
+
+	none := func(*testing.T, *server, string) int { return 0 }
+	active := func(t *testing.T, s *server, id string) int {
+		createTenant(t, s, id, "s0")
+		return writeRows(t, s, id, 50)
+	}
+	suspended := func(t *testing.T, s *server, id string) int {
+		n := active(t, s, id)
+		s.must(t, "POST", "/v1/tenants/"+id+"/suspend?wait=60s", nil, 200)
+		return n
+	}
+	post := func(path string) func(*testing.T, *server, string) {
+		return func(t *testing.T, s *server, id string) { s.do(t, "POST", "/v1/tenants/"+id+path+"?wait=60s", nil) }
+	}
+	// A lifecycle operation resumed after a crash goes forward to its end.
+	expect := func(want string, rowsKept bool) func(*testing.T, *server, string, string, int) {
+		return func(t *testing.T, s *server, id, opState string, rows int) {
+			require.Equal(t, "succeeded", opState)
+			state, _ := tenantState(t, s, id)
+			require.Equal(t, want, state)
+			if rowsKept {
+				require.Equal(t, rows, s.count(t, id), "every acknowledged row")
+			}
+		}
+	}
+	var cases []crashCase
+	for _, fp := range boundaries("create", steps["create"]) {
+		cases = append(cases, crashCase{fp, none, func(t *testing.T, s *server, id string) {
+			s.do(t, "POST", "/v1/tenants?wait=60s", map[string]any{"id": id, "shard": "s0"})
+		}, func(t *testing.T, s *server, id, opState string, _ int) {
+			// Forward after a crash, never rolled back: the tenant works.
+			require.Equal(t, "succeeded", opState)
+			state, _ := tenantState(t, s, id)
+			require.Equal(t, "active", state)
+			require.Equal(t, 0, s.count(t, id))
+		}})
+	}
+	for _, fp := range boundaries("suspend", steps["suspend"]) {
+		cases = append(cases, crashCase{fp, active, post("/suspend"), expect("suspended", false)})
+	}
+	for _, fp := range boundaries("resume", steps["resume"]) {
+		cases = append(cases, crashCase{fp, suspended, post("/resume"), expect("active", true)})
+	}
+	for _, fp := range boundaries("delete", steps["delete"]) {
+		cases = append(cases, crashCase{fp, active, func(t *testing.T, s *server, id string) {
+			s.do(t, "DELETE", "/v1/tenants/"+id+"?wait=60s", nil)
+		}, expect("deleted", false)})
+	}
+	for _, fp := range boundaries("purge", steps["purge"]) {
+		cases = append(cases, crashCase{fp, active, func(t *testing.T, s *server, id string) {
+			s.do(t, "DELETE", "/v1/tenants/"+id+"?purge=true&wait=60s", nil)
+		}, func(t *testing.T, s *server, id, opState string, _ int) {
+			require.Equal(t, "succeeded", opState)
+			state, _ := tenantState(t, s, id)
+			require.Equal(t, "purged", state, "a tombstone is left")
+		}})
+	}
+	for i, c := range cases {
+		t.Run(strings.ReplaceAll(c.failpoint, "/", "_"), func(t *testing.T) { f.run(t, i, c) })
+	}
+}
