@@ -28,16 +28,16 @@ func (r *Runner) Recover(ctx context.Context) error {
 		return err
 	}
 	rows, err := r.cfg.Catalog.Query(ctx, `
-		SELECT r.id FROM migration_runs r
+		SELECT r.id::text FROM migration_runs r
 		WHERE r.state = 'preparing' AND r.updated_at < now() - make_interval(secs => $1)
 		  AND NOT EXISTS (
 			SELECT 1 FROM pg_catalog.pg_locks l
 			WHERE l.locktype = 'advisory' AND l.objsubid = 2
 			  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-			  AND l.classid::bigint = $2 AND l.objid::bigint = (hashtext(r.id)::bigint & 4294967295))
+			  AND l.classid::bigint = $2 AND l.objid::bigint = (hashtext(r.id::text)::bigint & 4294967295))
 		  AND NOT EXISTS (
 			SELECT 1 FROM river_job j
-			WHERE j.kind = 'silo_migrate_prepare' AND j.args->>'run_id' = r.id
+			WHERE j.kind = 'silo_migrate_prepare' AND j.args->>'run_id' = r.id::text
 			  AND j.state IN ('available', 'pending', 'retryable', 'scheduled'))`,
 		recoverAfterSeconds, prepareLockClass)
 	if err != nil {
@@ -56,7 +56,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 	}
 
 	rows, err = r.cfg.Catalog.Query(ctx, `
-		SELECT t.run_id, t.tenant_id FROM migration_tenants t JOIN migration_runs r ON r.id = t.run_id
+		SELECT t.run_id::text, t.tenant_id FROM migration_tenants t JOIN migration_runs r ON r.id = t.run_id
 		WHERE r.state IN ('running', 'canary')
 		  AND (
 			-- Left running by its server.
@@ -64,7 +64,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 			-- Or its job was taken by a server that died before starting it.
 			OR (t.state = 'pending' AND EXISTS (
 				SELECT 1 FROM river_job j
-				WHERE j.kind = 'silo_migrate_tenant' AND j.args->>'run_id' = t.run_id AND j.args->>'tenant_id' = t.tenant_id
+				WHERE j.kind = 'silo_migrate_tenant' AND j.args->>'run_id' = t.run_id::text AND j.args->>'tenant_id' = t.tenant_id
 				  AND j.state = 'running' AND j.attempted_at < now() - interval '30 seconds')))
 		  AND NOT EXISTS (
 			SELECT 1 FROM pg_catalog.pg_locks l
@@ -73,7 +73,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 			  AND l.classid::bigint = $2 AND l.objid::bigint = (hashtext(t.tenant_id)::bigint & 4294967295))
 		  AND NOT EXISTS (
 			SELECT 1 FROM river_job j
-			WHERE j.kind = 'silo_migrate_tenant' AND j.args->>'run_id' = t.run_id AND j.args->>'tenant_id' = t.tenant_id
+			WHERE j.kind = 'silo_migrate_tenant' AND j.args->>'run_id' = t.run_id::text AND j.args->>'tenant_id' = t.tenant_id
 			  AND j.state IN ('available', 'pending', 'retryable', 'scheduled'))
 		LIMIT 1000`, recoverAfterSeconds, TenantLockClass)
 	if err != nil {

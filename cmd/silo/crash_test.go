@@ -155,7 +155,9 @@ func (s *server) stop(t *testing.T) time.Duration {
 	case <-time.After(45 * time.Second):
 		t.Fatalf("silo serve did not stop within 45s of SIGTERM:\n%s", s.stderr.String())
 	}
-	return time.Since(start)
+	took := time.Since(start)
+	t.Logf("SIGTERM: stopped in %s", took.Round(time.Millisecond))
+	return took
 }
 
 // died waits for the server to end by its failpoint's SIGKILL.
@@ -446,4 +448,163 @@ func TestCrashLifecycle(t *testing.T) {
 	for i, c := range cases {
 		t.Run(strings.ReplaceAll(c.failpoint, "/", "_"), func(t *testing.T) { f.run(t, i, c) })
 	}
+}
+
+// hasPgDump reports whether the server binaries have a pg_dump that can
+// read them (the PostgreSQL 16+ packages from npm have none): a move's
+// schema copy needs one.
+func hasPgDumpFor(t *testing.T) bool {
+	t.Helper()
+	dir, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(dir, "pg_dump"))
+	return err == nil
+}
+
+func TestCrashMove(t *testing.T) {
+	t.Parallel()
+	if !hasPgDumpFor(t) {
+		t.Skip("a move's schema copy needs pg_dump, which the PostgreSQL 16+ packages lack")
+	}
+	f := newCrashFleet(t)
+	s := f.start(t, "")
+	f.addShards(t, s)
+	createTenant(t, s, "probe", "s0")
+	writeRows(t, s, "probe", 10)
+	s.must(t, "POST", "/v1/tenants/probe/move?wait=60s", map[string]any{"shard": "s1"}, 200)
+	_, _, steps := f.lastOperation(t, "probe")
+	s.stop(t)
+	t.Logf("move steps: %v", steps)
+
+	points := append(boundaries("move", steps), "move/after-flip")
+	for i, fp := range points {
+		t.Run(strings.ReplaceAll(fp, "/", "_"), func(t *testing.T) {
+			f.run(t, i, crashCase{fp, func(t *testing.T, s *server, id string) int {
+				createTenant(t, s, id, "s0")
+				return writeRows(t, s, id, 500)
+			}, func(t *testing.T, s *server, id string) {
+				s.do(t, "POST", "/v1/tenants/"+id+"/move?wait=60s", map[string]any{"shard": "s1"})
+			}, func(t *testing.T, s *server, id, opState string, rows int) {
+				// Resumed after a crash, a move goes forward: before its
+				// flip as after it, the tenant ends on the target.
+				require.Equal(t, "succeeded", opState)
+				state, shard := tenantState(t, s, id)
+				require.Equal(t, "active", state)
+				require.Equal(t, "s1", shard)
+				require.Equal(t, rows, s.count(t, id), "every acknowledged row, once")
+			}})
+		})
+	}
+}
+
+// lastRun returns the latest migration run's id and state.
+func (f *crashFleet) lastRun(t *testing.T) (id, state string) {
+	t.Helper()
+	require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT id, state FROM migration_runs ORDER BY created_at DESC LIMIT 1`).Scan(&id, &state))
+	return id, state
+}
+
+func TestCrashMigrationRun(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	s := f.start(t, "")
+	f.addShards(t, s)
+	tenants := []string{"m-1", "m-2", "m-3", "m-4", "m-5", "m-6"}
+	for i, id := range tenants {
+		createTenant(t, s, id, fmt.Sprintf("s%d", i%2))
+		writeRows(t, s, id, 5)
+	}
+	s.stop(t)
+
+	for i, fp := range []string{"migrate/prepare", "migrate/mid-fleet"} {
+		t.Run(strings.ReplaceAll(fp, "/", "_"), func(t *testing.T) {
+			version := i + 2
+			require.NoError(t, os.WriteFile(filepath.Join(f.files, fmt.Sprintf("%05d_crash.sql", version)),
+				fmt.Appendf(nil, "-- +goose Up\nALTER TABLE notes ADD COLUMN crash_%d int;\n\n-- +goose Down\nALTER TABLE notes DROP COLUMN crash_%d;\n", version, version), 0o644))
+			victim := f.start(t, fp+"=kill")
+			victim.must(t, "POST", "/v1/migrations/runs", map[string]any{}, 201, 202)
+			victim.died(t, fp)
+
+			successor := f.start(t, "")
+			deadline := time.Now().Add(recoverWithin)
+			var id, state string
+			for {
+				id, state = f.lastRun(t)
+				if state == "succeeded" || state == "failed" || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			require.Equal(t, "succeeded", state, "run %s did not succeed within %s of the new server's start:\n%s", id, recoverWithin, successor.stderr.String())
+			for _, tn := range tenants {
+				var v int64
+				require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT schema_version FROM tenants WHERE id = $1`, tn).Scan(&v))
+				require.EqualValues(t, version, v, tn)
+				require.Equal(t, 5, successor.count(t, tn))
+			}
+			report := successor.must(t, "GET", "/v1/check", nil, 200)
+			require.Equal(t, true, report["clean"], "%v", report["findings"])
+			successor.stop(t)
+		})
+	}
+}
+
+// Two servers on one catalog: one killed mid-operation, the other, which
+// ran all along, finishes its work.
+func TestCrashTwoServers(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	survivor := f.start(t, "")
+	f.addShards(t, survivor)
+	createTenant(t, survivor, "two-a", "s0")
+	rows := writeRows(t, survivor, "two-a", 200)
+
+	points := []string{"create/after-database", "suspend/after-disable-login"}
+	if hasPgDumpFor(t) {
+		points = append(points, "move/after-flip")
+	}
+	victim := f.start(t, strings.Join(func() []string {
+		var armed []string
+		for _, p := range points {
+			armed = append(armed, p+"=kill*1")
+		}
+		return armed
+	}(), ","))
+	for _, fp := range points {
+		switch fp {
+		case "create/after-database":
+			go victim.do(t, "POST", "/v1/tenants?wait=60s", map[string]any{"id": "two-b", "shard": "s1"})
+		case "suspend/after-disable-login":
+			go victim.do(t, "POST", "/v1/tenants/two-a/suspend?wait=60s", nil)
+		case "move/after-flip":
+			go victim.do(t, "POST", "/v1/tenants/two-a/move?wait=60s", map[string]any{"shard": "s1"})
+		}
+		victim.died(t, fp)
+		switch fp {
+		case "create/after-database":
+			require.Equal(t, "succeeded", f.ended(t, "two-b"))
+			state, _ := tenantState(t, survivor, "two-b")
+			require.Equal(t, "active", state)
+		case "suspend/after-disable-login":
+			require.Equal(t, "succeeded", f.ended(t, "two-a"))
+			state, _ := tenantState(t, survivor, "two-a")
+			require.Equal(t, "suspended", state)
+			survivor.must(t, "POST", "/v1/tenants/two-a/resume?wait=60s", nil, 200)
+		case "move/after-flip":
+			require.Equal(t, "succeeded", f.ended(t, "two-a"))
+			_, shard := tenantState(t, survivor, "two-a")
+			require.Equal(t, "s1", shard)
+			require.Equal(t, rows, survivor.count(t, "two-a"))
+		}
+		victim = f.start(t, strings.Join(func() []string {
+			var armed []string
+			for _, p := range points {
+				armed = append(armed, p+"=kill*1")
+			}
+			return armed
+		}(), ","))
+	}
+	require.Empty(t, f.orphans(t))
+	report := survivor.must(t, "GET", "/v1/check", nil, 200)
+	require.Equal(t, true, report["clean"], "%v", report["findings"])
 }
