@@ -497,6 +497,33 @@ func TestCrashMove(t *testing.T) {
 	}
 }
 
+// A move whose cleanup fails after the flip (the source shard down, say)
+// is retried forward until it succeeds: its undo would drop the target,
+// the tenant's only live copy.
+func TestMoveCleanupFailsAfterFlip(t *testing.T) {
+	t.Parallel()
+	if !hasPgDumpFor(t) {
+		t.Skip("a move's schema copy needs pg_dump, which the PostgreSQL 16+ packages lack")
+	}
+	f := newCrashFleet(t)
+	s := f.start(t, "move/before-cleanup=error*3")
+	f.addShards(t, s)
+	createTenant(t, s, "flipped", "s0")
+	rows := writeRows(t, s, "flipped", 300)
+	code, _ := s.do(t, "POST", "/v1/tenants/flipped/move?wait=5s", map[string]any{"shard": "s1"})
+	require.Contains(t, []int{200, 202}, code)
+	require.Equal(t, "succeeded", f.ended(t, "flipped"))
+	_, _, steps := f.lastOperation(t, "flipped")
+	for _, st := range steps {
+		require.NotContains(t, st, "undo:", "no undo after the flip")
+	}
+	state, shard := tenantState(t, s, "flipped")
+	require.Equal(t, "active", state)
+	require.Equal(t, "s1", shard)
+	require.Equal(t, rows, s.count(t, "flipped"))
+	require.Equal(t, 3, strings.Count(s.stderr.String(), `"failpoint":"move/before-cleanup"`))
+}
+
 // lastRun returns the latest migration run's id and state.
 func (f *crashFleet) lastRun(t *testing.T) (id, state string) {
 	t.Helper()
