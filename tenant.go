@@ -142,6 +142,20 @@ func ValidateDatabaseName(name string) error {
 	return nil
 }
 
+// retiredNameRE is the grammar of a moved tenant's old database (and role)
+// on the shard it left: "silo_moved_", a random tag, "_" and the tenant's
+// database name.
+var retiredNameRE = regexp.MustCompile(`^silo_moved_[a-z0-9]+_t_[a-z0-9_]+$`)
+
+// ValidateRetiredName returns EINVALID unless name is a retired copy's
+// name, which Silo then puts in DDL.
+func ValidateRetiredName(name string) error {
+	if len(name) > MaxDatabaseNameLen || !retiredNameRE.MatchString(name) {
+		return Errorf(EINVALID, "retired database name %q is not silo_moved_TAG_NAME, at most %d characters", name, MaxDatabaseNameLen)
+	}
+	return nil
+}
+
 // opaqueNameLen is the random part of a new tenant's database name: 20
 // base32 characters, 100 bits.
 const opaqueNameLen = 20

@@ -317,7 +317,7 @@ func (p *Provisioner) dropRetiredCopies(ctx context.Context, op *silo.Operation)
 	}
 	var destroyed []map[string]any
 	for _, c := range copies {
-		if err := silo.ValidateDatabaseName(c.Name); err != nil {
+		if err := silo.ValidateRetiredName(c.Name); err != nil {
 			return err
 		}
 		sc, err := p.shard(ctx, c.Shard)
