@@ -66,7 +66,7 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.StringVar(&o.adminToken, "admin-token", "", "admin bearer token, 16 characters at least")
 	f.Int64Var(&o.bodyLimit, "body-limit", api.DefaultBodyLimit, "largest request body in bytes (at most 10 MiB)")
 	f.DurationVar(&o.requestTimeout, "request-timeout", api.DefaultRequestTimeout, "time limit of each API request, database calls included")
-	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "time requests in flight get to finish on shutdown")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "time requests in flight, and running operation steps, get to finish on shutdown")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "time limit of each new database connection")
 	f.DurationVar(&o.statementTimeout, "statement-timeout", 10*time.Second, "time limit of each catalog statement")
 	f.Int32Var(&o.catalogMaxConns, "catalog-max-conns", 25, "connections to the catalog at most")
