@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/engine"
@@ -551,4 +552,21 @@ func TestTargetVersionConcurrently(t *testing.T) {
 	v, err := migrations.TargetVersion(ctx, pool, func() (int64, error) { return 99, nil })
 	require.NoError(t, err)
 	require.Equal(t, got[0], v, "set once")
+}
+
+// Stopping a server mid-run leaves no goroutine of the runner's, the
+// engine's or the provisioner's behind. Not parallel: it counts goroutines.
+func TestRunnerStopLeaksNothing(t *testing.T) {
+	pgtest.Start(t)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the catalog pool closes
+	s, b := setupRunner(t)
+	for i := range 4 {
+		b.create(t, s, fmt.Sprintf("leak-%d", i), "a")
+	}
+	writeMigration(t, b.dir, "00002_leak.sql", "-- +goose Up\nALTER TABLE notes ADD COLUMN leak int;\n\n-- +goose Down\nALTER TABLE notes DROP COLUMN leak;\n")
+	run, err := s.runner.StartRun(b.ctx, migrations.RunOptions{})
+	require.NoError(t, err)
+	waitRun(t, b.ctx, s.runner, run.ID)
+	s.stop(t)
 }

@@ -6,8 +6,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -135,4 +137,19 @@ func TestFailedCreateRollsBack(t *testing.T) {
 	r, err := p.Create(b.ctx, CreateRequest{ID: id}, time.Minute)
 	require.NoError(t, err, "the id is free again")
 	require.Equal(t, silo.TenantActive, r.Tenant.State)
+}
+
+// Stopping the engine and the provisioner leaves no goroutine of theirs
+// behind. Not parallel: it counts goroutines.
+func TestStopLeaksNothing(t *testing.T) {
+	pgtest.Start(t)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the catalog pool closes
+	p, b := setup(t, Config{WarmPoolSize: 1})
+	id := newID("leak")
+	_, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, time.Minute)
+	require.NoError(t, err)
+	_, err = p.Suspend(b.ctx, id, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, p.maintain(b.ctx, ""))
 }
