@@ -1420,6 +1420,19 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// CancelOperation Cancel a running operation; it is undone at its next step boundary.
+	//
+	// The operation stops at its next step boundary (at once, if the server
+	// that answers is running it) and its undo steps run, as if the step had
+	// failed: a create leaves nothing behind, a move leaves the tenant on its
+	// source. An operation past its point of no return (a create's
+	// activation, a move's flip, a suspend's new state) can only finish, and
+	// is refused with 409. An operation already done is answered as it is.
+	// The answer is the operation as it stands; poll it to see it end.
+	//
+	// Corresponds with POST /v1/operations/{id}/cancel (the `CancelOperation` operationId).
+	CancelOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ApplyRebalanceWithBody Plan the moves that even out the active shards, and start them.
 	//
 	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
@@ -2104,6 +2117,29 @@ func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) 
 // Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 func (c *Client) GetOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetOperationRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelOperation Cancel a running operation; it is undone at its next step boundary.
+//
+// The operation stops at its next step boundary (at once, if the server
+// that answers is running it) and its undo steps run, as if the step had
+// failed: a create leaves nothing behind, a move leaves the tenant on its
+// source. An operation past its point of no return (a create's
+// activation, a move's flip, a suspend's new state) can only finish, and
+// is refused with 409. An operation already done is answered as it is.
+// The answer is the operation as it stands; poll it to see it end.
+//
+// Corresponds with POST /v1/operations/{id}/cancel (the `CancelOperation` operationId).
+func (c *Client) CancelOperation(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelOperationRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -3348,6 +3384,40 @@ func NewGetOperationRequest(server string, id OperationID) (*http.Request, error
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCancelOperationRequest constructs an http.Request for the CancelOperation method
+func NewCancelOperationRequest(server string, id OperationID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/operations/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -4756,6 +4826,21 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/operations/{id} (the `GetOperation` operationId).
 	GetOperationWithResponse(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*GetOperationResponse, error)
 
+	// CancelOperationWithResponse Cancel a running operation; it is undone at its next step boundary.
+	//
+	// The operation stops at its next step boundary (at once, if the server
+	// that answers is running it) and its undo steps run, as if the step had
+	// failed: a create leaves nothing behind, a move leaves the tenant on its
+	// source. An operation past its point of no return (a create's
+	// activation, a move's flip, a suspend's new state) can only finish, and
+	// is refused with 409. An operation already done is answered as it is.
+	// The answer is the operation as it stands; poll it to see it end.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/operations/{id}/cancel (the `CancelOperation` operationId).
+	CancelOperationWithResponse(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*CancelOperationResponse, error)
+
 	// ApplyRebalanceWithBodyWithResponse Plan the moves that even out the active shards, and start them.
 	//
 	// Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
@@ -5856,6 +5941,54 @@ func (r GetOperationResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetOperationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelOperationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Operation
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CancelOperationResponse) GetJSON200() *Operation {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r CancelOperationResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelOperationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelOperationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelOperationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelOperationResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -7306,6 +7439,27 @@ func (c *ClientWithResponses) GetOperationWithResponse(ctx context.Context, id O
 	return ParseGetOperationResponse(rsp)
 }
 
+// CancelOperationWithResponse Cancel a running operation; it is undone at its next step boundary.
+//
+// The operation stops at its next step boundary (at once, if the server
+// that answers is running it) and its undo steps run, as if the step had
+// failed: a create leaves nothing behind, a move leaves the tenant on its
+// source. An operation past its point of no return (a create's
+// activation, a move's flip, a suspend's new state) can only finish, and
+// is refused with 409. An operation already done is answered as it is.
+// The answer is the operation as it stands; poll it to see it end.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/operations/{id}/cancel (the `CancelOperation` operationId).
+func (c *ClientWithResponses) CancelOperationWithResponse(ctx context.Context, id OperationID, reqEditors ...RequestEditorFn) (*CancelOperationResponse, error) {
+	rsp, err := c.CancelOperation(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelOperationResponse(rsp)
+}
+
 // ApplyRebalanceWithBodyWithResponse Plan the moves that even out the active shards, and start them.
 //
 // Each move of the plan (see `GET /v1/rebalance/plan`) starts as an
@@ -8393,6 +8547,39 @@ func ParseGetOperationResponse(rsp *http.Response) (*GetOperationResponse, error
 	return response, nil
 }
 
+// ParseCancelOperationResponse parses an HTTP response from a CancelOperationWithResponse call
+func ParseCancelOperationResponse(rsp *http.Response) (*CancelOperationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelOperationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Operation
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseApplyRebalanceResponse parses an HTTP response from a ApplyRebalanceWithResponse call
 func ParseApplyRebalanceResponse(rsp *http.Response) (*ApplyRebalanceResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -9357,6 +9544,9 @@ type ServerInterface interface {
 	// GetOperation Get an operation, to follow a change that answered 202.
 	// (GET /v1/operations/{id})
 	GetOperation(ctx echo.Context, id OperationID) error
+	// CancelOperation Cancel a running operation; it is undone at its next step boundary.
+	// (POST /v1/operations/{id}/cancel)
+	CancelOperation(ctx echo.Context, id OperationID) error
 	// ApplyRebalance Plan the moves that even out the active shards, and start them.
 	// (POST /v1/rebalance/apply)
 	ApplyRebalance(ctx echo.Context) error
@@ -9623,6 +9813,22 @@ func (w *ServerInterfaceWrapper) GetOperation(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetOperation(ctx, id)
+	return err
+}
+
+// CancelOperation converts echo context to params.
+func (w *ServerInterfaceWrapper) CancelOperation(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id OperationID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.CancelOperation(ctx, id)
 	return err
 }
 
@@ -10187,6 +10393,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/keys", wrapper.CreateTenantKey, options.OperationMiddlewares["createTenantKey"]...)
 	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
+	router.POST(options.BaseURL+"/v1/operations/:id/cancel", wrapper.CancelOperation, options.OperationMiddlewares["cancelOperation"]...)
 	router.GET(options.BaseURL+"/v1/rebalance/plan", wrapper.PlanRebalance, options.OperationMiddlewares["planRebalance"]...)
 	router.POST(options.BaseURL+"/v1/rebalance/apply", wrapper.ApplyRebalance, options.OperationMiddlewares["applyRebalance"]...)
 	router.GET(options.BaseURL+"/v1/migrations/status", wrapper.GetMigrationStatus, options.OperationMiddlewares["getMigrationStatus"]...)

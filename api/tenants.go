@@ -26,6 +26,7 @@ type Provisioner interface {
 	Export(ctx context.Context, id string, w io.Writer) error
 	SetLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error)
 	Operation(ctx context.Context, id string) (*silo.Operation, error)
+	CancelOperation(ctx context.Context, id string) (*silo.Operation, error)
 }
 
 // Limits of the wait query parameter.
@@ -296,6 +297,15 @@ func (s *Server) ResumeTenant(c echo.Context, id TenantID, params ResumeTenantPa
 // GetOperation answers one operation.
 func (s *Server) GetOperation(c echo.Context, id OperationID) error {
 	op, err := s.provisioner.Operation(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, toOperation(op))
+}
+
+// CancelOperation asks a running operation to stop and be undone.
+func (s *Server) CancelOperation(c echo.Context, id OperationID) error {
+	op, err := s.provisioner.CancelOperation(c.Request().Context(), id)
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,14 @@ func (p *Provisioner) Operation(ctx context.Context, id string) (*silo.Operation
 	return op, p.describeMove(ctx, op)
 }
 
+// CancelOperation asks a running operation to stop: it is undone at its
+// next step boundary. It returns ECONFLICT for one past its pivot, ENOTFOUND
+// for an unknown one, and a finished one as it is. Audited as
+// operation.cancel.
+func (p *Provisioner) CancelOperation(ctx context.Context, id string) (*silo.Operation, error) {
+	return p.eng.Cancel(ctx, id)
+}
+
 // describeMove fills in a move's outcome from its parameters.
 func (p *Provisioner) describeMove(ctx context.Context, op *silo.Operation) error {
 	if op.Kind != silo.OpMove {

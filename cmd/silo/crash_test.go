@@ -635,3 +635,35 @@ func TestCrashTwoServers(t *testing.T) {
 	report := survivor.must(t, "GET", "/v1/check", nil, 200)
 	require.Equal(t, true, report["clean"], "%v", report["findings"])
 }
+
+// A cancel, through the API and the CLI, undoes an operation before its
+// pivot (a create slowed by a failpoint leaves nothing behind) and is
+// refused after it.
+func TestCancelOperation(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	s := f.start(t, "create/before-activate=sleep(20s)*1")
+	f.addShards(t, s)
+	code, out := s.do(t, "POST", "/v1/tenants?wait=1s", map[string]any{"id": "cancelled", "shard": "s0"})
+	require.Equal(t, 202, code, "%v", out)
+	opID, _ := out["id"].(string)
+	require.NotEmpty(t, opID, "%v", out)
+	got, err := runSilo(t, f.ctx, "", "operation", "cancel", opID, "--url", s.url, "--token", crashToken)
+	require.NoError(t, err, got)
+	require.Equal(t, "failed", f.ended(t, "cancelled"))
+	op := s.must(t, "GET", "/v1/operations/"+opID, nil, 200)
+	require.Contains(t, op["error"], "cancelled by")
+	code, _ = s.do(t, "GET", "/v1/tenants/cancelled", nil)
+	require.Equal(t, 404, code, "the create left nothing")
+	require.Empty(t, f.orphans(t))
+
+	createTenant(t, s, "done", "s0")
+	doneID, _, _ := f.lastOperation(t, "done")
+	op = s.must(t, "POST", "/v1/operations/"+doneID+"/cancel", nil, 200)
+	require.Equal(t, "succeeded", op["state"], "a finished operation is answered as it is")
+	code, out = s.do(t, "POST", "/v1/operations/00000000-0000-4000-8000-000000000000/cancel", nil)
+	require.Equal(t, 404, code, "%v", out)
+	var audits int
+	require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT count(*) FROM audit_log WHERE action = 'operation.cancel'`).Scan(&audits))
+	require.GreaterOrEqual(t, audits, 2)
+}

@@ -32,7 +32,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 func newOperationCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "operation",
-		Short: "Follow tenant operations (create, suspend, resume, delete, purge)",
+		Short: "Follow and cancel tenant operations (create, suspend, resume, delete, purge, move)",
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "get ID",
@@ -44,6 +44,26 @@ func newOperationCmd(g *globals) *cobra.Command {
 				return err
 			}
 			resp, err := c.GetOperationWithResponse(cmd.Context(), args[0])
+			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+				return err
+			}
+			return g.printOperation(*resp.JSON200)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a running operation: it is undone at its next step boundary",
+		Long: "Cancel a running operation. It stops at its next step boundary and is undone, as if\n" +
+			"that step had failed: a create leaves nothing behind, a move leaves the tenant on its\n" +
+			"source. An operation past its point of no return (a create's activation, a move's\n" +
+			"flip) can only finish, and is refused. Follow it with `silo operation get ID`.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.CancelOperationWithResponse(cmd.Context(), args[0])
 			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
 				return err
 			}
