@@ -66,13 +66,6 @@ type JobSource interface {
 	PeriodicJobs() []*river.PeriodicJob
 }
 
-// Recoverer is a JobSource whose work outlives a server: every
-// RecoveryDelay or so, each server calls Recover to find work whose server
-// is gone and queue it again.
-type Recoverer interface {
-	Recover(ctx context.Context) error
-}
-
 // Kind is how the engine carries out one kind of operation.
 type Kind struct {
 	// Plan returns the plan of an operation, from its record and params.
@@ -104,6 +97,11 @@ type Engine struct {
 	sources []JobSource
 	river   *river.Client[pgx.Tx]
 	cancels map[string]context.CancelCauseFunc // operations running here
+
+	// id is this server's River client id; lease, a catalog connection of
+	// its own, holds the server's lease on it while the server lives.
+	id    string
+	lease *pgx.Conn
 
 	slots    chan struct{} // bounds concurrent operations
 	inflight sync.WaitGroup
@@ -214,7 +212,12 @@ func (e *Engine) Start(ctx context.Context) error {
 		maps.Copy(queues, src.Queues())
 		periodic = append(periodic, src.PeriodicJobs()...)
 	}
+	e.id = newClientID()
+	if err := e.takeServerLease(ctx); err != nil {
+		return err
+	}
 	client, err := river.NewClient(riverpgxv5.New(e.catalog), &river.Config{
+		ID:           e.id,
 		Logger:       e.log.With("component", "river"),
 		Workers:      workers,
 		Queues:       queues,
@@ -277,6 +280,12 @@ func (e *Engine) stop(ctx context.Context) error {
 		<-done // runs end promptly once their context is cancelled
 	}
 	e.cancelBase()
+	e.mu.Lock()
+	if e.lease != nil {
+		_ = e.lease.Close(context.WithoutCancel(ctx))
+		e.lease = nil
+	}
+	e.mu.Unlock()
 	return err
 }
 

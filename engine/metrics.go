@@ -7,6 +7,7 @@ type metrics struct {
 	steps          *prometheus.CounterVec
 	forwardRetries *prometheus.CounterVec
 	recovered      prometheus.Counter
+	rescued        *prometheus.CounterVec
 }
 
 func newMetrics() metrics {
@@ -27,11 +28,15 @@ func newMetrics() metrics {
 			Name: "silo_operations_recovered_total",
 			Help: "Running operations whose server was gone (lease free), queued to be resumed by the recovery sweep.",
 		}),
+		rescued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "silo_jobs_rescued_total",
+			Help: "River jobs left running by a server that is gone (its lease free), made available again, by kind.",
+		}, []string{"kind"}),
 	}
 }
 
 func (m metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.operations, m.steps, m.forwardRetries, m.recovered} {
+	for _, c := range []prometheus.Collector{m.operations, m.steps, m.forwardRetries, m.recovered, m.rescued} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

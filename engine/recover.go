@@ -19,8 +19,11 @@ import (
 // cut). Every server sweeps the catalog every RecoveryDelay or so for
 // running operations whose lease is free and that no River job is waiting
 // to run, and queues a job for each: the first server with a free slot
-// resumes it. River's own rescue of a job whose server died waits longer
-// than any job may run (over an hour); the lease tells in seconds.
+// resumes it. Each server also holds a lease of its own (lease.go): a River
+// job shown running on a server whose lease is free is made available
+// again, for every job kind (a migration run's prepare and tenants, upkeep).
+// River's own rescue of a job whose server died waits longer than any job
+// may run (over an hour); the leases tell in seconds.
 
 const operationQueue = "silo_operation"
 
@@ -78,6 +81,9 @@ func (w *operationWorker) Timeout(*river.Job[operationArgs]) time.Duration { ret
 func (e *Engine) recoverLoop() {
 	for {
 		ctx, cancel := context.WithTimeout(e.base, 2*e.cfg.RecoveryDelay+5*time.Second)
+		if err := e.keepServerLease(ctx); err != nil && !e.isStopping() {
+			e.log.Warn("engine: cannot take the server's lease; trying again", "err", err)
+		}
 		if err := e.Sweep(ctx); err != nil && !e.isStopping() {
 			e.log.Warn("recovery sweep failed; trying again", "err", err)
 		}
@@ -94,8 +100,8 @@ func (e *Engine) recoverLoop() {
 
 // Sweep queues a recovery job for every running operation whose lease is
 // free, that has not changed for RecoveryDelay and that no job waits to
-// run; then asks every Recoverer to do the same for its own work. It runs
-// on every server every RecoveryDelay or so; it is exported for tests.
+// run; then makes the River jobs of servers that are gone available again.
+// It runs on every server every RecoveryDelay or so; exported for tests.
 func (e *Engine) Sweep(ctx context.Context) error {
 	client := e.River()
 	if client == nil {
@@ -143,31 +149,44 @@ func (e *Engine) Sweep(ctx context.Context) error {
 			e.log.Info("operation's server is gone; resuming it", "operation", a.OperationID)
 		}
 	}
-	e.mu.Lock()
-	sources := e.sources
-	e.mu.Unlock()
-	for _, src := range sources {
-		if r, ok := src.(Recoverer); ok {
-			if err := r.Recover(ctx); err != nil {
-				errs = append(errs, err)
-			}
-		}
+	if err := e.rescueJobs(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// LeaseFree reports whether no session holds the advisory lock (class,
-// hashtext(key)) on the catalog: the lease of work whose server is gone.
-// Recoverers use it for their own leases.
-func LeaseFree(ctx context.Context, q interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}, class int32, key string) (bool, error) {
-	var held bool
-	err := q.QueryRow(ctx, `
-		SELECT EXISTS (
-			SELECT 1 FROM pg_catalog.pg_locks l
-			WHERE l.locktype = 'advisory' AND l.objsubid = 2
-			  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-			  AND l.classid::bigint = $1 AND l.objid::bigint = (hashtext($2)::bigint & 4294967295))`, class, key).Scan(&held)
-	return !held, err
+// rescueJobs makes the jobs of servers that are gone available again: River
+// shows them running, and would rescue them only after its stuck-job
+// timeout (over an hour), while a server's lease tells at once that it died.
+// This is River's own rescue (the same update of its job table, an error
+// recorded in the job), on that better signal. Every Silo job is
+// idempotent and takes its own lock, so one rescued from a server that was
+// only cut off from the catalog for a moment runs harmlessly twice.
+func (e *Engine) rescueJobs(ctx context.Context) error {
+	rows, err := e.catalog.Query(ctx, `
+		UPDATE river_job j
+		SET state = 'available', scheduled_at = now(),
+		    errors = array_append(j.errors, jsonb_build_object(
+		        'at', now(), 'attempt', j.attempt,
+		        'error', 'rescued by silo: the server that ran it is gone (its lease on the catalog is free)', 'trace', '')),
+		    metadata = j.metadata || jsonb_build_object('silo:rescued_from', j.attempted_by[cardinality(j.attempted_by)])
+		WHERE j.state = 'running' AND j.attempted_at < now() - make_interval(secs => $1)
+		  AND `+serverGoneSQL+`
+		RETURNING j.id, j.kind`, e.cfg.RecoveryDelay.Seconds())
+	if err != nil {
+		return shardmap.CatalogError(err, "rescue the jobs of servers that are gone")
+	}
+	type rescued struct {
+		ID   int64
+		Kind string
+	}
+	jobs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rescued])
+	if err != nil {
+		return shardmap.CatalogError(err, "rescue the jobs of servers that are gone")
+	}
+	for _, j := range jobs {
+		e.metrics.rescued.WithLabelValues(j.Kind).Inc()
+		e.log.Info("job's server is gone; rescued", "job", j.ID, "kind", j.Kind)
+	}
+	return nil
 }

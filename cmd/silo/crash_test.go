@@ -667,3 +667,46 @@ func TestCancelOperation(t *testing.T) {
 	require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT count(*) FROM audit_log WHERE action = 'operation.cancel'`).Scan(&audits))
 	require.GreaterOrEqual(t, audits, 2)
 }
+
+// A migration run on two servers, one killed mid-run: the other finishes
+// it, every tenant at the target once.
+func TestCrashTwoServersMigration(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	survivor := f.start(t, "")
+	f.addShards(t, survivor)
+	var tenants []string
+	for i := range 8 {
+		id := fmt.Sprintf("two-m-%d", i)
+		createTenant(t, survivor, id, fmt.Sprintf("s%d", i%2))
+		tenants = append(tenants, id)
+	}
+	// Each tenant's migration takes a moment, so the kill lands mid-run.
+	require.NoError(t, os.WriteFile(filepath.Join(f.files, "00002_slow.sql"),
+		[]byte("-- +goose Up\nSELECT pg_sleep(0.3);\nALTER TABLE notes ADD COLUMN slow int;\n\n-- +goose Down\nALTER TABLE notes DROP COLUMN slow;\n"), 0o644))
+	victim := f.start(t, "")
+	victim.must(t, "POST", "/v1/migrations/runs", map[string]any{}, 201, 202)
+	require.Eventually(t, func() bool {
+		var done int
+		require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT count(*) FROM migration_tenants WHERE state = 'done'`).Scan(&done))
+		return done >= 1
+	}, time.Minute, 20*time.Millisecond)
+	victim.kill()
+	deadline := time.Now().Add(recoverWithin)
+	var id, state string
+	for {
+		id, state = f.lastRun(t)
+		if state == "succeeded" || state == "failed" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Equal(t, "succeeded", state, "run %s", id)
+	for _, tn := range tenants {
+		var v int64
+		require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT schema_version FROM tenants WHERE id = $1`, tn).Scan(&v))
+		require.EqualValues(t, 2, v, tn)
+	}
+	report := survivor.must(t, "GET", "/v1/check", nil, 200)
+	require.Equal(t, true, report["clean"], "%v", report["findings"])
+}
