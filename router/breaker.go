@@ -157,6 +157,9 @@ func (r *Router) probe(s *shardPool) {
 // read from the catalog, or last, the settings read before, when the
 // catalog does not answer.
 func (r *Router) probeConfig(ctx context.Context, shard string, last *pgx.ConnConfig) *pgx.ConnConfig {
+	if !r.health.Up() && last != nil {
+		return last // without waiting for the catalog to time out
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
 	defer cancel()
 	cfg, err := r.cfg.Dialer.AdminConfig(ctx, shard, "")

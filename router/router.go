@@ -78,6 +78,13 @@ type Config struct {
 	// ProbeTimeout bounds each probe, its connection included. Default
 	// DefaultProbeTimeout, at least 100ms.
 	ProbeTimeout time.Duration
+	// CatalogHealth says whether the catalog answers. While it does not,
+	// tenants whose routes are cached are served as usual, and the others
+	// get EUNAVAILABLE at once; a route being read when the catalog goes
+	// down fails the same way within the time CatalogHealth takes to notice.
+	// Default: one of the router's own over Catalog, started and stopped
+	// with the router.
+	CatalogHealth *shardmap.CatalogHealth
 	// MoveHold is how long a request for a tenant in the cutover of a move
 	// (state moving) is held, waiting for the tenant's new route, before it
 	// fails with EUNAVAILABLE and a retry hint. Default 5s.
@@ -166,10 +173,12 @@ func (c Config) validate() error {
 // within a fixed connection budget per shard. Create it with New and Start
 // it; it is safe for concurrent use.
 type Router struct {
-	cfg      Config
-	log      *slog.Logger
-	resolver *resolver
-	metrics  *metrics
+	cfg       Config
+	log       *slog.Logger
+	resolver  *resolver
+	metrics   *metrics
+	health    *shardmap.CatalogHealth
+	ownHealth bool // started and stopped with the router
 
 	mu      sync.Mutex
 	shards  map[string]*shardPool
@@ -197,8 +206,16 @@ func New(cfg Config) (*Router, error) {
 		}
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{})}
+	r.health = cfg.CatalogHealth
+	if r.health == nil {
+		var err error
+		if r.health, err = shardmap.NewCatalogHealth(shardmap.CatalogHealthConfig{Pool: cfg.Catalog, Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		r.ownHealth = true
+	}
 	var err error
-	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, cfg.RouteCacheSize, r.metrics); err != nil {
+	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, r.health, cfg.RouteCacheSize, r.metrics); err != nil {
 		return nil, err
 	}
 	r.resolver.limits = connLimits{maxMessageBytes: cfg.MaxMessageBytes}
@@ -216,9 +233,15 @@ func New(cfg Config) (*Router, error) {
 	return r, nil
 }
 
-// Start listens for tenant changes and starts closing idle connections. It
-// returns once the listener is connected, or ctx's error.
+// Start listens for tenant changes and starts closing idle connections (and
+// watching the catalog, unless Config.CatalogHealth is shared). It returns
+// once the listener is connected, or ctx's error.
 func (r *Router) Start(ctx context.Context) error {
+	if r.ownHealth {
+		if err := r.health.Start(ctx); err != nil {
+			return err
+		}
+	}
 	ready := make(chan error, 1)
 	r.wg.Add(2)
 	go func() { defer r.wg.Done(); r.listen(ready) }()
@@ -240,6 +263,9 @@ func (r *Router) Stop() {
 	}
 	close(r.stop)
 	r.wg.Wait()
+	if r.ownHealth {
+		r.health.Stop()
+	}
 	r.tenants.Purge() // closes every tenant pool
 	r.mu.Lock()
 	for _, s := range r.shards {
@@ -257,12 +283,12 @@ func (r *Router) Stop() {
 // connection. WithTenant returns ENOTFOUND for unknown, deleted and purged
 // tenants, ESUSPENDED for suspended ones, EUNAVAILABLE for one still being
 // created, when no connection comes free in time (the wait is bounded by
-// ctx and Config.AcquireTimeout), and when the tenant's shard is
-// unavailable, or fn's error. ctx also bounds fn's queries. When the
-// shard's breaker opens while fn runs (see Config.ProbeInterval), the
-// connection is closed under fn, so its queries fail at once, and
-// WithTenant returns EUNAVAILABLE with a retry hint whatever fn returned,
-// unless fn returned nil.
+// ctx and Config.AcquireTimeout), when the tenant's shard is unavailable,
+// and when the catalog is down and the tenant's route is not cached, or
+// fn's error. ctx also bounds fn's queries. When the shard's breaker opens
+// while fn runs (see Config.ProbeInterval), the connection is closed under
+// fn, so its queries fail at once, and WithTenant returns EUNAVAILABLE with
+// a retry hint whatever fn returned, unless fn returned nil.
 func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *pgx.Conn) error) error {
 	for attempt := 0; ; attempt++ {
 		err := r.withTenant(ctx, tenantID, attempt == 3, fn)
