@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/router"
 )
 
 // A shard that goes down: its tenants get 503 with Retry-After, from the
@@ -47,4 +49,86 @@ func TestDataAPIShardDown(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, secs, 1)
 	require.Equal(t, 200, b.query(t, "steady-one", "SELECT 1").status, "other shards are served")
+}
+
+// A shard that hangs lets go of the data API's calls in flight on it: when
+// its breaker opens, within the router's default detection time of 5 s, a
+// query and a transaction that wait on it answer 503 with Retry-After
+// instead of waiting out the 30 s query timeout. Once the shard is back,
+// its tenant is served again.
+func TestDataAPIHungShardLetsGo(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	dir, err := os.MkdirTemp("", "api-shard-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	hung, err := pgcluster.Start(b.ctx, pgcluster.Config{Dir: filepath.Join(dir, "hung"), Fast: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = hung.Resume(); _ = hung.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "hung", DSN: hung.DSN("postgres")})
+	require.NoError(t, err)
+	r := b.do(t, "POST", "/v1/tenants?wait=30s", `{"id":"held","shard":"hung"}`)
+	require.Equal(t, 201, r.status, "body: %s", r.body)
+	require.Equal(t, 200, b.query(t, "held", "SELECT 1").status)
+	const detection = router.DefaultProbeInterval + 2*router.DefaultProbeTimeout
+
+	type call struct{ path, body string }
+	calls := []call{
+		{"/v1/tenants/held/query", `{"sql":"SELECT pg_sleep(60)"}`},
+		{"/v1/tenants/held/transaction", `{"statements":[{"sql":"INSERT INTO notes (title) VALUES ('cut off')"},{"sql":"SELECT pg_sleep(60)"}]}`},
+	}
+	type outcome struct {
+		call
+		resp response
+		err  error
+		at   time.Time
+	}
+	done := make(chan outcome, len(calls))
+	for _, c := range calls {
+		go func() {
+			resp, err := b.send("Bearer "+token, "POST", c.path, c.body)
+			done <- outcome{c, resp, err, time.Now()}
+		}()
+	}
+	admin, err := pgx.Connect(b.ctx, hung.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close(context.Background())
+	require.Eventually(t, func() bool {
+		var n int
+		err := admin.QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = $1 AND state = 'active' AND strpos(query, 'pg_sleep(60)') > 0`, b.database(t, "held")).Scan(&n)
+		return err == nil && n == len(calls)
+	}, 30*time.Second, 20*time.Millisecond, "both calls run on the shard")
+
+	require.NoError(t, hung.Pause())
+	frozen := time.Now()
+	for range calls {
+		select {
+		case o := <-done:
+			require.NoError(t, o.err)
+			took := o.at.Sub(frozen)
+			t.Logf("%s answered %d after %v", o.path, o.resp.status, took.Round(10*time.Millisecond))
+			b.validate(t, "POST", o.path, o.body, o.resp)
+			require.Equal(t, 503, o.resp.status, "body: %s", o.resp.body)
+			require.Equal(t, "EUNAVAILABLE", string(o.resp.problem(t).Code))
+			secs, err := strconv.Atoi(o.resp.header.Get("Retry-After"))
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, secs, 1)
+			require.Contains(t, *o.resp.problem(t).Detail, "cut off")
+			require.Less(t, took, detection+3*time.Second, "%s: within the detection time, and some slack", o.path)
+		case <-time.After(time.Minute):
+			t.Fatal("calls in flight on the hung shard still wait")
+		}
+	}
+
+	require.NoError(t, hung.Resume())
+	require.Eventually(t, func() bool {
+		resp, err := b.send("Bearer "+token, "POST", "/v1/tenants/held/query", `{"sql":"SELECT count(*) AS n FROM notes WHERE title = 'cut off'"}`)
+		return err == nil && resp.status == 200
+	}, 20*time.Second, 100*time.Millisecond, "served again once the shard is back")
+	got := b.query(t, "held", "SELECT count(*) AS n FROM notes WHERE title = 'cut off'")
+	require.Equal(t, 200, got.status, "body: %s", got.body)
+	require.JSONEq(t, `{"columns":["n"],"rows":[[0]],"rowsAffected":1,"truncated":false}`, string(got.body), "the transaction was rolled back")
 }

@@ -1160,10 +1160,11 @@ func (s *Server) dataError(ctx context.Context, err error, tenant string, index 
 		return &statementError{err: silo.WrapError(err, code, "%s%s", prefix, msg), index: at, pg: pgErr}
 	}
 	var code, msg string
+	var retryAfter time.Duration
 	tooLarge, isTooLarge := errors.AsType[*pgproto3.ExceededMaxBodyLenErr](err)
 	switch se, ok := errors.AsType[*silo.Error](err); {
 	case ok:
-		code, msg = se.Code, se.Message // the router's, or ours
+		code, msg, retryAfter = se.Code, se.Message, se.RetryAfter // the router's, or ours
 	case isTooLarge:
 		// The connection is gone before the call's end: a transaction never
 		// commits, but a lone statement's Sync was sent with it, and a
@@ -1187,9 +1188,9 @@ func (s *Server) dataError(ctx context.Context, err error, tenant string, index 
 		code, msg = silo.EINTERNAL, "internal error"
 	}
 	if at == nil {
-		return silo.WrapError(err, code, "%s", msg)
+		return &silo.Error{Code: code, Message: msg, Err: err, RetryAfter: retryAfter}
 	}
-	return &statementError{err: silo.WrapError(err, code, "%s%s", prefix, msg), index: at}
+	return &statementError{err: &silo.Error{Code: code, Message: prefix + msg, Err: err, RetryAfter: retryAfter}, index: at}
 }
 
 // maxErrorText bounds each text field of a PostgreSQL error that a data

@@ -47,9 +47,14 @@ func (s *Server) ListTenantKeys(c echo.Context, id TenantID, params ListTenantKe
 	return c.JSON(http.StatusOK, out)
 }
 
-// RevokeTenantKey revokes one of the tenant's keys.
+// RevokeTenantKey revokes one of the tenant's keys. This server forgets
+// the key's cached checks at once, whatever the outcome (a revocation that
+// timed out may still have committed); others, within their key cache
+// lifetime.
 func (s *Server) RevokeTenantKey(c echo.Context, id TenantID, keyID string) error {
-	if err := s.catalog.RevokeTenantKey(c.Request().Context(), id, keyID); err != nil {
+	err := s.catalog.RevokeTenantKey(c.Request().Context(), id, keyID)
+	s.keys.forget(keyID)
+	if err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

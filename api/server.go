@@ -45,6 +45,15 @@ type Catalog interface {
 	AuthenticateKey(ctx context.Context, token string) (*shardmap.TenantKey, error)
 }
 
+// CatalogHealth says whether the catalog answers: shardmap.CatalogHealth.
+type CatalogHealth interface {
+	// Err returns EUNAVAILABLE while the catalog is down, else nil.
+	Err() error
+	// Guard returns Err's error, or a context that also ends when the
+	// catalog goes down (shardmap.GuardCause tells).
+	Guard(ctx context.Context) (context.Context, context.CancelFunc, error)
+}
+
 // Defaults of Config.
 const (
 	DefaultBodyLimit      = 1 << 20 // 1 MiB
@@ -54,6 +63,11 @@ const (
 	DefaultQueryTimeout   = 30 * time.Second
 	DefaultMaxRows        = 10000
 	DefaultMaxResultBytes = 10 << 20 // 10 MiB
+	// DefaultKeyCacheTTL is how long a key the catalog accepted is
+	// accepted again without asking it, and MaxKeyCacheTTL the most
+	// Config.KeyCacheTTL may be: the time a revoked key may still work.
+	DefaultKeyCacheTTL = 30 * time.Second
+	MaxKeyCacheTTL     = 10 * time.Minute
 )
 
 // Config configures a Server.
@@ -80,6 +94,21 @@ type Config struct {
 	// Router runs the data API's SQL on tenants' databases. Without it, the
 	// data endpoints answer 503 EUNAVAILABLE.
 	Router Router
+	// CatalogHealth, when set, makes the API fail fast while the catalog is
+	// down: control-plane requests answer 503 EUNAVAILABLE with Retry-After
+	// at once, and those in flight when it goes down end so (but an export
+	// that streams), within the time CatalogHealth takes to notice. The
+	// data API goes on serving the tenants whose keys and routes are
+	// cached. Without it, each request waits for the catalog up to its own
+	// timeout.
+	CatalogHealth CatalogHealth
+	// KeyCacheTTL is how long a tenant key the catalog accepted is
+	// accepted again without asking it: a key revoked through another
+	// server stops working here within this time (through this server, at
+	// once), and during a catalog outage a key is served for this long
+	// after its last check. Default DefaultKeyCacheTTL, at most
+	// MaxKeyCacheTTL.
+	KeyCacheTTL time.Duration
 	// Migrations runs tenant schema migrations across the fleet. Without
 	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
 	Migrations Migrations
@@ -125,6 +154,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxResultBytes == 0 {
 		c.MaxResultBytes = DefaultMaxResultBytes
 	}
+	if c.KeyCacheTTL == 0 {
+		c.KeyCacheTTL = DefaultKeyCacheTTL
+	}
 	return c
 }
 
@@ -146,6 +178,8 @@ func (c Config) validate() error {
 		return errors.New("api: the query timeout must be at least 1ms")
 	case c.MaxRows < 0 || c.MaxResultBytes < 0:
 		return errors.New("api: the data API's row and size limits must be positive")
+	case c.KeyCacheTTL < 0 || c.KeyCacheTTL > MaxKeyCacheTTL:
+		return fmt.Errorf("api: the key cache lifetime must be positive and at most %s", MaxKeyCacheTTL)
 	}
 	return nil
 }
@@ -167,6 +201,8 @@ type Server struct {
 	bodyLimit      int64
 	echo           *echo.Echo
 
+	health         CatalogHealth
+	keys           *keyCache
 	router         Router
 	migrations     Migrations
 	rebalancer     Rebalancer
@@ -185,6 +221,7 @@ type Server struct {
 	statements        *prometheus.CounterVec
 	prepared, unnamed prometheus.Counter
 	unpreparedReruns  prometheus.Counter
+	keyChecks         *prometheus.CounterVec // by source: cache or catalog
 }
 
 // Context keys set on echo contexts.
@@ -221,6 +258,7 @@ func New(cfg Config) (*Server, error) {
 		public:         publicRoutes(doc),
 		dataRoutes:     keyRoutes(doc),
 		metricsRoutes:  metricsRoutes(doc),
+		health:         cfg.CatalogHealth,
 		router:         cfg.Router,
 		migrations:     cfg.Migrations,
 		rebalancer:     cfg.Rebalancer,
@@ -246,6 +284,13 @@ func New(cfg Config) (*Server, error) {
 	if s.seen, err = lru.New[uint64, struct{}](seenStatements); err != nil {
 		return nil, err
 	}
+	if s.keys, err = newKeyCache(cfg.KeyCacheTTL); err != nil {
+		return nil, err
+	}
+	s.keyChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "silo_key_checks_total",
+		Help: "Tenant keys checked, by source: cache (checked with the catalog within the key cache lifetime) or catalog.",
+	}, []string{"source"})
 	s.statements = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "silo_data_statements_total",
 		Help: "Statements run through the data API, by how they were sent: prepared (cached on the connection) or unnamed.",
@@ -256,7 +301,7 @@ func New(cfg Config) (*Server, error) {
 		Help: "Data API calls run again unprepared after a prepared statement was refused before it ran (stale after DDL or DEALLOCATE, or a wrong argument count).",
 	})
 	for _, c := range []prometheus.Collector{
-		s.requests, s.latency, s.statements, s.unpreparedReruns,
+		s.requests, s.latency, s.statements, s.unpreparedReruns, s.keyChecks,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -269,7 +314,7 @@ func New(cfg Config) (*Server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.errorHandler
 	e.Pre(s.requestIDMiddleware)
-	e.Use(s.observeMiddleware, s.bodyLimitMiddleware, s.authMiddleware, s.timeoutMiddleware)
+	e.Use(s.observeMiddleware, s.bodyLimitMiddleware, s.authMiddleware, s.timeoutMiddleware, s.catalogMiddleware)
 	RegisterHandlers(e, s)
 	s.routes = map[string]bool{}
 	for _, r := range e.Routes() {
@@ -423,15 +468,12 @@ func (s *Server) authMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if !data {
 			return silo.Errorf(silo.EUNAUTHORIZED, "a tenant key is good only for its tenant's query and transaction endpoints: this one needs the admin token")
 		}
-		// The lookup runs before the timeouts do; it gets a bound of its own.
-		ctx, cancel := context.WithTimeout(c.Request().Context(), min(s.requestTimeout, 10*time.Second))
-		key, err := s.catalog.AuthenticateKey(ctx, token)
-		cancel()
+		key, err := s.authenticateKey(c.Request().Context(), got, token)
 		if err != nil {
 			return err
 		}
-		c.Set(ctxKeyTenant, key.TenantID)
-		ctx = silo.WithActor(c.Request().Context(), silo.Actor{Name: "key/" + key.ID, RequestID: requestID(c)})
+		c.Set(ctxKeyTenant, key.tenantID)
+		ctx := silo.WithActor(c.Request().Context(), silo.Actor{Name: "key/" + key.keyID, RequestID: requestID(c)})
 		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
 	}
@@ -485,6 +527,39 @@ func (s *Server) timeoutMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		defer cancel()
 		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
+	}
+}
+
+// catalogMiddleware, with Config.CatalogHealth, answers control-plane
+// requests 503 at once while the catalog is down, and ends those in flight
+// when it goes down, so that none waits out the request timeout on a
+// catalog that hangs. The data API's routes need the catalog only for what
+// is not cached (key checks, routes), which guard themselves; public routes
+// and /metrics need none. An export is refused while the catalog is down,
+// but once it streams, an outage does not end it.
+func (s *Server) catalogMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		route := c.Request().Method + " " + c.Path()
+		if s.health == nil || s.public[route] || s.metricsRoutes[route] || s.dataRoutes[route] {
+			return next(c)
+		}
+		if untimedRoutes[c.Path()] {
+			if err := s.health.Err(); err != nil {
+				return err
+			}
+			return next(c)
+		}
+		ctx, cancel, err := s.health.Guard(c.Request().Context())
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		c.SetRequest(c.Request().WithContext(ctx))
+		err = next(c)
+		if cause := shardmap.GuardCause(ctx); err != nil && cause != nil {
+			return cause // the catalog went down during the request
+		}
+		return err
 	}
 }
 

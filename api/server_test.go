@@ -147,6 +147,12 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 		cfg.RequestTimeout, cfg.QueryTimeout = o.requestTimeout, o.queryTimeout
 		cfg.MaxRows, cfg.MaxResultBytes = o.maxRows, o.maxResultBytes
 	}
+	return serve(t, ctx, fleet, store, cfg)
+}
+
+// serve serves an API server made with cfg until the test ends.
+func serve(t *testing.T, ctx context.Context, fleet *pgtest.Fleet, store *shardmap.Store, cfg api.Config) *bundle {
+	t.Helper()
 	srv, err := api.New(cfg)
 	require.NoError(t, err)
 	ts := httptest.NewServer(srv)

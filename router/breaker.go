@@ -35,12 +35,26 @@ func (b *breaker) allow(shard string) error {
 	}
 	now := time.Now()
 	if now.Before(b.openUntil) || b.probing {
-		wait := max(time.Second, b.openUntil.Sub(now).Round(time.Second))
-		return &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: wait,
+		return &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: b.retryAfter(now),
 			Message: "shard " + shard + " is unavailable; its tenants' requests are refused until it answers again"}
 	}
 	b.probing = true // half open: this request tries the shard
 	return nil
+}
+
+// cutError is the error of the requests in flight on the shard when its
+// breaker opened: their connections were closed under them.
+func (b *breaker) cutError(shard string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return &silo.Error{Code: silo.EUNAVAILABLE, RetryAfter: b.retryAfter(time.Now()),
+		Message: "shard " + shard + " stopped answering, and this request was cut off: a statement or COMMIT it had sent " +
+			"may or may not have taken effect, and an open transaction is rolled back; its tenants' requests are refused until it answers again"}
+}
+
+// retryAfter is when an open breaker lets a request through; b.mu is held.
+func (b *breaker) retryAfter(now time.Time) time.Duration {
+	return max(time.Second, b.openUntil.Sub(now).Round(time.Second))
 }
 
 // success records a shard that answered.
@@ -70,11 +84,14 @@ func (b *breaker) isOpen() bool {
 	return b.failures >= b.threshold
 }
 
-// probe checks a shard every interval with SELECT 1 on a connection of its
-// own, bounded by timeout: it notices a hung server, which accepts TCP but
-// never answers, long before requests' own deadlines would. When the shard
-// fails, its idle connections are closed (they are likely dead); when it
-// answers, the breaker closes.
+// probe checks a shard every ProbeInterval with SELECT 1 on a connection
+// of its own, bounded by ProbeTimeout: it notices a hung server, which
+// accepts TCP but never answers, long before requests' own deadlines
+// would. When the shard fails, its breaker opens (see trip); when it
+// answers, the breaker closes. The shard's admin settings are read from
+// the catalog for each new connection; when the catalog does not answer
+// the last ones serve, so that a catalog outage is not taken for the
+// shard's.
 func (r *Router) probe(s *shardPool) {
 	defer r.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -83,6 +100,7 @@ func (r *Router) probe(s *shardPool) {
 		<-r.stop
 		cancel()
 	}()
+	var cfg *pgx.ConnConfig
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -97,14 +115,15 @@ func (r *Router) probe(s *shardPool) {
 			return
 		case <-t.C:
 		}
-		pctx, pcancel := context.WithTimeout(ctx, r.cfg.ProbeInterval)
+		if conn == nil {
+			if cfg = r.probeConfig(ctx, s.name, cfg); cfg == nil {
+				continue // the catalog's failure, not the shard's
+			}
+		}
+		pctx, pcancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
 		err := func() error {
 			if conn == nil {
-				cfg, err := r.cfg.Dialer.AdminConfig(pctx, s.name, "")
-				if err != nil {
-					return err
-				}
-				cfg.RuntimeParams["application_name"] = "silo-router-probe"
+				var err error
 				if conn, err = pgx.ConnectConfig(pctx, cfg); err != nil {
 					return err
 				}
@@ -129,9 +148,37 @@ func (r *Router) probe(s *shardPool) {
 		}
 		if s.breaker.failure() {
 			r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
-			s.closeIdle()
+			s.trip()
 		}
 	}
+}
+
+// probeConfig returns the settings of the prober's connection to a shard,
+// read from the catalog, or last, the settings read before, when the
+// catalog does not answer.
+func (r *Router) probeConfig(ctx context.Context, shard string, last *pgx.ConnConfig) *pgx.ConnConfig {
+	if !r.health.Up() && last != nil {
+		return last // without waiting for the catalog to time out
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
+	defer cancel()
+	cfg, err := r.cfg.Dialer.AdminConfig(ctx, shard, "")
+	if err != nil {
+		if last == nil {
+			r.log.Warn("router: cannot read a shard's settings to probe it", "shard", shard, "err", err)
+		}
+		return last
+	}
+	cfg.RuntimeParams["application_name"] = "silo-router-probe"
+	return cfg
+}
+
+// trip is what an open breaker does to the shard's connections: it closes
+// the idle ones (they are likely dead) and cuts the requests in flight,
+// which a hung server would otherwise hold until their own deadlines.
+func (s *shardPool) trip() {
+	s.closeIdle()
+	s.cutInFlight(s.breaker.cutError(s.name))
 }
 
 // closeIdle closes every idle connection of the shard.

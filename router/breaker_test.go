@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -41,8 +42,8 @@ func TestShardFailureIsolation(t *testing.T) {
 	require.NoError(t, err)
 
 	r := b.router(t, router.Config{ProbeInterval: 200 * time.Millisecond, BreakerCooldown: time.Second, ConnectTimeout: time.Second})
-	// Requests already inside a hung server wait out their own deadline; the
-	// checks below use short ones, as a client would.
+	// The checks use short deadlines, as a client would (TestHungShardLetsGo
+	// shows what becomes of requests already inside a hung server).
 	query := func(id string) error {
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 		defer cancel()
@@ -115,4 +116,123 @@ func TestShardFailureIsolation(t *testing.T) {
 	require.Positive(t, steadyOK.Load())
 	t.Logf("other shard: %d queries, slowest %d ms", steadyOK.Load(), slowest.Load())
 	require.Less(t, slowest.Load(), int64(1000), "and no stall")
+}
+
+// ownShard starts a PostgreSQL cluster of the test's own and registers it
+// as shard name, so the test may freeze or stop it; t.Cleanup resumes and
+// stops it.
+func (b *bundle) ownShard(t *testing.T, name string) *pgcluster.Cluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "router-shard-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	c, err := pgcluster.Start(b.ctx, pgcluster.Config{Dir: filepath.Join(dir, name), Fast: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Resume(); _ = c.Stop(context.Background()) })
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: name, DSN: c.DSN("postgres")})
+	require.NoError(t, err)
+	return c
+}
+
+// waitActive waits until n sessions of database db on cluster c run a
+// statement that contains text.
+func waitActive(t *testing.T, ctx context.Context, c *pgcluster.Cluster, db, text string, n int) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	require.Eventually(t, func() bool {
+		var got int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = $1 AND state = 'active' AND strpos(query, $2) > 0`, db, text).Scan(&got)
+		return err == nil && got == n
+	}, 30*time.Second, 20*time.Millisecond, "%d sessions running %q", n, text)
+}
+
+// A shard that hangs lets go of the requests it holds: when its breaker
+// opens, within the default detection time of 5 s, a statement and a
+// transaction in flight on it end with EUNAVAILABLE and a retry hint,
+// instead of waiting out their own deadline; their connections are not
+// reused. Once the shard is back, its tenant is served again.
+func TestHungShardLetsGo(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	shard := b.ownShard(t, "hung")
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: newID("held"), Shard: "hung"}, time.Minute)
+	require.NoError(t, err)
+	tn := res.Tenant
+	r := b.router(t, router.Config{})
+	const detection = router.DefaultProbeInterval + 2*router.DefaultProbeTimeout
+	require.Equal(t, 5*time.Second, detection)
+	insert := func(ctx context.Context, title string) error {
+		return r.WithTenant(ctx, tn.ID, func(conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, "INSERT INTO notes (title) VALUES ($1)", title)
+			return err
+		})
+	}
+	require.NoError(t, insert(b.ctx, "before"))
+
+	// The work's own deadline is far off: only the breaker can end it soon.
+	ctx, cancel := context.WithTimeout(b.ctx, 2*time.Minute)
+	defer cancel()
+	type outcome struct {
+		name string
+		err  error
+		at   time.Time
+	}
+	done := make(chan outcome, 2)
+	go func() {
+		err := r.WithTenant(ctx, tn.ID, func(conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(60)")
+			return err
+		})
+		done <- outcome{"statement", err, time.Now()}
+	}()
+	go func() {
+		err := r.WithTenantTx(ctx, tn.ID, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "INSERT INTO notes (title) VALUES ('cut off')"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "SELECT pg_sleep(60)")
+			return err
+		})
+		done <- outcome{"transaction", err, time.Now()}
+	}()
+	waitActive(t, b.ctx, shard, tn.Database, "pg_sleep(60)", 2)
+
+	require.NoError(t, shard.Pause())
+	frozen := time.Now()
+	for range 2 {
+		select {
+		case o := <-done:
+			took := o.at.Sub(frozen)
+			t.Logf("%s let go after %v", o.name, took.Round(10*time.Millisecond))
+			requireCode(t, o.err, silo.EUNAVAILABLE)
+			se, ok := errors.AsType[*silo.Error](o.err)
+			require.True(t, ok)
+			require.Positive(t, se.RetryAfter, o.name)
+			require.Contains(t, se.Message, "cut off", o.name)
+			require.Less(t, took, detection+3*time.Second, "%s: within the detection time, and some slack", o.name)
+		case <-time.After(time.Minute):
+			t.Fatal("work in flight on the hung shard still waits")
+		}
+	}
+	// New requests are refused at once.
+	start := time.Now()
+	requireCode(t, insert(ctx, "refused"), silo.EUNAVAILABLE)
+	require.Less(t, time.Since(start), time.Second)
+
+	require.NoError(t, shard.Resume())
+	require.Eventually(t, func() bool { return insert(ctx, "after") == nil },
+		20*time.Second, 100*time.Millisecond, "served again once the shard is back")
+	// Every connection of the pool works: the ones cut off were discarded.
+	for i := range 8 {
+		require.NoError(t, insert(ctx, "again"), "query %d", i)
+	}
+	var cutOff int
+	require.NoError(t, r.WithTenant(ctx, tn.ID, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, "SELECT count(*) FROM notes WHERE title = 'cut off'").Scan(&cutOff)
+	}))
+	require.Zero(t, cutOff, "the open transaction was rolled back")
 }

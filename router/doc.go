@@ -17,6 +17,13 @@
 // evicted or invalidated pool closes its idle connections off the request
 // path, and the rest as they come back.
 //
+// A prober checks each shard in use; a shard that hangs or goes down opens
+// its breaker within the detection time (5 s by default, see
+// Config.ProbeInterval), which refuses its tenants' requests at once and
+// cuts off those in flight. While the catalog is down, tenants whose routes
+// are cached are served as usual and the others are refused at once (see
+// Config.CatalogHealth).
+//
 // Use WithTenant or WithTenantTx:
 //
 //	err := r.WithTenantTx(ctx, "acme", func(tx pgx.Tx) error {

@@ -113,12 +113,16 @@ func router2Config(reg *prometheus.Registry) router.Config {
 	return cfg
 }
 
+// metricValue returns the value of the unlabelled counter or gauge name.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	require.NoError(t, err)
 	for _, f := range families {
 		if f.GetName() == name {
+			if m := f.GetMetric()[0]; m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
 			return f.GetMetric()[0].GetCounter().GetValue()
 		}
 	}

@@ -27,6 +27,11 @@ func (r *Router) listen(ready chan<- error) {
 				conn.Release()
 			}
 		}
+		if err == nil {
+			// Whatever changed while nobody listened; before Start returns,
+			// so that it never drops a route read after Start.
+			r.invalidate("")
+		}
 		if first {
 			ready <- err
 			first = false
@@ -41,7 +46,6 @@ func (r *Router) listen(ready chan<- error) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		r.invalidate("") // whatever changed while nobody listened
 		for {
 			n, err := conn.Conn().WaitForNotification(ctx)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 
 type metrics struct {
 	routeHits, routeMisses prometheus.Counter
+	outageHits             prometheus.Counter
 	waits                  *prometheus.CounterVec
 	waitTime               *prometheus.HistogramVec
 	queries                *prometheus.HistogramVec
@@ -20,6 +21,9 @@ func newMetrics() *metrics {
 	return &metrics{
 		routeHits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "silo_route_cache_hits_total", Help: "Tenant routes found in the cache."}),
 		routeMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "silo_route_cache_misses_total", Help: "Tenant routes read from the catalog."}),
+		outageHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "silo_route_cache_outage_hits_total", Help: "Tenant routes found in the cache while the catalog was down: requests served that an uncached tenant could not be.",
+		}),
 		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "silo_pool_waits_total", Help: "Connection requests that had to wait for the shard's budget, by shard.",
 		}, []string{"shard"}),
@@ -55,7 +59,15 @@ func (m *metrics) observeQuery(shard string, d time.Duration, err error) {
 // register adds the metrics, and gauges of each shard's pool read at
 // scrape time, to reg.
 func (m *metrics) register(reg prometheus.Registerer, r *Router) error {
-	for _, c := range []prometheus.Collector{m.routeHits, m.routeMisses, m.waits, m.waitTime, m.queries, m.loginRepairs, poolCollector{r}} {
+	catalogUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "silo_catalog_up", Help: "1 while the catalog answers this server's probes, 0 while it is down.",
+	}, func() float64 {
+		if r.health.Up() {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.routeHits, m.routeMisses, m.outageHits, m.waits, m.waitTime, m.queries, m.loginRepairs, catalogUp, poolCollector{r}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -23,11 +24,24 @@ type shardPool struct {
 	budget  int
 	breaker *breaker
 
-	mu      sync.Mutex
-	open    int        // connections open or being opened, all tenants
-	idle    *list.List // of *idleConn, most recently used first
-	changed chan struct{}
-	closed  bool
+	mu       sync.Mutex
+	open     int        // connections open or being opened, all tenants
+	idle     *list.List // of *idleConn, most recently used first
+	changed  chan struct{}
+	closed   bool
+	inFlight map[*lease]struct{}
+}
+
+// lease is one request on the shard, from its wait for a connection to its
+// end. When the shard's breaker opens, every lease is cut off: its context
+// is cancelled with the breaker's error as the cause, which ends a wait or
+// a dial, and its connection's socket is closed, which ends whatever fn is
+// reading or writing at once. A query's own context could not do this: pgx
+// answers it with a cancel request, which a hung postmaster never takes.
+type lease struct {
+	cancel context.CancelCauseFunc
+	nc     net.Conn // the connection's socket, once it has one
+	cut    bool
 }
 
 // tenantPool is one tenant's share of a shard's connections.
@@ -48,7 +62,62 @@ type idleConn struct {
 }
 
 func newShardPool(name string, budget int, b *breaker) *shardPool {
-	return &shardPool{name: name, budget: budget, breaker: b, idle: list.New(), changed: make(chan struct{})}
+	return &shardPool{name: name, budget: budget, breaker: b, idle: list.New(), changed: make(chan struct{}),
+		inFlight: map[*lease]struct{}{}}
+}
+
+// begin records a request on the shard; cancel ends its context.
+func (s *shardPool) begin(cancel context.CancelCauseFunc) *lease {
+	l := &lease{cancel: cancel}
+	s.mu.Lock()
+	s.inFlight[l] = struct{}{}
+	s.mu.Unlock()
+	return l
+}
+
+// attach records the connection a lease got. It returns false when the
+// lease was cut off meanwhile: the connection must not be used.
+func (s *shardPool) attach(l *lease, conn *pgx.Conn) bool {
+	nc := conn.PgConn().Conn()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l.nc = nc
+	return !l.cut
+}
+
+// end forgets a lease and reports whether it was cut off.
+func (s *shardPool) end(l *lease) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inFlight, l)
+	return l.cut
+}
+
+// cutInFlight cuts off every request on the shard with err as its cause. It
+// never blocks on the network.
+func (s *shardPool) cutInFlight(err error) {
+	var cancels []context.CancelCauseFunc
+	var socks []net.Conn
+	s.mu.Lock()
+	for l := range s.inFlight {
+		if !l.cut {
+			l.cut = true
+			cancels = append(cancels, l.cancel)
+			if l.nc != nil {
+				socks = append(socks, l.nc)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, cancel := range cancels {
+		cancel(err)
+	}
+	for _, nc := range socks {
+		// The deadline first: it frees a write blocked on a full socket
+		// buffer, which a TLS connection's Close would wait for.
+		_ = nc.SetDeadline(time.Unix(1, 0))
+		_ = nc.Close()
+	}
 }
 
 // signal wakes every waiter; the caller holds mu.

@@ -29,10 +29,13 @@ type Route struct {
 // resolver maps tenants to routes, from the catalog, through a bounded LRU
 // cache. Every change to a tenant row is notified (see listen.go) and drops
 // the tenant's entry. Unknown tenants are never cached, so a tenant created
-// a moment ago is found at once.
+// a moment ago is found at once. A cached route holds all a tenant's
+// connections need, its password included, so it serves while the catalog
+// is down; an uncached one is refused then, at once.
 type resolver struct {
 	dialer *shardmap.Dialer
 	store  *shardmap.Store
+	health *shardmap.CatalogHealth
 	cache  *lru.Cache[string, *Route]
 	// gen grows on every invalidation. A lookup that started before one
 	// does not cache its result, which may predate the change.
@@ -41,22 +44,40 @@ type resolver struct {
 	limits  connLimits // installed on every tenant connection
 }
 
-func newResolver(dialer *shardmap.Dialer, store *shardmap.Store, size int, m *metrics) (*resolver, error) {
+func newResolver(dialer *shardmap.Dialer, store *shardmap.Store, health *shardmap.CatalogHealth, size int, m *metrics) (*resolver, error) {
 	cache, err := lru.New[string, *Route](size)
 	if err != nil {
 		return nil, err
 	}
-	return &resolver{dialer: dialer, store: store, cache: cache, metrics: m}, nil
+	return &resolver{dialer: dialer, store: store, health: health, cache: cache, metrics: m}, nil
 }
 
 // resolve returns the tenant's route, cached or read from the catalog. It
-// returns ENOTFOUND for unknown tenants and catalog errors as they are.
+// returns ENOTFOUND for unknown tenants, EUNAVAILABLE at once for an
+// uncached one while the catalog is down, and catalog errors as they are.
 func (r *resolver) resolve(ctx context.Context, id string) (*Route, error) {
 	if rt, ok := r.cache.Get(id); ok {
 		r.metrics.routeHits.Inc()
+		if !r.health.Up() {
+			r.metrics.outageHits.Inc()
+		}
 		return rt, nil
 	}
 	r.metrics.routeMisses.Inc()
+	gctx, cancel, err := r.health.Guard(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	rt, err := r.read(gctx, id)
+	if cause := shardmap.GuardCause(gctx); err != nil && cause != nil && ctx.Err() == nil {
+		return nil, cause // the catalog went down during the read
+	}
+	return rt, err
+}
+
+// read reads a tenant's route from the catalog and caches it.
+func (r *resolver) read(ctx context.Context, id string) (*Route, error) {
 	gen := r.gen.Load()
 	t, err := r.store.GetTenant(ctx, id)
 	if err != nil {

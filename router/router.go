@@ -29,6 +29,10 @@ const (
 	DefaultIdleTimeout    = time.Minute
 	DefaultMaxTenantPools = 10000
 	DefaultRouteCacheSize = 100000
+	// A shard that stops answering is found within DefaultProbeInterval +
+	// 2 × DefaultProbeTimeout: 5 s.
+	DefaultProbeInterval = time.Second
+	DefaultProbeTimeout  = 2 * time.Second
 )
 
 // Config configures a Router.
@@ -62,10 +66,25 @@ type Config struct {
 	// ConnectTimeout bounds each new connection to a shard.
 	ConnectTimeout time.Duration
 	// ProbeInterval is how often each shard in use is checked (SELECT 1,
-	// bounded by the interval itself). Two failures in a row open the
-	// shard's breaker: its tenants' requests fail at once with EUNAVAILABLE
-	// until a probe or a trial request succeeds.
+	// bounded by ProbeTimeout). Two failures in a row open the shard's
+	// breaker: the requests in flight on the shard are cut off (their
+	// connections closed) and fail with EUNAVAILABLE and a retry hint, and
+	// its tenants' new requests fail at once the same way, until a probe or
+	// a trial request succeeds. So a shard that hangs (accepts TCP but
+	// never answers) or goes down is found, and the requests it holds are
+	// let go, within the detection time, ProbeInterval + 2 × ProbeTimeout:
+	// 5 s by default. Default DefaultProbeInterval, at least 100ms.
 	ProbeInterval time.Duration
+	// ProbeTimeout bounds each probe, its connection included. Default
+	// DefaultProbeTimeout, at least 100ms.
+	ProbeTimeout time.Duration
+	// CatalogHealth says whether the catalog answers. While it does not,
+	// tenants whose routes are cached are served as usual, and the others
+	// get EUNAVAILABLE at once; a route being read when the catalog goes
+	// down fails the same way within the time CatalogHealth takes to notice.
+	// Default: one of the router's own over Catalog, started and stopped
+	// with the router.
+	CatalogHealth *shardmap.CatalogHealth
 	// MoveHold is how long a request for a tenant in the cutover of a move
 	// (state moving) is held, waiting for the tenant's new route, before it
 	// fails with EUNAVAILABLE and a retry hint. Default 5s.
@@ -117,7 +136,10 @@ func (c Config) withDefaults() Config {
 		c.ConnectTimeout = 2 * time.Second
 	}
 	if c.ProbeInterval == 0 {
-		c.ProbeInterval = time.Second
+		c.ProbeInterval = DefaultProbeInterval
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = DefaultProbeTimeout
 	}
 	if c.BreakerCooldown == 0 {
 		c.BreakerCooldown = 3 * time.Second
@@ -139,8 +161,8 @@ func (c Config) validate() error {
 		return errors.New("router: the shard budget and the tenant cap must be at least 1")
 	case c.AcquireTimeout < 0 || c.IdleTimeout < time.Second || c.ConnectTimeout < 0 || c.BreakerCooldown < 0:
 		return errors.New("router: timeouts must be positive, the idle timeout at least 1s")
-	case c.ProbeInterval < 100*time.Millisecond:
-		return errors.New("router: the probe interval must be at least 100ms")
+	case c.ProbeInterval < 100*time.Millisecond || c.ProbeTimeout < 100*time.Millisecond:
+		return errors.New("router: the probe interval and timeout must be at least 100ms")
 	case c.MaxMessageBytes < MinMaxMessageBytes:
 		return fmt.Errorf("router: the message cap must be at least %d bytes", MinMaxMessageBytes)
 	}
@@ -151,10 +173,12 @@ func (c Config) validate() error {
 // within a fixed connection budget per shard. Create it with New and Start
 // it; it is safe for concurrent use.
 type Router struct {
-	cfg      Config
-	log      *slog.Logger
-	resolver *resolver
-	metrics  *metrics
+	cfg       Config
+	log       *slog.Logger
+	resolver  *resolver
+	metrics   *metrics
+	health    *shardmap.CatalogHealth
+	ownHealth bool // started and stopped with the router
 
 	mu      sync.Mutex
 	shards  map[string]*shardPool
@@ -182,8 +206,16 @@ func New(cfg Config) (*Router, error) {
 		}
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{})}
+	r.health = cfg.CatalogHealth
+	if r.health == nil {
+		var err error
+		if r.health, err = shardmap.NewCatalogHealth(shardmap.CatalogHealthConfig{Pool: cfg.Catalog, Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		r.ownHealth = true
+	}
 	var err error
-	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, cfg.RouteCacheSize, r.metrics); err != nil {
+	if r.resolver, err = newResolver(cfg.Dialer, cfg.Store, r.health, cfg.RouteCacheSize, r.metrics); err != nil {
 		return nil, err
 	}
 	r.resolver.limits = connLimits{maxMessageBytes: cfg.MaxMessageBytes}
@@ -201,9 +233,15 @@ func New(cfg Config) (*Router, error) {
 	return r, nil
 }
 
-// Start listens for tenant changes and starts closing idle connections. It
-// returns once the listener is connected, or ctx's error.
+// Start listens for tenant changes and starts closing idle connections (and
+// watching the catalog, unless Config.CatalogHealth is shared). It returns
+// once the listener is connected, or ctx's error.
 func (r *Router) Start(ctx context.Context) error {
+	if r.ownHealth {
+		if err := r.health.Start(ctx); err != nil {
+			return err
+		}
+	}
 	ready := make(chan error, 1)
 	r.wg.Add(2)
 	go func() { defer r.wg.Done(); r.listen(ready) }()
@@ -225,6 +263,9 @@ func (r *Router) Stop() {
 	}
 	close(r.stop)
 	r.wg.Wait()
+	if r.ownHealth {
+		r.health.Stop()
+	}
 	r.tenants.Purge() // closes every tenant pool
 	r.mu.Lock()
 	for _, s := range r.shards {
@@ -241,49 +282,103 @@ func (r *Router) Stop() {
 // not keep it, and a transaction it leaves open is discarded with the
 // connection. WithTenant returns ENOTFOUND for unknown, deleted and purged
 // tenants, ESUSPENDED for suspended ones, EUNAVAILABLE for one still being
-// created or when no connection comes free in time (the wait is bounded by
-// ctx and Config.AcquireTimeout), or fn's error. ctx also bounds fn's
-// queries.
+// created, when no connection comes free in time (the wait is bounded by
+// ctx and Config.AcquireTimeout), when the tenant's shard is unavailable,
+// and when the catalog is down and the tenant's route is not cached, or
+// fn's error. ctx also bounds fn's queries. When the shard's breaker opens
+// while fn runs (see Config.ProbeInterval), the connection is closed under
+// fn, so its queries fail at once, and WithTenant returns EUNAVAILABLE with
+// a retry hint whatever fn returned, unless fn returned nil.
 func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *pgx.Conn) error) error {
 	for attempt := 0; ; attempt++ {
-		tp, err := r.pool(ctx, tenantID)
-		if err != nil {
-			return err
-		}
-		if err := tp.shard.breaker.allow(tp.shard.name); err != nil {
-			r.metrics.observeQuery(tp.shard.name, 0, err)
-			return err
-		}
-		actx := ctx
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			actx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
-			defer cancel()
-		}
-		conn, waited, err := tp.acquire(actx, r.dial(tp))
-		r.metrics.observeWait(tp.shard.name, waited)
-		if errors.Is(err, errPoolClosed) && attempt < 3 {
+		err := r.withTenant(ctx, tenantID, attempt == 3, fn)
+		if errors.Is(err, errPoolClosed) {
 			continue // the route changed under us: resolve it again
 		}
-		if err != nil {
-			return r.connectError(err, tp)
+		return err
+	}
+}
+
+// withTenant is one attempt of WithTenant. It returns errPoolClosed when
+// the tenant's pool closed before a connection came, unless last is set.
+func (r *Router) withTenant(ctx context.Context, tenantID string, last bool, fn func(conn *pgx.Conn) error) error {
+	tp, err := r.pool(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	s := tp.shard
+	if err := s.breaker.allow(s.name); err != nil {
+		r.metrics.observeQuery(s.name, 0, err)
+		return err
+	}
+	// The lease's context ends when the shard's breaker opens: a wait for
+	// a connection, or a dial, ends with it.
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	l := s.begin(cancel)
+	conn, err := r.acquire(lctx, tp)
+	if err == nil && !s.attach(l, conn) {
+		tp.discard(conn)
+		conn, err = nil, context.Cause(lctx)
+	}
+	if err != nil {
+		s.end(l)
+		if cause := cutCause(ctx, lctx); cause != nil {
+			err = cause
+		} else if errors.Is(err, errPoolClosed) && !last {
+			return err
+		} else {
+			err = r.connectError(err, tp)
 		}
-		start := time.Now()
-		ferr := fn(conn)
-		r.metrics.observeQuery(tp.shard.name, time.Since(start), ferr)
-		// Every request tells the breaker how the shard behaved, so a trial
-		// request on a reused connection closes it too. A connection closed
-		// on purpose (by fn, which then returns nil, or by the limits on
-		// what it reads) says nothing of the shard: else one tenant's
-		// oversized rows would shut out every tenant of the shard.
-		if conn.IsClosed() && ctx.Err() == nil && ferr != nil && !closedByLimits(ferr) {
-			tp.shard.breaker.failure()
-		} else if !conn.IsClosed() {
-			tp.shard.breaker.success()
+		return err
+	}
+	start := time.Now()
+	ferr := fn(conn)
+	if s.end(l) {
+		// Cut off by the breaker: the socket is closed, whether or not fn
+		// noticed, so the connection never goes back to the pool.
+		tp.discard(conn)
+		if ferr != nil {
+			ferr = context.Cause(lctx)
 		}
-		tp.release(conn)
+		r.metrics.observeQuery(s.name, time.Since(start), ferr)
 		return ferr
 	}
+	r.metrics.observeQuery(s.name, time.Since(start), ferr)
+	// Every request tells the breaker how the shard behaved, so a trial
+	// request on a reused connection closes it too. A connection closed on
+	// purpose (by fn, which then returns nil, or by the limits on what it
+	// reads) says nothing of the shard: else one tenant's oversized rows
+	// would shut out every tenant of the shard.
+	if conn.IsClosed() && ctx.Err() == nil && ferr != nil && !closedByLimits(ferr) {
+		s.breaker.failure()
+	} else if !conn.IsClosed() {
+		s.breaker.success()
+	}
+	tp.release(conn)
+	return ferr
+}
+
+// acquire gets a connection of tenant pool tp within Config.AcquireTimeout
+// when ctx has no earlier deadline.
+func (r *Router) acquire(ctx context.Context, tp *tenantPool) (*pgx.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
+		defer cancel()
+	}
+	conn, waited, err := tp.acquire(ctx, r.dial(tp))
+	r.metrics.observeWait(tp.shard.name, waited)
+	return conn, err
+}
+
+// cutCause returns the breaker's error when lctx, a lease's context made
+// from ctx, was cut off, and nil otherwise.
+func cutCause(ctx, lctx context.Context) error {
+	if lctx.Err() == nil || ctx.Err() != nil {
+		return nil
+	}
+	return context.Cause(lctx)
 }
 
 // WithTenantTx runs fn in a transaction on the tenant's database, committed
@@ -315,7 +410,10 @@ func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*p
 			switch {
 			case err == nil:
 				s.breaker.success()
-			case shardmap.IsAuthFailure(err) && !repaired && ctx.Err() == nil:
+			case ctx.Err() != nil:
+				// The caller's deadline, or the lease cut off: nothing is
+				// learned of the shard.
+			case shardmap.IsAuthFailure(err) && !repaired:
 				s.breaker.success() // the shard answered
 				repaired = true
 				r.metrics.loginRepairs.Inc()
@@ -325,15 +423,19 @@ func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*p
 					return nil, err
 				}
 				continue
-			case ctx.Err() == nil && isConnFailure(err):
+			case isConnFailure(err):
 				if s.breaker.failure() {
 					r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
 				}
-			case ctx.Err() == nil && isTimeout(err) && !s.breaker.isOpen():
+			case isTimeout(err) && !s.breaker.isOpen():
 				// Timed out, with time left and the shard not known to be
 				// down: a busy shard, so try again within the deadline.
 				continue
-			case err != nil:
+			case isTimeout(err):
+				// The trial request of an open breaker: the shard still
+				// does not answer.
+				s.breaker.failure()
+			default:
 				s.breaker.success() // the shard answered, with an error
 			}
 			return conn, err

@@ -192,18 +192,25 @@ func CatalogError(err error, format string, args ...any) error {
 			return silo.WrapError(err, silo.ETIMEOUT, "%s: the catalog did not answer in time", msg)
 		}
 		if len(pgErr.Code) == 5 && (pgErr.Code[:2] == "08" || pgErr.Code[:2] == "57" || pgErr.Code[:2] == "53") {
-			return silo.WrapError(err, silo.EUNAVAILABLE, "%s: the catalog is unavailable", msg)
+			return catalogUnavailable(err, msg)
 		}
 		return silo.WrapError(err, silo.EINTERNAL, "%s", msg)
 	}
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
-		return silo.WrapError(err, silo.EUNAVAILABLE, "%s: the catalog is unavailable", msg)
+		return catalogUnavailable(err, msg)
 	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {
-		return silo.WrapError(err, silo.EUNAVAILABLE, "%s: the catalog is unavailable", msg)
+		return catalogUnavailable(err, msg)
 	}
 	return silo.WrapError(err, silo.EINTERNAL, "%s", msg)
+}
+
+// catalogUnavailable is the error of a call the catalog did not take: it
+// is down, restarting or out of connections, so a retry a moment later may
+// succeed.
+func catalogUnavailable(err error, msg string) error {
+	return &silo.Error{Code: silo.EUNAVAILABLE, Message: msg + ": the catalog is unavailable", Err: err, RetryAfter: time.Second}
 }
 
 // page validates p and returns its limit and decoded cursor.

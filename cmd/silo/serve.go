@@ -57,6 +57,7 @@ type serveOptions struct {
 	tenantMaxConns  int
 	acquireTimeout  time.Duration
 	maxMessageBytes int
+	keyCacheTTL     time.Duration
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -87,9 +88,10 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.IntVar(&o.tenantMaxConns, "tenant-max-conns", router.DefaultTenantMaxConns, "connections one tenant may hold, so a hot tenant cannot starve the others")
 	f.DurationVar(&o.acquireTimeout, "acquire-timeout", router.DefaultAcquireTimeout, "how long a tenant query waits for a connection within the budget")
 	f.IntVar(&o.maxMessageBytes, "max-message-bytes", router.DefaultMaxMessageBytes, "largest row, error or notice a tenant query may return, in bytes (1 MiB at least); a larger one fails with 413")
+	f.DurationVar(&o.keyCacheTTL, "key-cache-ttl", api.DefaultKeyCacheTTL, "how long a tenant key the catalog accepted is accepted again without asking it (at most 10m): a key revoked through another server works here that long")
 	envNames(cmd, map[string]string{
 		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
-		"max-message-bytes": "SILO_MAX_MESSAGE_BYTES",
+		"max-message-bytes": "SILO_MAX_MESSAGE_BYTES", "key-cache-ttl": "SILO_KEY_CACHE_TTL",
 	})
 	envNames(cmd, map[string]string{
 		"secret-key": "SILO_SECRET_KEY", "secret-key-previous": "SILO_SECRET_KEY_PREVIOUS",
@@ -254,8 +256,18 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if err := startupMigrations(ctx, runner, o.autoMigrate, log); err != nil {
 		return err
 	}
+	// One watch on the catalog: while it is down, the router serves the
+	// tenants it has routes for and the API refuses the rest at once.
+	health, err := shardmap.NewCatalogHealth(shardmap.CatalogHealthConfig{Pool: pool, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := health.Start(ctx); err != nil {
+		return err
+	}
+	defer health.Stop()
 	rt, err := router.New(router.Config{
-		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, ShardBudget: o.shardBudget,
+		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, CatalogHealth: health, ShardBudget: o.shardBudget,
 		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout, MaxMessageBytes: o.maxMessageBytes,
 		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
 	})
@@ -275,8 +287,10 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	srv, err := api.New(api.Config{
-		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, Checker: checker, AdminToken: o.adminToken, Logger: log,
+		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, Checker: checker, CatalogHealth: health,
+		AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
+		KeyCacheTTL: o.keyCacheTTL,
 	})
 	if err != nil {
 		return err

@@ -6,6 +6,9 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/migrations"
+	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -119,4 +123,90 @@ func NewEngine(t testing.TB, pool *pgxpool.Pool, store *shardmap.Store, log *slo
 		}
 	})
 	return eng
+}
+
+// Own is a catalog on a PostgreSQL cluster of the test's own, for tests
+// that freeze or stop it: the test binary's catalog cluster is shared.
+// Pool and Store are as New's, and outlive the cluster's restarts (it keeps
+// its port). Its methods are safe for concurrent use.
+type Own struct {
+	Pool  *pgxpool.Pool
+	Store *shardmap.Store
+
+	cfg     pgcluster.Config
+	mu      sync.Mutex
+	cluster *pgcluster.Cluster
+}
+
+// NewOwn starts a cluster in a temporary directory and returns a migrated
+// catalog on it, whose shard DSNs are sealed under SecretKey. t.Cleanup
+// closes the pool and then resumes and stops the cluster. It fails the test
+// on any error.
+func NewOwn(t testing.TB, log *slog.Logger) *Own {
+	t.Helper()
+	pgtest.Start(t) // finds the server binaries, and stops the clusters at the end
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "catalogtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	// As root, the cluster runs as the postgres user, which must reach it.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o := &Own{cfg: pgcluster.Config{Dir: filepath.Join(dir, "catalog"), Fast: true}}
+	if o.cluster, err = pgcluster.Start(ctx, o.cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		_ = o.cluster.Resume()
+		_ = o.cluster.Stop(context.Background())
+	})
+	if o.Pool, err = shardmap.OpenCatalog(ctx, o.cluster.DSN("postgres"), 20, 2*time.Second, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.Pool.Close)
+	if _, err := migrations.ApplyCatalog(ctx, o.Pool, log); err != nil {
+		t.Fatal(err)
+	}
+	o.Store = NewStore(t, o.Pool, log, SecretKey)
+	return o
+}
+
+// Pause freezes the catalog's server (SIGSTOP): it accepts connections
+// and never answers.
+func (o *Own) Pause() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cluster.Pause()
+}
+
+// Resume continues a paused server.
+func (o *Own) Resume() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cluster.Resume()
+}
+
+// Stop stops the catalog's server.
+func (o *Own) Stop(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cluster.Stop(ctx)
+}
+
+// Start starts the stopped server again, on the same port.
+func (o *Own) Start(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c, err := pgcluster.Start(ctx, o.cfg)
+	if err != nil {
+		return err
+	}
+	o.cluster = c
+	return nil
 }
