@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/engine"
@@ -356,4 +357,22 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 3.0, values["silo_query_duration_seconds/ok/"+tn.Shard])
 	require.Equal(t, 1.0, values["silo_pool_connections_idle/"+tn.Shard])
 	require.Equal(t, 0.0, values["silo_pool_connections_in_use/"+tn.Shard])
+}
+
+// Stopping a router (and the engine and provisioner beside it) leaves no
+// goroutine behind: its listener, prober and pools end with it. Not
+// parallel: it counts goroutines.
+func TestStopLeaksNothing(t *testing.T) {
+	pgtest.Start(t)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the catalog pool closes
+	b := setup(t)
+	r := b.router(t, router.Config{ProbeInterval: 100 * time.Millisecond})
+	tn := b.create(t, newID("leak"))
+	for range 3 {
+		require.NoError(t, r.WithTenant(b.ctx, tn.ID, func(c *pgx.Conn) error {
+			_, err := c.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('x')`)
+			return err
+		}))
+	}
 }
