@@ -280,6 +280,10 @@ func TestHostileDataAPISessionState(t *testing.T) {
 		var got bool
 		require.NoError(t, tenantDB.QueryRow(b.ctx, `SELECT pg_try_advisory_lock(42)`).Scan(&got))
 		require.True(t, got, "after %s: the advisory lock is free", after)
+		// Given back before the session ends: a backend's exit, and so the
+		// release of its locks, lags its client's close.
+		_, err := tenantDB.Exec(b.ctx, `SELECT pg_advisory_unlock(42)`)
+		require.NoError(t, err)
 		require.NoError(t, tenantDB.Close(b.ctx))
 	}
 

@@ -561,8 +561,15 @@ func TestRunnerStopLeaksNothing(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the catalog pool closes
 	s, b := setupRunner(t)
+	// A shard of its own: the shared ones' templates are at other tests'
+	// versions.
+	b.ownShard(t, "leak")
+	for _, shared := range []string{"a", "b"} {
+		_, err := b.store.SetShardState(b.ctx, shared, silo.ShardDisabled)
+		require.NoError(t, err)
+	}
 	for i := range 4 {
-		b.create(t, s, fmt.Sprintf("leak-%d", i), "a")
+		b.create(t, s, fmt.Sprintf("leak-%d", i), "leak")
 	}
 	writeMigration(t, b.dir, "00002_leak.sql", "-- +goose Up\nALTER TABLE notes ADD COLUMN leak int;\n\n-- +goose Down\nALTER TABLE notes DROP COLUMN leak;\n")
 	run, err := s.runner.StartRun(b.ctx, migrations.RunOptions{})
