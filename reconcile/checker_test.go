@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
 	"github.com/silo-db/silo/pgcluster"
@@ -78,7 +79,10 @@ func setup(t *testing.T) *bundle {
 	require.NoError(t, err)
 	dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: b.sealer, Logger: log})
 	require.NoError(t, err)
-	b.prov, err = provisioner.New(provisioner.Config{Catalog: pool, Store: store, Dialer: dialer, SecretKey: testKey,
+	// The engine runs the creates but is not started: no recovery sweep
+	// takes over the operations the tests record by hand.
+	eng := catalogtest.NewEngine(t, pool, store, log, engine.Config{})
+	b.prov, err = provisioner.New(provisioner.Config{Catalog: pool, Store: store, Engine: eng, Dialer: dialer, SecretKey: testKey,
 		Logger: log, WarmPoolSize: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.prov.Stop(context.Background()) })
