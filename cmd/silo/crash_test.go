@@ -710,3 +710,26 @@ func TestCrashTwoServersMigration(t *testing.T) {
 	report := survivor.must(t, "GET", "/v1/check", nil, 200)
 	require.Equal(t, true, report["clean"], "%v", report["findings"])
 }
+
+// SIGTERM in the middle of a long step: the server stops within its
+// shutdown timeout (10 s here, the step cut short and recorded as still
+// running, not failed), and a new server finishes the operation.
+func TestShutdownMidStep(t *testing.T) {
+	t.Parallel()
+	f := newCrashFleet(t)
+	s := f.start(t, "create/before-activate=sleep(120s)*1")
+	f.addShards(t, s)
+	code, _ := s.do(t, "POST", "/v1/tenants?wait=1s", map[string]any{"id": "stopped", "shard": "s0"})
+	require.Equal(t, 202, code)
+	require.Eventually(t, func() bool { return strings.Contains(s.stderr.String(), `"msg":"failpoint fired"`) },
+		time.Minute, 20*time.Millisecond, "the step is under way")
+	took := s.stop(t)
+	require.Less(t, took, 30*time.Second)
+	require.Contains(t, s.stderr.String(), "operation interrupted at a step boundary")
+	_, state, _ := f.lastOperation(t, "stopped")
+	require.Equal(t, "running", state, "cut short, not failed")
+	next := f.start(t, "")
+	require.Equal(t, "succeeded", f.ended(t, "stopped"))
+	st, _ := tenantState(t, next, "stopped")
+	require.Equal(t, "active", st)
+}
