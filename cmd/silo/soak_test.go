@@ -211,6 +211,12 @@ func TestSoak(t *testing.T) {
 	require.NoError(t, err)
 	runs, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
+	rows, err = f.pool.Query(f.ctx, `
+		SELECT kind || ': ' || left(error, 160) || ' (' || count(*) || ')' FROM operations
+		WHERE state = 'failed' GROUP BY kind, left(error, 160) ORDER BY count(*) DESC`)
+	require.NoError(t, err)
+	failures, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
 	var keys []string
 	for k := range stats.requests {
 		keys = append(keys, k)
@@ -221,6 +227,12 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&b, "operations (kind, end state, count):\n")
 	for _, o := range ops {
 		fmt.Fprintf(&b, "  %-22s %6d\n", o.What, o.N)
+	}
+	if len(failures) > 0 {
+		fmt.Fprintf(&b, "failed operations, why:\n")
+		for _, f := range failures {
+			fmt.Fprintf(&b, "  %s\n", f)
+		}
 	}
 	fmt.Fprintf(&b, "migration runs: %s\n", strings.Join(runs, ", "))
 	fmt.Fprintf(&b, "requests (what, status, code):\n")
