@@ -83,7 +83,8 @@ type Config struct {
 	// Migrations runs tenant schema migrations across the fleet. Without
 	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
 	Migrations Migrations
-	// Rebalancer plans moves. Without it, /v1/rebalance answers 503.
+	// Rebalancer moves tenants and plans moves. Without it, moves and
+	// /v1/rebalance answer 503.
 	Rebalancer Rebalancer
 	// QueryTimeout bounds each call of the data API: a query, or a
 	// transaction with all its statements, the wait for a connection

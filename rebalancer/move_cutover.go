@@ -1,4 +1,4 @@
-package provisioner
+package rebalancer
 
 import (
 	"context"
@@ -23,13 +23,13 @@ import (
 // role may no longer log in, so this session is how the cutover reads the
 // source's rows and sequences as the tenant. The caller closes it.
 func (m *move) pause(ctx context.Context) (*pgx.Conn, error) {
-	t, err := m.p.store.GetTenant(ctx, m.id)
+	t, err := m.r.store.GetTenant(ctx, m.id)
 	if err != nil {
 		return nil, err
 	}
 	if t.State != silo.TenantMoving {
 		t.State = silo.TenantMoving
-		if _, err = m.p.store.UpdateTenantTx(ctx, nil, *t); err != nil {
+		if _, err = m.r.store.UpdateTenantTx(ctx, nil, *t); err != nil {
 			return nil, err
 		}
 	}
@@ -37,7 +37,7 @@ func (m *move) pause(ctx context.Context) (*pgx.Conn, error) {
 	deadline := time.Now().Add(drainTimeout)
 	for time.Now().Before(deadline) {
 		var busy int
-		if err := m.src.pool.QueryRow(ctx, `
+		if err := m.src.Pool().QueryRow(ctx, `
 			SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND state <> 'idle'`, m.name).Scan(&busy); err != nil {
 			return nil, shardmap.ShardError(err, m.from)
 		}
@@ -46,47 +46,8 @@ func (m *move) pause(ctx context.Context) (*pgx.Conn, error) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	var sconn *pgx.Conn
-	err = m.p.withLoginLock(ctx, m.name, func() error {
-		// The routers' idle sessions go first, so that Silo's own fits
-		// within the tenant's connection limit.
-		if err := m.p.setLoginLocked(ctx, m.src, m.from, m.name, true, 0); err != nil {
-			return err
-		}
-		if _, err := m.src.pool.Exec(ctx, `
-			SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1`, m.name); err != nil {
-			return shardmap.ShardError(err, m.from)
-		}
-		var err error
-		if sconn, err = m.p.asTenant(ctx, m.tenant, m.from); err != nil {
-			return err
-		}
-		return m.p.setLoginLocked(ctx, m.src, m.from, m.name, false, sconn.PgConn().PID())
-	})
-	if err != nil {
-		if sconn != nil {
-			sconn.Close(context.WithoutCancel(ctx))
-		}
-		return nil, err
-	}
-	// pg_terminate_backend only asks: wait until the sessions are gone, so
-	// that no write of theirs can commit after this returns.
-	for {
-		var left int
-		if err := m.src.pool.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> $2`,
-			m.name, int64(sconn.PgConn().PID())).Scan(&left); err != nil {
-			sconn.Close(context.WithoutCancel(ctx))
-			return nil, shardmap.ShardError(err, m.from)
-		}
-		if left == 0 {
-			return sconn, nil
-		}
-		if ctx.Err() != nil {
-			sconn.Close(context.WithoutCancel(ctx))
-			return nil, shardmap.ShardError(ctx.Err(), m.from)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	// Then the role's sessions end, but one of Silo's own as the tenant.
+	return m.r.prov.SoleSession(ctx, m.tenant, m.from)
 }
 
 // liveCutover switches a tenant from the source to the target: paused
@@ -107,13 +68,13 @@ func (m *move) liveCutover(ctx context.Context) error {
 	defer sconn.Close(context.WithoutCancel(ctx))
 	mark("sessions_ended")
 	var lsn string
-	if err := m.src.pool.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+	if err := m.src.Pool().QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
 		return shardmap.ShardError(err, m.from)
 	}
 	caught := time.Now().Add(catchUpTimeout)
 	for {
 		var done bool
-		if err := m.src.pool.QueryRow(ctx, `
+		if err := m.src.Pool().QueryRow(ctx, `
 			SELECT coalesce(confirmed_flush_lsn >= $2::pg_catalog.pg_lsn, false) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
 			m.slot, lsn).Scan(&done); err != nil {
 			return shardmap.ShardError(err, m.from)
@@ -135,7 +96,7 @@ func (m *move) liveCutover(ctx context.Context) error {
 		return err
 	}
 	mark("stopped")
-	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	dconn, err := m.r.dialer.ConnectTenant(ctx, m.tenant, m.to)
 	if err != nil {
 		return err
 	}
@@ -208,13 +169,13 @@ func (m *move) stopSubscription(ctx context.Context) error {
 // flip points the catalog at the target, the move's pivot (marked in the
 // same transaction), and records the pause.
 func (m *move) flip(ctx context.Context, start time.Time, dconn *pgx.Conn, phases []any) error {
-	t, err := m.p.store.GetTenant(ctx, m.id)
+	t, err := m.r.store.GetTenant(ctx, m.id)
 	if err != nil {
 		return err
 	}
 	t.Shard, t.State = m.to, silo.TenantActive
-	err = pgx.BeginFunc(ctx, m.p.catalog, func(tx pgx.Tx) error {
-		if _, err := m.p.store.UpdateTenantTx(ctx, tx, *t); err != nil {
+	err = pgx.BeginFunc(ctx, m.r.catalog, func(tx pgx.Tx) error {
+		if _, err := m.r.store.UpdateTenantTx(ctx, tx, *t); err != nil {
 			return err
 		}
 		return engine.MarkPivot(ctx, tx)
@@ -222,13 +183,13 @@ func (m *move) flip(ctx context.Context, start time.Time, dconn *pgx.Conn, phase
 	if err != nil {
 		return err
 	}
-	if err := m.p.eng.Failpoint(ctx, "move/after-flip"); err != nil {
+	if err := m.r.eng.Failpoint(ctx, "move/after-flip"); err != nil {
 		return err
 	}
 	pause := time.Since(start)
-	m.p.metrics.movePause.Observe(pause.Seconds())
-	m.p.countMovedBytes(ctx, dconn)
-	m.p.log.Info("tenant moved", append([]any{"tenant", m.id, "from", m.from, "to", m.to, "dump", m.dump, "pause_ms", pause.Milliseconds()}, phases...)...)
+	m.r.metrics.movePause.Observe(pause.Seconds())
+	m.r.countMovedBytes(ctx, dconn)
+	m.r.log.Info("tenant moved", append([]any{"tenant", m.id, "from", m.from, "to", m.to, "dump", m.dump, "pause_ms", pause.Milliseconds()}, phases...)...)
 	return m.setParams(ctx, map[string]any{"pauseMs": pause.Milliseconds()})
 }
 
@@ -245,7 +206,7 @@ func (m *move) dumpCutover(ctx context.Context) error {
 		return err
 	}
 	defer sconn.Close(context.WithoutCancel(ctx))
-	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	dconn, err := m.r.dialer.ConnectTenant(ctx, m.tenant, m.to)
 	if err != nil {
 		return err
 	}
