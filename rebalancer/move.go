@@ -27,7 +27,7 @@ const (
 	// on the source before it ends the tenant's sessions there.
 	drainTimeout = 2 * time.Second
 	// catchUpTimeout bounds the wait for the target to replay the source's
-	// last writes during the cutover.
+	// last writes during the cutover (its fence).
 	catchUpTimeout = 10 * time.Second
 )
 
@@ -41,11 +41,14 @@ type MoveRequest struct {
 // database is copied by logical replication while it serves, then a
 // cutover of about a second (requests held by the routers) switches it.
 // It refuses (ECONFLICT) a move to the tenant's own shard, to a shard not
-// active, to another region, or of a tenant not active; ENOTFOUND for
-// unknown shards and tenants; EUNAVAILABLE when this Rebalancer has no
-// Engine. It waits up to wait for the move, which goes on in the
-// background after that (Result.Operation says whether it is done); a
-// failed move is returned with its error. ctx bounds the wait.
+// active, to another region, of a tenant not active, or of one whose
+// database holds what no move carries (large objects, naming them) or a
+// schema named as the move's fence; ENOTFOUND for unknown shards and
+// tenants; EUNAVAILABLE when this Rebalancer has no Engine, or the
+// tenant's shard cannot be reached. It waits up to wait for the move,
+// which goes on in the background after that (Result.Operation says
+// whether it is done); a failed move is returned with its error. ctx
+// bounds the wait.
 func (r *Rebalancer) Move(ctx context.Context, req MoveRequest, wait time.Duration) (Result, error) {
 	if r.eng == nil {
 		return Result{}, silo.Errorf(silo.EUNAVAILABLE, "this server does not move tenants")
@@ -76,6 +79,10 @@ func (r *Rebalancer) Move(ctx context.Context, req MoveRequest, wait time.Durati
 	case target.Region != t.Region:
 		return Result{}, silo.Errorf(silo.ECONFLICT, "tenant %q is pinned to region %q; shard %q is in %q", req.ID, t.Region, target.Name, target.Region)
 	}
+	// Refused before anything is made: the move's first step checks again.
+	if err := r.carriable(ctx, t, t.Shard); err != nil {
+		return Result{}, err
+	}
 	opID := uuid.NewString()
 	params := map[string]any{"operation": opID, "from": t.Shard, "to": target.Name}
 	err = r.store.Mutate(ctx, "tenant.move", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
@@ -91,6 +98,24 @@ func (r *Rebalancer) Move(ctx context.Context, req MoveRequest, wait time.Durati
 // tenant as it stood when Move returned.
 type Result = provisioner.Result
 
+// carriable refuses (ECONFLICT) a move of a tenant whose database on shard
+// holds large objects, which no move carries, or a schema named as the
+// move's fence. It reads pg_catalog as the admin.
+func (r *Rebalancer) carriable(ctx context.Context, t *silo.Tenant, shard string) error {
+	if err := silo.ValidateDatabaseName(t.Database); err != nil {
+		return err
+	}
+	conn, err := r.dialer.ConnectAdmin(ctx, shard, t.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := largeObjects(ctx, conn, t.ID); err != nil {
+		return shardmap.ShardError(err, shard)
+	}
+	return shardmap.ShardError(fenceNameFree(ctx, conn, t.ID), shard)
+}
+
 // move is one move's plan: its inputs, what its steps learn, and the steps
 // themselves as methods. Its parameters are read from the operation when
 // it is planned (again, on a resumed run).
@@ -103,6 +128,7 @@ type move struct {
 	targetMade bool // this move made (or was about to make) the target's database
 	dump       bool // the data goes by a copy while the tenant is paused, not by replication
 	triggers   []triggerState
+	identities []identityState // the tables given REPLICA IDENTITY FULL on the source
 
 	tenant   *silo.Tenant // as loaded; its shard is the source until the flip
 	name     string       // the tenant's database and role, on both shards
@@ -137,6 +163,7 @@ func (r *Rebalancer) movePlan(op *silo.Operation, params map[string]any) (engine
 	m.targetMade, _ = params["targetMade"].(bool)
 	m.dump, _ = params["dump"].(bool)
 	m.triggers = decodeTriggers(params["triggers"])
+	m.identities = decodeIdentities(params["identities"])
 	m.pub = "silo_move"
 	return engine.Plan{Steps: []engine.Step{
 		{Name: "check-source", Run: m.unlessFlipped(m.checkSource)},
@@ -199,8 +226,15 @@ func (m *move) setParams(ctx context.Context, params map[string]any) error {
 	return m.r.store.SetOperationParams(ctx, nil, m.op.ID, params)
 }
 
+// checkSource refuses a tenant that no move can carry (carriable: checked
+// again here, for moves started by a rebalance or before the tenant made
+// a large object), chooses the paused copy for a source without logical
+// replication, and waits out a migration of the tenant.
 func (m *move) checkSource(ctx context.Context) error {
 	if err := m.load(ctx); err != nil {
+		return err
+	}
+	if err := m.r.carriable(ctx, m.tenant, m.from); err != nil {
 		return err
 	}
 	var level string
@@ -255,14 +289,16 @@ func (m *move) copySchema(ctx context.Context) error {
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
 	var tables int
-	if err := dconn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'`).Scan(&tables); err != nil {
+	if err := dconn.QueryRow(ctx, `SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p') AND `+tenantSchemas).Scan(&tables); err != nil {
 		return shardmap.ShardError(err, m.to)
 	}
 	if tables > 0 {
 		return nil // copied by an earlier attempt
 	}
-	schema, err := m.r.prov.DumpSchema(ctx, m.tenant, m.from)
+	// The fence is made later; left out all the same, as the tenant may
+	// not read it.
+	schema, err := m.r.prov.DumpSchema(ctx, m.tenant, m.from, fenceSchema)
 	if err != nil {
 		return err
 	}
@@ -316,11 +352,14 @@ func (m *move) prepareTarget(ctx context.Context) error {
 	return m.choosePath(ctx, "live", fmt.Sprintf("PostgreSQL %d: no expression of the schema calls a function the tenant controls, and its triggers are disabled on the target", m.dst.Major()))
 }
 
-// replicate publishes the tenant's tables on the source (as the admin:
-// only a superuser may publish all tables; it runs nothing of the
-// tenant's), makes the replication slot, copies the rows as of the slot's
-// snapshot from a tenant session on the source to one on the target, and
-// subscribes the target to the slot's changes from there.
+// replicate makes the fence on both sides (as the admin), gives the
+// tenant's tables without a replica identity REPLICA IDENTITY FULL on the
+// source (as the tenant), publishes the tenant's tables there (as the
+// admin: only a superuser may publish all tables; it runs nothing of the
+// tenant's), makes the replication slot, copies the rows of the logged
+// tables as of the slot's snapshot from a tenant session on the source to
+// one on the target, and subscribes the target to the slot's changes from
+// there. Unlogged tables are not replicated: the cutover copies them.
 //
 // Silo copies the rows itself (the subscription has copy_data = false):
 // a subscription's own initial copy reads each table on the source over
@@ -331,6 +370,16 @@ func (m *move) replicate(ctx context.Context) error {
 		return nil
 	}
 	if done, err := m.subscribed(ctx); done || err != nil {
+		return err
+	}
+	// The fence's row is in both before the slot exists, so the slot
+	// carries only its updates.
+	for _, shard := range []string{m.from, m.to} {
+		if err := m.onAdmin(ctx, shard, func(c *pgx.Conn) error { return makeFence(ctx, c, m.id) }); err != nil {
+			return shardmap.ShardError(err, shard)
+		}
+	}
+	if err := m.fullIdentities(ctx); err != nil {
 		return err
 	}
 	err := m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
@@ -353,8 +402,8 @@ func (m *move) replicate(ctx context.Context) error {
 	create := "CREATE SUBSCRIPTION " + ident(m.slot) + " CONNECTION " + quoteLiteral(conninfo) +
 		" PUBLICATION " + ident(m.pub) + " WITH (slot_name = " + quoteLiteral(m.slot) +
 		", create_slot = false, copy_data = false" +
-		// Commits on the target flush at once, so its reports to the
-		// source (what the cutover waits for) do not lag the WAL writer.
+		// Commits on the target flush at once: what it reports applied to
+		// the source's slot is on its disk.
 		", synchronous_commit = 'on'"
 	if m.dst.Major() < 16 {
 		// Only a superuser may own a subscription on 15.
@@ -363,6 +412,30 @@ func (m *move) replicate(ctx context.Context) error {
 		err = m.subscribeAsOwnRole(ctx, create+", run_as_owner = false, password_required = true)")
 	}
 	return shardmap.ShardError(err, m.to)
+}
+
+// fullIdentities gives REPLICA IDENTITY FULL, as the tenant, to its
+// tables on the source that have no replica identity, once their
+// identities are recorded (operation parameter identities): the cutover
+// sets them back on both sides, and so does the undo on the source, a
+// resumed run included.
+func (m *move) fullIdentities(ctx context.Context) error {
+	conn, err := m.r.dialer.ConnectTenant(ctx, m.tenant, m.from)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if m.identities == nil {
+		states, err := readIdentities(ctx, conn)
+		if err != nil {
+			return shardmap.ShardError(err, m.from)
+		}
+		if err := m.setParams(ctx, map[string]any{"identities": states}); err != nil {
+			return err
+		}
+		m.identities = states
+	}
+	return shardmap.ShardError(setIdentities(ctx, conn, m.identities, true), m.from)
 }
 
 // subscribed reports whether the move's subscription exists on the target.
@@ -411,7 +484,7 @@ func (m *move) copyAtSlot(ctx context.Context) error {
 		return err
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copyData(ctx, sconn, dconn, snapshot); err != nil {
+	if err := copyData(ctx, sconn, dconn, snapshot, loggedTables); err != nil {
 		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
 	}
 	return nil
@@ -438,6 +511,15 @@ func (m *move) subscribeAsOwnRole(ctx context.Context, create string) error {
 	// Nothing of the tenant's runs in this session: CREATE SUBSCRIPTION
 	// without a copy only reads the publication's catalog on the source.
 	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+		// The apply writes each table as its owner, and may act only as a
+		// role it can SET ROLE to: the tenant, and itself. So the
+		// target's fence is its own (an admin's fence fails the apply:
+		// "cannot SET ROLE"), with USAGE on the fence's schema, where
+		// CREATE SUBSCRIPTION looks the table up by name; nothing more.
+		if _, err := c.Exec(ctx, "ALTER TABLE "+ident(fenceSchema)+".fence OWNER TO "+owner+
+			"; GRANT USAGE ON SCHEMA "+ident(fenceSchema)+" TO "+owner); err != nil {
+			return err
+		}
 		_, err := c.Exec(ctx, "SET ROLE "+owner+"; "+create+"; RESET ROLE")
 		return err
 	})
@@ -446,12 +528,16 @@ func (m *move) subscribeAsOwnRole(ctx context.Context, create string) error {
 // subOwner is the role that owns the move's subscription on 16 and later.
 func (m *move) subOwner() string { return "silo_sub_" + m.name }
 
-// initialCopy waits for the subscription's first copy of every table.
+// initialCopy waits for the subscription to be ready on every table, and
+// then for the target to apply what the source committed so far (a fence,
+// the tenant still working): the cutover's pause then waits only for the
+// moments since. On a busy shard the slot's decoding reads every
+// database's WAL, and that wait would be long.
 func (m *move) initialCopy(ctx context.Context) error {
 	if m.dump {
 		return nil
 	}
-	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
+	err := m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
 		for {
 			var pending int
 			if err := c.QueryRow(ctx, `
@@ -480,6 +566,10 @@ func (m *move) initialCopy(ctx context.Context) error {
 			}
 		}
 	})
+	if err != nil {
+		return err
+	}
+	return m.awaitFence(ctx, moveCopyTimeout)
 }
 
 func (m *move) cutover(ctx context.Context) error {
@@ -532,6 +622,19 @@ func (m *move) undoSource(ctx context.Context) error {
 	}
 	if err := m.r.prov.SetLogin(ctx, m.from, m.name, true); err != nil {
 		return err
+	}
+	if len(m.identities) > 0 {
+		// The publication is gone (undo:replication): the tables' own
+		// identities are back before the tenant may need them.
+		conn, err := m.r.dialer.ConnectTenant(ctx, m.tenant, m.from)
+		if err != nil {
+			return err
+		}
+		err = setIdentities(ctx, conn, m.identities, false)
+		conn.Close(context.WithoutCancel(ctx))
+		if err != nil {
+			return shardmap.ShardError(err, m.from)
+		}
 	}
 	if t.State == silo.TenantMoving {
 		t.State = silo.TenantActive
@@ -587,8 +690,9 @@ func (r *Rebalancer) countMovedBytes(ctx context.Context, dst *pgx.Conn) {
 }
 
 // removeReplication removes what the move made for its replication: the
-// subscription (with its own role on 16 and later) on the target, the slot
-// and the publication on the source. Each may be gone already.
+// subscription, the fence (and on 16 and later the subscription's own
+// role) on the target, the slot, the publication and the fence on the
+// source. Each may be gone already.
 func (m *move) removeReplication(ctx context.Context) error {
 	// The subscription first: dropping it drops its slot on the source. It
 	// is found by its slot, whatever it is called.
@@ -618,6 +722,11 @@ func (m *move) removeReplication(ctx context.Context) error {
 	if err != nil && shardmap.SQLState(err) != "3D000" { // the target database is gone already
 		return shardmap.ShardError(err, m.to)
 	}
+	// Before the subscription's role: on 16 and later the target's fence
+	// is that role's.
+	if err := m.onAdmin(ctx, m.to, func(c *pgx.Conn) error { return dropFence(ctx, c) }); err != nil && shardmap.SQLState(err) != "3D000" {
+		return shardmap.ShardError(err, m.to)
+	}
 	if m.dst.Major() >= 16 {
 		// The subscription's own role (subscribeAsOwnRole), once it owns
 		// nothing: its grant on the database goes with the database, or
@@ -635,8 +744,10 @@ func (m *move) removeReplication(ctx context.Context) error {
 		return err
 	}
 	err = m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(m.pub))
-		return err
+		if _, err := c.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(m.pub)); err != nil {
+			return err
+		}
+		return dropFence(ctx, c)
 	})
 	if err != nil && shardmap.SQLState(err) != "3D000" {
 		return shardmap.ShardError(err, m.from)

@@ -22,36 +22,54 @@ func readOnly(ctx context.Context, conn *pgx.Conn) error {
 	return err
 }
 
-// compareReadOnly compares the rows of both sides (compareCounts), the
-// target's in a read-only transaction too.
+// compareReadOnly compares what the flip needs of both sides, the
+// target's in a read-only transaction too: every table's rows (their
+// counts, and a checksum of the small ones), every materialized view's
+// populated state, and every sequence's state. Any difference is an
+// EINTERNAL error that undoes the move.
 func compareReadOnly(ctx context.Context, src, dst *pgx.Conn) error {
 	if err := readOnly(ctx, dst); err != nil {
 		return err
 	}
 	defer func() { _, _ = dst.Exec(context.WithoutCancel(ctx), "ROLLBACK") }()
-	return compareCounts(ctx, src, dst)
+	if err := compareCounts(ctx, src, dst); err != nil {
+		return err
+	}
+	if err := compareMatviews(ctx, src, dst); err != nil {
+		return err
+	}
+	return compareSequences(ctx, src, dst)
 }
 
-// userTables lists a database's tables that hold rows (partitions, not
-// their parents), quoted, in an order that loads referenced tables before
-// the tables whose foreign keys point at them.
-func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+// sameSettings are the settings of Silo's sessions on both sides wherever
+// values become text, to be copied or compared: the tenant's own (ALTER
+// DATABASE … SET DateStyle, TimeZone) may differ between them, and the
+// target's are not the source's.
+const sameSettings = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET TimeZone = 'UTC'"
+
+// tableSet selects the tables a copy takes.
+type tableSet int
+
+const (
+	allTables      tableSet = iota
+	loggedTables            // the ones logical replication carries
+	unloggedTables          // the ones it does not: copied while the tenant is paused
+)
+
+// userTables lists the tenant's tables of a set that hold rows
+// (partitions, not their parents), quoted, in an order that loads
+// referenced tables before the tables whose foreign keys point at them.
+func userTables(ctx context.Context, conn *pgx.Conn, set tableSet) ([]string, error) {
+	persistence := map[tableSet]string{allTables: "", loggedTables: "p", unloggedTables: "u"}[set]
 	rows, err := conn.Query(ctx, `
 		SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind = 'r' AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-		ORDER BY 2`)
+		WHERE c.relkind = 'r' AND `+tenantSchemas+` AND ($1 = '' OR c.relpersistence::pg_catalog.text = $1)
+		ORDER BY 2`, persistence)
 	if err != nil {
 		return nil, err
 	}
-	type table struct {
-		oid  int64
-		name string
-	}
-	tables, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (table, error) {
-		var t table
-		return t, r.Scan(&t.oid, &t.name)
-	})
+	names, oids, err := namesAndOids(rows)
 	if err != nil {
 		return nil, err
 	}
@@ -68,28 +86,49 @@ func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	type edge struct{ from, to int64 }
-	edges, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (edge, error) {
-		var e edge
-		return e, r.Scan(&e.from, &e.to)
-	})
+	needs, err := edgesOf(rows)
 	if err != nil {
 		return nil, err
 	}
+	// A cycle of foreign keys: its deferrable keys are checked at commit.
+	return dependencyOrder(oids, names, needs), nil
+}
+
+// namesAndOids collects rows of (oid, name), in order.
+func namesAndOids(rows pgx.Rows) (map[int64]string, []int64, error) {
+	names := map[int64]string{}
+	var oids []int64
+	var oid int64
+	var name string
+	_, err := pgx.ForEachRow(rows, []any{&oid, &name}, func() error {
+		names[oid] = name
+		oids = append(oids, oid)
+		return nil
+	})
+	return names, oids, err
+}
+
+// edgesOf collects rows of (oid, oid it needs).
+func edgesOf(rows pgx.Rows) (map[int64][]int64, error) {
 	needs := map[int64][]int64{}
-	for _, e := range edges {
-		needs[e.from] = append(needs[e.from], e.to)
-	}
+	var from, to int64
+	_, err := pgx.ForEachRow(rows, []any{&from, &to}, func() error {
+		needs[from] = append(needs[from], to)
+		return nil
+	})
+	return needs, err
+}
+
+// dependencyOrder returns the names of oids, each after the ones it
+// needs (transitively, through objects not among names too), starting
+// from oids in their order. A cycle is broken where it is found.
+func dependencyOrder(oids []int64, names map[int64]string, needs map[int64][]int64) []string {
 	var order []string
 	state := map[int64]int{} // 1 visiting, 2 done
-	names := map[int64]string{}
-	for _, t := range tables {
-		names[t.oid] = t.name
-	}
 	var visit func(oid int64)
 	visit = func(oid int64) {
 		if state[oid] != 0 {
-			return // done, or a cycle: its deferrable keys are checked at commit
+			return
 		}
 		state[oid] = 1
 		for _, dep := range needs[oid] {
@@ -100,10 +139,10 @@ func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 			order = append(order, name)
 		}
 	}
-	for _, t := range tables {
-		visit(t.oid)
+	for _, oid := range oids {
+		visit(oid)
 	}
-	return order, nil
+	return order
 }
 
 // copyData replaces the target's rows with the source's, table by table,
@@ -114,10 +153,9 @@ func userTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 // is given (a replication slot's, so that the slot's changes follow the
 // copy exactly). The tenant's triggers on the target are disabled
 // (prepareTarget), so neither the TRUNCATE of an earlier attempt's rows
-// nor the rows fire them.
-func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string) error {
-	const settings = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex"
-	if _, err := src.Exec(ctx, settings); err != nil {
+// nor the rows fire them. set selects the tables.
+func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string, set tableSet) error {
+	if _, err := src.Exec(ctx, sameSettings); err != nil {
 		return err
 	}
 	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
@@ -129,12 +167,12 @@ func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string) error {
 			return err
 		}
 	}
-	tables, err := userTables(ctx, src)
+	tables, err := userTables(ctx, src, set)
 	if err != nil {
 		return err
 	}
 	return pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, settings+"; SET CONSTRAINTS ALL DEFERRED"); err != nil {
+		if _, err := tx.Exec(ctx, sameSettings+"; SET CONSTRAINTS ALL DEFERRED"); err != nil {
 			return err
 		}
 		if len(tables) == 0 {
@@ -169,29 +207,75 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) error {
 	return err
 }
 
-// copySequences sets every sequence of the target to the source's value:
-// logical replication carries rows, not sequences.
+// sequenceState is a sequence's state: the value it last gave out (or
+// will give next, when not is_called).
+type sequenceState struct {
+	value    int64
+	isCalled bool
+}
+
+// sequences reads the state of every sequence of the tenant's, by its
+// quoted name, from the sequences themselves (pg_sequences shows no value
+// for one that setval(…, false) left).
+func sequences(ctx context.Context, conn *pgx.Conn) (map[string]sequenceState, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'S' AND `+tenantSchemas+` ORDER BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]sequenceState, len(names))
+	for _, name := range names {
+		var s sequenceState
+		// Names quoted by format(%I) above.
+		if err := conn.QueryRow(ctx, "SELECT last_value, is_called FROM "+name).Scan(&s.value, &s.isCalled); err != nil {
+			return nil, fmt.Errorf("sequence %s: %w", name, err)
+		}
+		out[name] = s
+	}
+	return out, nil
+}
+
+// copySequences sets every sequence of the target to the source's state:
+// logical replication carries rows, not sequences, and the copy's COPY
+// calls none.
 func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
-	rows, err := src.Query(ctx, `
-		SELECT pg_catalog.format('%I.%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences
-		WHERE last_value IS NOT NULL`)
+	seqs, err := sequences(ctx, src)
 	if err != nil {
 		return err
 	}
-	type seq struct {
-		name  string
-		value int64
+	for name, s := range seqs {
+		if _, err := dst.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, $3)`, name, s.value, s.isCalled); err != nil {
+			return fmt.Errorf("set sequence %s on the target: %w", name, err)
+		}
 	}
-	seqs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (seq, error) {
-		var s seq
-		return s, r.Scan(&s.name, &s.value)
-	})
+	return nil
+}
+
+// compareSequences refuses a cutover when a sequence's state differs
+// between the sides.
+func compareSequences(ctx context.Context, src, dst *pgx.Conn) error {
+	ours, err := sequences(ctx, src)
 	if err != nil {
 		return err
 	}
-	for _, s := range seqs {
-		if _, err := dst.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, true)`, s.name, s.value); err != nil {
-			return fmt.Errorf("set sequence %s on the target: %w", s.name, err)
+	theirs, err := sequences(ctx, dst)
+	if err != nil {
+		return err
+	}
+	for name, s := range ours {
+		t, ok := theirs[name]
+		switch {
+		case !ok:
+			return silo.Errorf(silo.EINTERNAL, "sequence %s is missing on the target: the move is undone", name)
+		case t != s:
+			return silo.Errorf(silo.EINTERNAL, "sequence %s is at %d (called: %t) on the source and %d (called: %t) on the target: the move is undone",
+				name, s.value, s.isCalled, t.value, t.isCalled)
 		}
 	}
 	return nil
@@ -202,7 +286,7 @@ func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
 func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 	rows, err := src.Query(ctx, `
 		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
+		WHERE c.relkind IN ('r', 'p') AND `+tenantSchemas+`
 		ORDER BY 1`)
 	if err != nil {
 		return err
@@ -267,3 +351,100 @@ func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
 // checksumRows is the most rows a table may have for the cutover to
 // compare a checksum of its rows, not only their count.
 const checksumRows = 10000
+
+// matviewStates maps each of the tenant's materialized views (its quoted
+// name) to whether it is populated.
+func matviewStates(ctx context.Context, conn *pgx.Conn) (map[string]bool, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relispopulated FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'm' AND `+tenantSchemas)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	var name string
+	var populated bool
+	_, err = pgx.ForEachRow(rows, []any{&name, &populated}, func() error {
+		out[name] = populated
+		return nil
+	})
+	return out, err
+}
+
+// refreshMatviews populates, as the tenant on the target, each
+// materialized view that is populated on the source, each after the ones
+// its query reads (through views too), and returns how many. The copy of
+// the schema leaves every one unpopulated (pg_dump --schema-only writes
+// them WITH NO DATA), and any query on such a view fails (55000). Neither
+// replication nor COPY can write one: it holds what its query returns on
+// the moved rows, as of the cutover. One left unpopulated on the source
+// (WITH NO DATA) stays so. The refresh runs with the session's own
+// settings, not the copy's (sameSettings): a view's query may turn values
+// into text.
+func refreshMatviews(ctx context.Context, src, dst *pgx.Conn) (int, error) {
+	want, err := matviewStates(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := dst.Exec(ctx, "RESET ALL"); err != nil {
+		return 0, err
+	}
+	rows, err := dst.Query(ctx, `
+		SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'm' AND `+tenantSchemas+` ORDER BY 2`)
+	if err != nil {
+		return 0, err
+	}
+	names, oids, err := namesAndOids(rows)
+	if err != nil || len(oids) == 0 {
+		return 0, err
+	}
+	// What each view's and materialized view's query reads: its rewrite
+	// rule's dependencies.
+	rows, err = dst.Query(ctx, `
+		SELECT DISTINCT w.ev_class::int8, d.refobjid::int8 FROM pg_catalog.pg_rewrite w
+		JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = w.oid
+		     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> w.ev_class
+		JOIN pg_catalog.pg_class r ON r.oid = d.refobjid AND r.relkind IN ('m', 'v')`)
+	if err != nil {
+		return 0, err
+	}
+	needs, err := edgesOf(rows)
+	if err != nil {
+		return 0, err
+	}
+	refreshed := 0
+	for _, name := range dependencyOrder(oids, names, needs) {
+		if !want[name] {
+			continue
+		}
+		// Names quoted by format(%I) above.
+		if _, err := dst.Exec(ctx, "REFRESH MATERIALIZED VIEW "+name); err != nil {
+			return refreshed, fmt.Errorf("materialized view %s: %w", name, err)
+		}
+		refreshed++
+	}
+	return refreshed, nil
+}
+
+// compareMatviews refuses a cutover when a materialized view is populated
+// on one side and not on the other.
+func compareMatviews(ctx context.Context, src, dst *pgx.Conn) error {
+	ours, err := matviewStates(ctx, src)
+	if err != nil {
+		return err
+	}
+	theirs, err := matviewStates(ctx, dst)
+	if err != nil {
+		return err
+	}
+	for name, populated := range ours {
+		if t, ok := theirs[name]; !ok || t != populated {
+			return silo.Errorf(silo.EINTERNAL, "materialized view %s is %s on the source and not on the target: the move is undone",
+				name, map[bool]string{true: "populated", false: "unpopulated"}[populated])
+		}
+	}
+	return nil
+}

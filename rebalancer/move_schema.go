@@ -2,11 +2,15 @@ package rebalancer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/silo-db/silo"
 )
 
 // What a move changes of the tenant's schema for its duration and sets
@@ -158,4 +162,186 @@ func unsafeExpressions(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// fenceSchema is the schema of Silo's own that a live move makes, as the
+// admin, in the tenant's database on both shards: it holds the fence, a
+// one-row table that the cutover writes on the source, once the tenant is
+// paused, and waits to see on the target (awaitFence). The tenant has no
+// privilege on it; pg_dump as the tenant and every tenant-side copy and
+// count leave it out (tenantSchemas); the replication's removal drops it.
+const fenceSchema = "silo_move"
+
+// tenantSchemas is the SQL condition on pg_namespace n that selects the
+// schemas of the tenant's own: not the system's, nor the move's fence.
+const tenantSchemas = `n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema' AND n.nspname <> '` + fenceSchema + `'`
+
+// fenceNameFree returns ECONFLICT when the tenant has a schema named as
+// the fence (one the admin did not make). admin is an admin session on the
+// tenant's database.
+func fenceNameFree(ctx context.Context, admin *pgx.Conn, id string) error {
+	var taken bool
+	if err := admin.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1
+			AND nspowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))`, fenceSchema).Scan(&taken); err != nil {
+		return err
+	}
+	if taken {
+		return silo.Errorf(silo.ECONFLICT, "tenant %q has a schema named %s, which a move keeps for itself: rename it, and move the tenant again", id, fenceSchema)
+	}
+	return nil
+}
+
+// largeObjects returns ECONFLICT, naming them, when the tenant's database
+// holds large objects: logical replication does not carry them, nor does
+// the paused copy, whose COPY reads tables only. conn is a session on the
+// tenant's database, the admin's or the tenant's.
+func largeObjects(ctx context.Context, conn *pgx.Conn, id string) error {
+	var n int64
+	var oids string
+	if err := conn.QueryRow(ctx, `
+		SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata),
+		       coalesce((SELECT pg_catalog.string_agg(l.oid::pg_catalog.text, ', ' ORDER BY l.oid)
+		                 FROM (SELECT oid FROM pg_catalog.pg_largeobject_metadata ORDER BY oid LIMIT 5) l), '')`).Scan(&n, &oids); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	what, label := "large objects", "OIDs"
+	if n == 1 {
+		what, label = "large object", "OID"
+	}
+	if n > 5 {
+		oids += ", …"
+	}
+	return silo.Errorf(silo.ECONFLICT, "tenant %q has %d %s (%s %s), which a move cannot carry: "+
+		"keep their contents in bytea columns, or remove them (lo_unlink), and move the tenant again", id, n, what, label, oids)
+}
+
+// makeFence makes the fence in the tenant's database, as the admin: the
+// schema, the admin's, with no privilege for anyone else, and its table
+// with its one row. It is idempotent, and inserts the row only where it is
+// missing: once the slot exists, an insert on the source would reach the
+// target's row again. ECONFLICT when the tenant has a schema of the name.
+func makeFence(ctx context.Context, admin *pgx.Conn, id string) error {
+	if err := fenceNameFree(ctx, admin, id); err != nil {
+		return err
+	}
+	_, err := admin.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+ident(fenceSchema)+
+		"; CREATE TABLE IF NOT EXISTS "+ident(fenceSchema)+".fence (id pg_catalog.int4 PRIMARY KEY, token pg_catalog.text NOT NULL)"+
+		"; INSERT INTO "+ident(fenceSchema)+".fence (id, token) VALUES (1, '') ON CONFLICT (id) DO NOTHING")
+	return err
+}
+
+// dropFence drops the fence from the tenant's database, as the admin, if
+// the admin made it: a tenant's schema of that name is never touched.
+func dropFence(ctx context.Context, admin *pgx.Conn) error {
+	var ours bool
+	err := admin.QueryRow(ctx, `
+		SELECT nspowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+		FROM pg_catalog.pg_namespace WHERE nspname = $1`, fenceSchema).Scan(&ours)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !ours) {
+		return nil
+	}
+	if err == nil {
+		_, err = admin.Exec(ctx, "DROP SCHEMA "+ident(fenceSchema)+" CASCADE")
+	}
+	return err
+}
+
+// identityState is one of the tenant's tables that had no replica
+// identity (no primary key, or REPLICA IDENTITY NOTHING), which a live
+// move gives REPLICA IDENTITY FULL on the source while it is published:
+// without one, the tenant's UPDATEs and DELETEs on it would fail there
+// (55000, "does not have a replica identity and publishes updates").
+type identityState struct {
+	Table    string `json:"table"`    // quoted
+	Identity string `json:"identity"` // pg_class.relreplident before the move: d or n
+}
+
+// readIdentities lists the tenant's published tables (logged, holding
+// rows) that have no replica identity. A table whose identity index was
+// dropped (i, without the index) has none either; it is set back as n,
+// which behaves the same.
+func readIdentities(ctx context.Context, conn *pgx.Conn) ([]identityState, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+		       CASE c.relreplident WHEN 'd' THEN 'd' ELSE 'n' END
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND `+tenantSchemas+`
+		  AND CASE c.relreplident
+		      WHEN 'd' THEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+		      WHEN 'i' THEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+		      ELSE c.relreplident = 'n' END
+		ORDER BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	states, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (identityState, error) {
+		var s identityState
+		return s, r.Scan(&s.Table, &s.Identity)
+	})
+	if states == nil {
+		states = []identityState{} // recorded: known to have none
+	}
+	return states, err
+}
+
+// setIdentities gives each table REPLICA IDENTITY FULL (full), or sets
+// its recorded identity back, in one transaction. conn is the tenant's own
+// session: ALTER TABLE needs the table's owner. A table the tenant dropped
+// meanwhile is passed by. The lock is waited for at most lockWait: the
+// tenant's sessions may be using the tables.
+func setIdentities(ctx context.Context, conn *pgx.Conn, states []identityState, full bool) error {
+	if len(states) == 0 {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", lockWait.Milliseconds())); err != nil {
+			return err
+		}
+		for _, s := range states {
+			identity := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[s.Identity]
+			if full {
+				identity = "FULL"
+			}
+			if identity == "" {
+				return fmt.Errorf("table %s has an unknown replica identity %q recorded", s.Table, s.Identity)
+			}
+			var exists bool
+			if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, s.Table).Scan(&exists); err != nil {
+				return err
+			}
+			if !exists {
+				continue
+			}
+			// Table names quoted by format(%I) when they were read.
+			if _, err := tx.Exec(ctx, "ALTER TABLE "+s.Table+" REPLICA IDENTITY "+identity); err != nil {
+				return fmt.Errorf("table %s: %w", s.Table, err)
+			}
+		}
+		return nil
+	})
+}
+
+// lockWait bounds the wait for a lock on one of the tenant's tables that
+// the move changes while the tenant works (its replica identity).
+const lockWait = 10 * time.Second
+
+// decodeIdentities reads recorded replica identities back from an
+// operation's parameters; nil when none were recorded yet.
+func decodeIdentities(v any) []identityState {
+	list, ok := v.([]any)
+	if !ok {
+		return nil
+	}
+	out := []identityState{}
+	for _, item := range list {
+		m, _ := item.(map[string]any)
+		table, _ := m["table"].(string)
+		identity, _ := m["identity"].(string)
+		out = append(out, identityState{Table: table, Identity: identity})
+	}
+	return out
 }

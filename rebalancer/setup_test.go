@@ -1,12 +1,14 @@
 package rebalancer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,7 +60,7 @@ func setup(t *testing.T, cfg provisioner.Config) (*Rebalancer, *bundle) {
 	fleet := pgtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	log := slog.New(slog.NewTextHandler(failureLog(t), nil))
 	pool, store := catalogtest.New(t, log)
 	for i, name := range []string{"a", "b"} {
 		_, err := store.CreateShard(ctx, silo.Shard{Name: name, DSN: fleet.Shards[i].DSN("postgres"), Region: "eu"})
@@ -88,6 +90,35 @@ func setup(t *testing.T, cfg provisioner.Config) (*Rebalancer, *bundle) {
 	require.NoError(t, eng.Start(ctx))
 	ctx = silo.WithActor(ctx, silo.Actor{Name: "tester"})
 	return r, &bundle{ctx: ctx, store: store, fleet: fleet, pool: pool, eng: eng, prov: prov, dialer: dialer, registry: registry}
+}
+
+// failureLog returns a writer whose lines the test prints if it fails:
+// the servers' logs say which phase of a cutover took its time.
+func failureLog(t *testing.T) io.Writer {
+	w := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", w.String())
+		}
+	})
+	return w
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // create makes an active tenant on shard.
