@@ -3,16 +3,19 @@ package api
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/rebalancer"
 )
 
-// Rebalancer plans moves that even out the shards; rebalancer.Rebalancer
-// implements it.
+// Rebalancer moves tenants and plans the moves that even out the shards;
+// rebalancer.Rebalancer implements it.
 type Rebalancer interface {
+	Move(ctx context.Context, req rebalancer.MoveRequest, wait time.Duration) (provisioner.Result, error)
 	Plan(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, error)
 	Apply(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, []rebalancer.Started, error)
 	Drain(ctx context.Context, shard string) ([]rebalancer.Started, error)

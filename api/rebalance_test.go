@@ -14,7 +14,7 @@ import (
 // plan two moves; the other region is left alone; bad options are refused.
 func TestRebalancePlan(t *testing.T) {
 	t.Parallel()
-	b := setup(t, serverOpts{rebalance: true})
+	b := setup(t)
 	b.addShards(t) // s1 (eu), s2 (us)
 	_, err := b.store.CreateShard(b.ctx, silo.Shard{Name: "s3", DSN: b.fleet.Shards[1].DSN("postgres"), Region: "eu"})
 	require.NoError(t, err)
@@ -60,7 +60,7 @@ func TestDrainAndApply(t *testing.T) {
 	if !hasPgDump(t) {
 		t.Skip("moves copy the schema with pg_dump, and there is none for this server")
 	}
-	b := setup(t, serverOpts{rebalance: true})
+	b := setup(t)
 	b.addShards(t) // s1 (eu), s2 (us)
 	_, err := b.store.CreateShard(b.ctx, silo.Shard{Name: "s3", DSN: b.fleet.Shards[1].DSN("postgres"), Region: "eu"})
 	require.NoError(t, err)

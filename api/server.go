@@ -112,7 +112,8 @@ type Config struct {
 	// Migrations runs tenant schema migrations across the fleet. Without
 	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
 	Migrations Migrations
-	// Rebalancer plans moves. Without it, /v1/rebalance answers 503.
+	// Rebalancer moves tenants and plans moves. Without it, moves and
+	// /v1/rebalance answer 503.
 	Rebalancer Rebalancer
 	// Checker compares the catalog with the shards. Without it, /v1/check
 	// answers 503.

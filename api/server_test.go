@@ -69,8 +69,6 @@ type serverOpts struct {
 	maxResultBytes int
 	// migrationFiles turns on the migration runner, over these files.
 	migrationFiles fs.FS
-	// rebalance turns on the rebalance planner.
-	rebalance bool
 	// check turns on the fleet checker, whose metrics /metrics serves.
 	check bool
 }
@@ -95,34 +93,33 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 	pool, store := catalogtest.New(t, log)
 	var runner *migrations.Runner
 	prov, eng := newProvisioner(t, pool, store, log)
+	sealer, err := shardmap.NewSealer(secretKey)
+	require.NoError(t, err)
+	dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer})
+	require.NoError(t, err)
 	for _, o := range opts {
 		if o.migrationFiles != nil {
-			sealer, err := shardmap.NewSealer(secretKey)
-			require.NoError(t, err)
-			dialer, err := shardmap.NewDialer(shardmap.DialerConfig{Store: store, Sealer: sealer})
-			require.NoError(t, err)
 			runner, err = migrations.NewRunner(migrations.Config{
 				Catalog: pool, Store: store, Engine: eng, Dialer: dialer, Files: o.migrationFiles, Logger: log, Templates: prov,
 			})
 			require.NoError(t, err)
 		}
 	}
+	// Moves are the rebalancer's operations: registered before the engine
+	// starts.
+	reb, err := rebalancer.New(rebalancer.Config{Catalog: pool, Store: store, Dialer: dialer, Engine: eng, Provisioner: prov, Logger: log})
+	require.NoError(t, err)
 	require.NoError(t, eng.Start(ctx))
 	rt, err := router.New(router.Config{Catalog: pool, Store: store, SecretKey: secretKey, Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, rt.Start(ctx))
 	t.Cleanup(rt.Stop)
 
-	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log, Router: rt}
+	cfg := api.Config{Catalog: store, Provisioner: prov, AdminToken: token, Logger: log, Router: rt, Rebalancer: reb}
 	if runner != nil {
 		cfg.Migrations = runner
 	}
 	for _, o := range opts {
-		if o.rebalance {
-			reb, err := rebalancer.New(pool, store, prov, 0)
-			require.NoError(t, err)
-			cfg.Rebalancer = reb
-		}
 		if o.check {
 			sealer, err := shardmap.NewSealer(secretKey)
 			require.NoError(t, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/rebalancer"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -22,7 +23,6 @@ type Provisioner interface {
 	Suspend(ctx context.Context, id string, wait time.Duration) (provisioner.Result, error)
 	Resume(ctx context.Context, id string, wait time.Duration) (provisioner.Result, error)
 	Delete(ctx context.Context, id string, purge bool, wait time.Duration) (provisioner.Result, error)
-	Move(ctx context.Context, req provisioner.MoveRequest, wait time.Duration) (provisioner.Result, error)
 	Export(ctx context.Context, id string, w io.Writer) error
 	SetLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error)
 	Operation(ctx context.Context, id string) (*silo.Operation, error)
@@ -279,7 +279,10 @@ func (s *Server) MoveTenant(c echo.Context, id TenantID, params MoveTenantParams
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	res, err := s.provisioner.Move(ctx, provisioner.MoveRequest{ID: id, Shard: req.Shard}, wait)
+	if s.rebalancer == nil {
+		return silo.Errorf(silo.EUNAVAILABLE, "this server does not move tenants")
+	}
+	res, err := s.rebalancer.Move(ctx, rebalancer.MoveRequest{ID: id, Shard: req.Shard}, wait)
 	return s.answer(c, res, err, http.StatusOK)
 }
 

@@ -85,7 +85,8 @@ type Config struct {
 	// Workers is how many tenant migrations this server runs at once, at
 	// most; a run's Concurrency bounds them fleet-wide. Default 8.
 	Workers int
-	// ConnectTimeout bounds each connection to a shard. Default 5s.
+	// ConnectTimeout is not used: the Dialer bounds every connection to a
+	// shard (DialerConfig.ConnectTimeout).
 	ConnectTimeout time.Duration
 	// TenantTimeout bounds one tenant's migration. Default 10m.
 	TenantTimeout time.Duration
@@ -380,24 +381,15 @@ func (r *Runner) dryRun(ctx context.Context, target int64) error {
 	if err != nil {
 		return shardmap.CatalogError(err, "tenant migrations")
 	}
-	dsn, err := r.cfg.Store.ShardDSN(ctx, shard)
+	admin, err := r.cfg.Dialer.ConnectAdmin(ctx, shard, "")
 	if err != nil {
-		return err
-	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
-	cfg.ConnectTimeout = r.cfg.ConnectTimeout
-	admin, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable for the trial run: %v", shard, err)
+		return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable for the trial run: %s", shard, silo.ErrorMessage(err))
 	}
 	defer admin.Close(context.WithoutCancel(ctx))
 	scratch := "silo_check_" + hex.EncodeToString(randomBytes(6))
 	create := "CREATE DATABASE " + pgx.Identifier{scratch}.Sanitize()
 	var hasTemplate bool
-	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'silo_template')`).Scan(&hasTemplate); err != nil {
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'silo_template')`).Scan(&hasTemplate); err != nil {
 		return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q: %v", shard, err)
 	}
 	if hasTemplate {
@@ -424,14 +416,12 @@ func (r *Runner) dryRun(ctx context.Context, target int64) error {
 			r.log.Warn("scratch database not dropped", "shard", shard, "database", scratch, "err", err)
 		}
 	}()
-	pcfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := r.cfg.Dialer.AdminConfig(ctx, shard, scratch)
 	if err != nil {
 		return err
 	}
-	pcfg.ConnConfig.Database = scratch
-	pcfg.ConnConfig.ConnectTimeout = r.cfg.ConnectTimeout
-	pcfg.MaxConns = 2
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	delete(cfg.RuntimeParams, "search_path") // the migrations create in public
+	pool, err := shardmap.PoolOf(ctx, cfg, 2)
 	if err != nil {
 		return silo.WrapError(err, silo.EUNAVAILABLE, "shard %q: %v", shard, err)
 	}

@@ -76,13 +76,10 @@ func (p *Provisioner) Export(ctx context.Context, id string, w io.Writer) error 
 	return p.export(ctx, id, w)
 }
 
-// Operation returns an operation by id, or ENOTFOUND.
+// Operation returns an operation by id, with its kind's outcome (a
+// move's path and pause), or ENOTFOUND.
 func (p *Provisioner) Operation(ctx context.Context, id string) (*silo.Operation, error) {
-	op, err := p.store.GetOperation(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return op, p.describeMove(ctx, op)
+	return p.eng.Get(ctx, id)
 }
 
 // CancelOperation asks a running operation to stop: it is undone at its
@@ -91,25 +88,6 @@ func (p *Provisioner) Operation(ctx context.Context, id string) (*silo.Operation
 // operation.cancel.
 func (p *Provisioner) CancelOperation(ctx context.Context, id string) (*silo.Operation, error) {
 	return p.eng.Cancel(ctx, id)
-}
-
-// describeMove fills in a move's outcome from its parameters.
-func (p *Provisioner) describeMove(ctx context.Context, op *silo.Operation) error {
-	if op.Kind != silo.OpMove {
-		return nil
-	}
-	params, err := p.store.OperationParams(ctx, op.ID)
-	if err != nil {
-		return err
-	}
-	m := &silo.MoveOutcome{}
-	m.Path, _ = params["path"].(string)
-	m.PathReason, _ = params["pathReason"].(string)
-	if v, ok := params["pauseMs"].(float64); ok {
-		m.PauseMs = int64(v)
-	}
-	op.Move = m
-	return nil
 }
 
 // SetLimits changes a tenant's resource bounds: on its role on the shard

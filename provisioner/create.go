@@ -163,7 +163,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (eng
 	id := op.TenantID
 	var name string // the tenant's database and role, from its row
 	var t *silo.Tenant
-	var sc *shardConn
+	var sc *ShardAdmin
 	load := func(ctx context.Context) error {
 		if sc != nil {
 			return nil
@@ -296,7 +296,7 @@ func (p *Provisioner) createPlan(op *silo.Operation, params map[string]any) (eng
 // and password. With a whole warm unit claimed (its role and database both
 // still there), it renames both and sets the password in one transaction,
 // and reports claimed: the fast path, one commit on the shard.
-func (p *Provisioner) ensureRole(ctx context.Context, sc *shardConn, shard string, t *silo.Tenant, warm string) (claimed bool, err error) {
+func (p *Provisioner) ensureRole(ctx context.Context, sc *ShardAdmin, shard string, t *silo.Tenant, warm string) (claimed bool, err error) {
 	name := t.Database
 	password, err := p.dialer.TenantPassword(ctx, t.ID)
 	if err != nil {
@@ -358,7 +358,7 @@ func tempFileLimit(role string, l silo.TenantLimits) string {
 // ensureDatabase makes the tenant's database by renaming the claimed warm
 // database or cloning the template, and returns its schema version and
 // whether it was cloned (its objects then still belong to silo_owner).
-func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, t *silo.Tenant, warm string) (int64, bool, error) {
+func (p *Provisioner) ensureDatabase(ctx context.Context, sc *ShardAdmin, t *silo.Tenant, warm string) (int64, bool, error) {
 	shard, name := t.Shard, t.Database
 	var exists bool
 	if err := sc.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
@@ -397,7 +397,7 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, sc *shardConn, t *silo
 
 // cloneTemplate creates a database from the shard's template, waiting out a
 // template migration in progress (clones fail while anyone is connected).
-func (p *Provisioner) cloneTemplate(ctx context.Context, sc *shardConn, shard, name string) error {
+func (p *Provisioner) cloneTemplate(ctx context.Context, sc *ShardAdmin, shard, name string) error {
 	backoff := 50 * time.Millisecond
 	for {
 		_, err := sc.pool.Exec(ctx, "CREATE DATABASE "+ident(name)+" TEMPLATE "+ident(templateDB))
@@ -418,7 +418,7 @@ func (p *Provisioner) cloneTemplate(ctx context.Context, sc *shardConn, shard, n
 
 // handOver gives database name and, when reassign is set, everything in it
 // to the role of the same name, and shuts every other role out of it.
-func (p *Provisioner) handOver(ctx context.Context, sc *shardConn, shard, name string, reassign bool) error {
+func (p *Provisioner) handOver(ctx context.Context, sc *ShardAdmin, shard, name string, reassign bool) error {
 	for _, stmt := range []string{
 		"ALTER DATABASE " + ident(name) + " OWNER TO " + ident(name),
 		"REVOKE ALL ON DATABASE " + ident(name) + " FROM PUBLIC",

@@ -21,4 +21,8 @@
 // template's objects are made by the NOLOGIN role silo_owner and handed over
 // with REASSIGN OWNED when a clone becomes a tenant's. CONNECT is revoked
 // from PUBLIC, so no other tenant's role can connect.
+//
+// Moves are package rebalancer's operations; what they need of a tenant's
+// life (its role and database on another shard, its logins, its schema's
+// dump, its old database's retirement) is exported here (move.go).
 package provisioner

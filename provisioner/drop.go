@@ -3,9 +3,11 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -59,7 +61,8 @@ func (p *Provisioner) DropRole(ctx context.Context, shard, role string) error {
 }
 
 // DropSlot drops a replication slot on shard, ending the walsender that
-// streams it if need be.
+// streams it if need be (a subscription left enabled). A move's cleanup and
+// undo use it too.
 func (p *Provisioner) DropSlot(ctx context.Context, shard, slot string) error {
 	sc, err := p.shard(ctx, shard)
 	if err != nil {
@@ -117,4 +120,44 @@ func dropSubscription(ctx context.Context, c *pgx.Conn, sub string) error {
 	}
 	_, err = c.Exec(ctx, "DROP SUBSCRIPTION "+ident(sub))
 	return err
+}
+
+// dropSlot drops a replication slot, ending the walsender that holds it if
+// need be.
+func (p *Provisioner) dropSlot(ctx context.Context, sc *ShardAdmin, shard, slot string) error {
+	for range 50 {
+		var active, exists bool
+		err := sc.pool.QueryRow(ctx, `
+			SELECT true, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists, &active)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return shardmap.ShardError(err, shard)
+		}
+		if active {
+			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active`, slot)
+		} else {
+			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot)
+			if shardmap.SQLState(err) == "42704" || err == nil { // gone meanwhile, or dropped
+				return nil
+			}
+		}
+		if err != nil && shardmap.SQLState(err) != "55006" { // object_in_use: taken again meanwhile
+			return shardmap.ShardError(err, shard)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return silo.Errorf(silo.EUNAVAILABLE, "replication slot %s on shard %q stays in use", slot, shard)
+}
+
+// onAdmin runs f on an admin session on database db of a shard: only for
+// DDL that runs nothing of the tenant's and for pg_catalog reads.
+func (p *Provisioner) onAdmin(ctx context.Context, shard, db string, f func(*pgx.Conn) error) error {
+	conn, err := p.dialer.ConnectAdmin(ctx, shard, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return f(conn)
 }

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 func (p *Provisioner) export(ctx context.Context, id string, w io.Writer) error {
@@ -57,7 +57,7 @@ func (p *Provisioner) dump(ctx context.Context, id string, w io.Writer) error {
 		return err
 	}
 	// The password travels in the environment, never on the command line.
-	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--dbname="+libpqConninfo(cfg, p.cfg.ConnectTimeout))
+	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--dbname="+shardmap.Conninfo(cfg))
 	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
 	var stderr bytes.Buffer
 	started := &firstWrite{w: w, wrote: make(chan struct{})}
@@ -129,9 +129,4 @@ type firstWrite struct {
 func (f *firstWrite) Write(b []byte) (int, error) {
 	f.once.Do(func() { close(f.wrote) })
 	return f.w.Write(b)
-}
-
-// quoteConninfo quotes a libpq keyword value.
-func quoteConninfo(s string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }

@@ -59,7 +59,7 @@ var pastTense = map[silo.OperationKind]string{
 // login is never set back. A purge has no undo: it only goes forward.
 func (p *Provisioner) plan(op *silo.Operation, params map[string]any) (engine.Plan, error) {
 	id := op.TenantID
-	var sc *shardConn
+	var sc *ShardAdmin
 	var shard, name string // the tenant's shard, and its database and role
 	load := func(ctx context.Context) error {
 		if sc != nil {
@@ -172,7 +172,7 @@ const loginLockClass = 0x51_10_0E
 
 // setLogin lets the tenant's role log in, or not; turning it off also ends
 // the role's sessions, so the data is unreachable when this returns.
-func (p *Provisioner) setLogin(ctx context.Context, sc *shardConn, shard, name string, on bool) error {
+func (p *Provisioner) setLogin(ctx context.Context, sc *ShardAdmin, shard, name string, on bool) error {
 	return p.withLoginLock(ctx, name, func() error {
 		return p.setLoginLocked(ctx, sc, shard, name, on, 0)
 	})
@@ -180,7 +180,7 @@ func (p *Provisioner) setLogin(ctx context.Context, sc *shardConn, shard, name s
 
 // setLoginLocked is setLogin under the login lock; keep is a backend
 // (one of Silo's own sessions as the tenant) that is not ended.
-func (p *Provisioner) setLoginLocked(ctx context.Context, sc *shardConn, shard, name string, on bool, keep uint32) error {
+func (p *Provisioner) setLoginLocked(ctx context.Context, sc *ShardAdmin, shard, name string, on bool, keep uint32) error {
 	attr := "NOLOGIN"
 	if on {
 		attr = "LOGIN"

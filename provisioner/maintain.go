@@ -116,7 +116,7 @@ func (p *Provisioner) maintainShard(ctx context.Context, shard string) error {
 // prepareWarm makes a warm unit: a NOLOGIN role and a clone of the template
 // that it owns, with everything in it. Claiming it is then a rename of both
 // and a password: no connection to the new database, no REASSIGN.
-func (p *Provisioner) prepareWarm(ctx context.Context, sc *shardConn, shard, name string) error {
+func (p *Provisioner) prepareWarm(ctx context.Context, sc *ShardAdmin, shard, name string) error {
 	_, err := sc.pool.Exec(ctx, "CREATE ROLE "+ident(name)+" NOLOGIN")
 	if err != nil && shardmap.SQLState(err) != "42710" {
 		return shardmap.ShardError(err, shard)
@@ -133,7 +133,7 @@ func (p *Provisioner) prepareWarm(ctx context.Context, sc *shardConn, shard, nam
 }
 
 // dropDatabaseAndRole removes a database and the role of the same name.
-func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *shardConn, shard, name string) error {
+func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *ShardAdmin, shard, name string) error {
 	if _, err := sc.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
 		return shardmap.ShardError(err, shard)
 	}

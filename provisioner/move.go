@@ -12,734 +12,146 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/silo-db/silo"
-	"github.com/silo-db/silo/engine"
-	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/shardmap"
 )
 
-// Bounds of a move's phases.
-const (
-	// moveCopyTimeout bounds the initial copy of the tenant's tables.
-	moveCopyTimeout = time.Hour
-	// drainTimeout is how long the cutover waits for statements in flight
-	// on the source before it ends the tenant's sessions there.
-	drainTimeout = 2 * time.Second
-	// catchUpTimeout bounds the wait for the target to replay the source's
-	// last writes during the cutover.
-	catchUpTimeout = 10 * time.Second
-	// DefaultRetireAfter is how long a moved tenant's old database is kept.
-	DefaultRetireAfter = 24 * time.Hour
-)
+// What a tenant's move (package rebalancer) needs of the tenant lifecycle:
+// the tenant's role and database on another shard, its logins, the dump of
+// its schema as the tenant, and the retirement of its old database. The
+// move itself, its plan and its cutover, is the rebalancer's.
 
-// MoveRequest asks for a tenant to move to another shard.
-type MoveRequest struct {
-	ID    string
-	Shard string // the target
-}
+// DefaultRetireAfter is how long a moved tenant's old database is kept.
+const DefaultRetireAfter = 24 * time.Hour
 
-// Move moves an active tenant to another shard of its region, live: its
-// database is copied by logical replication while it serves, then a
-// cutover of about a second (requests held by the routers) switches it.
-// It refuses (ECONFLICT) a move to the tenant's own shard, to a shard not
-// active, to another region, or of a tenant not active; ENOTFOUND for
-// unknown shards and tenants.
-func (p *Provisioner) Move(ctx context.Context, req MoveRequest, wait time.Duration) (Result, error) {
-	t, err := p.store.GetTenant(ctx, req.ID)
-	if err != nil {
-		return Result{}, err
-	}
-	switch t.State {
-	case silo.TenantActive:
-	case silo.TenantPurged, silo.TenantDeleted:
-		return Result{}, silo.Errorf(silo.ENOTFOUND, "tenant %q not found", req.ID)
-	default:
-		return Result{}, silo.Errorf(silo.ECONFLICT, "tenant %q is %s; only an active tenant can move", req.ID, t.State)
-	}
-	if err := silo.ValidateShardName(req.Shard); err != nil {
-		return Result{}, err
-	}
-	target, err := p.store.GetShard(ctx, req.Shard)
-	if err != nil {
-		return Result{}, err
-	}
-	switch {
-	case target.Name == t.Shard:
-		return Result{}, silo.Errorf(silo.ECONFLICT, "tenant %q is on shard %q already", req.ID, t.Shard)
-	case target.State != silo.ShardActive:
-		return Result{}, silo.Errorf(silo.ECONFLICT, "shard %q is %s: tenants move only to active shards", target.Name, target.State)
-	case target.Region != t.Region:
-		return Result{}, silo.Errorf(silo.ECONFLICT, "tenant %q is pinned to region %q; shard %q is in %q", req.ID, t.Region, target.Name, target.Region)
-	}
-	opID := newUUID()
-	params := map[string]any{"operation": opID, "from": t.Shard, "to": target.Name}
-	err = p.store.Mutate(ctx, "tenant.move", "tenant/"+req.ID, params, func(tx pgx.Tx) error {
-		return p.eng.Insert(ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: req.ID, Params: params})
-	})
-	if err != nil {
-		return Result{}, err
-	}
+// Run launches an operation the caller recorded (engine.Engine.Insert) and
+// waits up to wait for it, returning it with its tenant as it then stands.
+// A failed operation is returned with its error; ctx bounds the wait, not
+// the operation.
+func (p *Provisioner) Run(ctx context.Context, opID string, wait time.Duration) (Result, error) {
 	return p.run(ctx, opID, wait)
 }
 
-// move is one move's plan: its inputs, what its steps learn, and the steps
-// themselves as methods. Its parameters are read from the operation when
-// it is planned (again, on a resumed run).
-type move struct {
-	p          *Provisioner
-	op         *silo.Operation
-	id         string
-	from, to   string
-	slot, pub  string
-	targetMade bool // this move made (or was about to make) the target's database
-	dump       bool // the data goes by a copy while the tenant is paused, not by replication
-	triggers   []triggerState
-
-	tenant   *silo.Tenant // as loaded; its shard is the source until the flip
-	name     string       // the tenant's database and role, on both shards
-	src, dst *shardConn
-}
-
-// movePlan copies the tenant's database to the target shard, by logical
-// replication or, where that cannot run safely, by a copy while the tenant
-// is paused; cuts over; and retires the source. Any failure before the
-// tenant's row points at the target undoes everything on the target and
-// leaves the tenant working on the source.
-//
-// Everything that touches the tenant's objects runs as the tenant's own
-// login role: the schema's dump and restore, the data copy, sequences,
-// counts, triggers, and on PostgreSQL 16 and later the subscription
-// itself. The admin only makes the role and database, the publication,
-// and on 15 the subscription, whose apply then runs as a superuser: the
-// tenant's triggers are disabled on the target meanwhile, and a schema
-// whose expressions call functions goes by the paused copy instead.
-//
-// The cutover is the pivot: its flip of the tenant's row to the target
-// marks it in the same transaction. Before it, a failure undoes the move;
-// after it, the target is the tenant's only live copy, and the move only
-// goes forward (its cleanup is retried until the source is tidied).
-func (p *Provisioner) movePlan(op *silo.Operation, params map[string]any) (engine.Plan, error) {
-	m := &move{p: p, op: op, id: op.TenantID}
-	m.from, _ = params["from"].(string)
-	m.to, _ = params["to"].(string)
-	if m.from == "" || m.to == "" {
-		return engine.Plan{}, silo.Errorf(silo.EINTERNAL, "move operation %s has no shards", op.ID)
-	}
-	m.targetMade, _ = params["targetMade"].(bool)
-	m.dump, _ = params["dump"].(bool)
-	m.triggers = decodeTriggers(params["triggers"])
-	m.pub = "silo_move"
-	return engine.Plan{Steps: []engine.Step{
-		{Name: "check-source", Run: m.unlessFlipped(m.checkSource)},
-		{Name: "target-database", Run: m.unlessFlipped(m.targetDatabase)},
-		{Name: "copy-schema", Run: m.unlessFlipped(m.copySchema)},
-		{Name: "prepare-target", Run: m.unlessFlipped(m.prepareTarget)},
-		{Name: "replicate", Run: m.unlessFlipped(m.replicate), Timeout: moveCopyTimeout},
-		{Name: "initial-copy", Run: m.unlessFlipped(m.initialCopy), Timeout: moveCopyTimeout},
-		{Name: "cutover", Run: m.unlessFlipped(m.cutover)},
-		{Name: "cleanup", Run: m.cleanup},
-	}, Undo: []engine.Step{
-		{Name: "undo:replication", Run: m.undoReplication},
-		{Name: "undo:target-database", Run: m.undoTarget},
-		{Name: "undo:source", Run: m.undoSource},
-	}, Pivot: "cutover"}, nil
-}
-
-// load reads the tenant and opens both shards' admin pools, once.
-func (m *move) load(ctx context.Context) error {
-	var err error
-	if m.tenant == nil {
-		t, err := m.p.store.GetTenant(ctx, m.id)
-		if err != nil {
-			return err
-		}
-		if err := silo.ValidateDatabaseName(t.Database); err != nil {
-			return err
-		}
-		m.tenant, m.name = t, t.Database
-		m.slot = "silo_move_" + m.name // one move per tenant at a time; unique on the source
-	}
-	if m.src == nil {
-		if m.src, err = m.p.shard(ctx, m.from); err != nil {
-			return err
-		}
-	}
-	if m.dst == nil {
-		m.dst, err = m.p.shard(ctx, m.to)
-	}
-	return err
-}
-
-// unlessFlipped skips a step once the catalog points the tenant at the
-// target: a resumed move goes on to its cleanup.
-func (m *move) unlessFlipped(run func(context.Context) error) func(context.Context) error {
-	return func(ctx context.Context) error {
-		t, err := m.p.store.GetTenant(ctx, m.id)
-		if err != nil || t.Shard == m.to {
-			return err
-		}
-		if err := m.load(ctx); err != nil {
-			return err
-		}
-		return run(ctx)
-	}
-}
-
-// setParams records what the move learned, so a resumed run knows it.
-func (m *move) setParams(ctx context.Context, params map[string]any) error {
-	return m.p.store.SetOperationParams(ctx, nil, m.op.ID, params)
-}
-
-func (m *move) checkSource(ctx context.Context) error {
-	if err := m.load(ctx); err != nil {
+// EnsureEmptyDatabase makes tenant t's login role on shard (its sealed
+// password as a SCRAM verifier, its limits) and an empty database of the
+// same name from template0, owned by the role and shut to every other
+// role. It is idempotent: a role or database an earlier attempt made is
+// brought to the same state. Admin only: nothing of the tenant's runs.
+func (p *Provisioner) EnsureEmptyDatabase(ctx context.Context, t *silo.Tenant, shard string) error {
+	if err := silo.ValidateDatabaseName(t.Database); err != nil {
 		return err
 	}
-	var level string
-	if err := m.src.pool.QueryRow(ctx, `SELECT pg_catalog.current_setting('wal_level')`).Scan(&level); err != nil {
-		return shardmap.ShardError(err, m.from)
-	}
-	if level != "logical" && !m.dump {
-		m.p.log.Warn("shard has no logical replication: the tenant is moved by a copy, paused meanwhile",
-			"shard", m.from, "wal_level", level, "tenant", m.id)
-		if err := m.choosePath(ctx, "dump", fmt.Sprintf("shard %q has wal_level %s, not logical", m.from, level)); err != nil {
-			return err
-		}
-	}
-	return m.p.awaitMigration(ctx, m.id)
-}
-
-// choosePath records how the data moves, and why.
-func (m *move) choosePath(ctx context.Context, path, reason string) error {
-	m.dump = path == "dump"
-	return m.setParams(ctx, map[string]any{"dump": m.dump, "path": path, "pathReason": reason})
-}
-
-func (m *move) targetDatabase(ctx context.Context) error {
-	var exists, hasRole bool
-	if err := m.dst.pool.QueryRow(ctx, `
-		SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1),
-		       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)`, m.name).Scan(&exists, &hasRole); err != nil {
-		return shardmap.ShardError(err, m.to)
-	}
-	if (exists || hasRole) && !m.targetMade {
-		return silo.Errorf(silo.ECONFLICT, "shard %q already has a database or role %s that this move did not make", m.to, m.name)
-	}
-	// Recorded first: a crash before the database is made leaves a flag
-	// and nothing to drop, never a database the undo would not drop.
-	if !m.targetMade {
-		if err := m.setParams(ctx, map[string]any{"targetMade": true}); err != nil {
-			return err
-		}
-		m.targetMade = true
-	}
-	if _, err := m.p.ensureRole(ctx, m.dst, m.to, m.tenant, ""); err != nil {
-		return err
-	}
-	if !exists {
-		// template0: the tenant's schema comes from its source, whole.
-		if _, err := m.dst.pool.Exec(ctx, "CREATE DATABASE "+ident(m.name)+" TEMPLATE template0"); err != nil && shardmap.SQLState(err) != "42P04" {
-			return shardmap.ShardError(err, m.to)
-		}
-	}
-	return m.p.handOver(ctx, m.dst, m.to, m.name, false)
-}
-
-// copySchema dumps the source's schema as the tenant and restores it on
-// the target as the tenant, who so owns everything it gets.
-func (m *move) copySchema(ctx context.Context) error {
-	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+	sc, err := p.shard(ctx, shard)
 	if err != nil {
 		return err
 	}
-	defer dconn.Close(context.WithoutCancel(ctx))
-	var tables int
-	if err := dconn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'`).Scan(&tables); err != nil {
-		return shardmap.ShardError(err, m.to)
-	}
-	if tables > 0 {
-		return nil // copied by an earlier attempt
-	}
-	schema, err := m.p.dumpSchema(ctx, m.tenant, m.from)
-	if err != nil {
+	if _, err := p.ensureRole(ctx, sc, shard, t, ""); err != nil {
 		return err
 	}
-	if _, err := dconn.Exec(ctx, schema); err != nil {
-		return silo.WrapError(err, silo.EINTERNAL, "copy the schema of tenant %q to shard %q: %v", m.id, m.to, err)
+	// template0: the tenant's schema is to come from elsewhere, whole.
+	if _, err := sc.pool.Exec(ctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE template0"); err != nil && shardmap.SQLState(err) != "42P04" {
+		return shardmap.ShardError(err, shard)
 	}
-	return nil
+	return p.handOver(ctx, sc, shard, t.Database, false)
 }
 
-// prepareTarget disables the tenant's triggers on the target for the
-// copy, recording their states to restore at the cutover (the source's
-// triggers already did their work on the rows that arrive), and chooses
-// the path: on PostgreSQL 15 the apply runs as a superuser, so a schema
-// whose expressions (indexes, checks, domains, defaults, generated
-// columns, partition keys) call anything a tenant controls, or a built-in
-// that reaches past the session, is moved by the paused copy, as the
-// tenant.
-func (m *move) prepareTarget(ctx context.Context) error {
-	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
+// SetLogin lets role name on shard log in, or not; turning it off also
+// ends the role's sessions. It holds the login lock, so no lifecycle step
+// or export's login window interleaves. A role that is gone is left so.
+func (p *Provisioner) SetLogin(ctx context.Context, shard, name string, on bool) error {
+	if err := silo.ValidateDatabaseName(name); err != nil {
+		return err
+	}
+	sc, err := p.shard(ctx, shard)
 	if err != nil {
 		return err
 	}
-	defer dconn.Close(context.WithoutCancel(ctx))
-	if m.triggers == nil {
-		states, err := readTriggers(ctx, dconn)
-		if err != nil {
-			return shardmap.ShardError(err, m.to)
-		}
-		if err := m.setParams(ctx, map[string]any{"triggers": states}); err != nil {
+	return p.setLogin(ctx, sc, shard, name, on)
+}
+
+// SoleSession ends every session of tenant t's role on shard, opens one of
+// Silo's own as the tenant (the dialer's ConnectTenant), and leaves the
+// role unable to log in, with that session its only one. It returns once
+// the others are gone, so no write of theirs can commit afterwards. It
+// holds the login lock meanwhile. The caller closes the session;
+// SetLogin(…, true) lets the role log in again.
+func (p *Provisioner) SoleSession(ctx context.Context, t *silo.Tenant, shard string) (*pgx.Conn, error) {
+	name := t.Database
+	if err := silo.ValidateDatabaseName(name); err != nil {
+		return nil, err
+	}
+	sc, err := p.shard(ctx, shard)
+	if err != nil {
+		return nil, err
+	}
+	var conn *pgx.Conn
+	err = p.withLoginLock(ctx, name, func() error {
+		// The routers' idle sessions go first, so that Silo's own fits
+		// within the tenant's connection limit.
+		if err := p.setLoginLocked(ctx, sc, shard, name, true, 0); err != nil {
 			return err
 		}
-		m.triggers = states
-	}
-	if err := disableTriggers(ctx, dconn, m.triggers); err != nil {
-		return shardmap.ShardError(err, m.to)
-	}
-	if m.dump || m.dst.major >= 16 {
-		if !m.dump {
-			return m.choosePath(ctx, "live", fmt.Sprintf("PostgreSQL %d applies the changes as the tenant's own role", m.dst.major))
+		if _, err := sc.pool.Exec(ctx, `
+			SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1`, name); err != nil {
+			return shardmap.ShardError(err, shard)
 		}
-		return nil
-	}
-	calls, err := unsafeExpressions(ctx, dconn)
-	if err != nil {
-		return shardmap.ShardError(err, m.to)
-	}
-	if len(calls) > 0 {
-		return m.choosePath(ctx, "dump", fmt.Sprintf("shard %q runs PostgreSQL %d, whose replication would evaluate %s as a superuser",
-			m.to, m.dst.major, strings.Join(calls, "; ")))
-	}
-	return m.choosePath(ctx, "live", fmt.Sprintf("PostgreSQL %d: no expression of the schema calls a function the tenant controls, and its triggers are disabled on the target", m.dst.major))
-}
-
-// replicate publishes the tenant's tables on the source (as the admin:
-// only a superuser may publish all tables; it runs nothing of the
-// tenant's), makes the replication slot, copies the rows as of the slot's
-// snapshot from a tenant session on the source to one on the target, and
-// subscribes the target to the slot's changes from there.
-//
-// Silo copies the rows itself (the subscription has copy_data = false):
-// a subscription's own initial copy reads each table on the source over
-// its connection, the source admin's, and a tenant that swapped a table
-// for a view meanwhile would have the view's functions run as that admin.
-func (m *move) replicate(ctx context.Context) error {
-	if m.dump {
-		return nil
-	}
-	if done, err := m.subscribed(ctx); done || err != nil {
-		return err
-	}
-	err := m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "CREATE PUBLICATION "+ident(m.pub)+" FOR ALL TABLES")
-		if shardmap.SQLState(err) == "42710" { // duplicate_object: an earlier attempt made it
-			return nil
+		var err error
+		if conn, err = p.asTenant(ctx, t, shard); err != nil {
+			return err
 		}
-		return err
+		return p.setLoginLocked(ctx, sc, shard, name, false, conn.PgConn().PID())
 	})
 	if err != nil {
-		return shardmap.ShardError(err, m.from)
-	}
-	if err := m.copyAtSlot(ctx); err != nil {
-		return err
-	}
-	conninfo, err := m.p.conninfo(ctx, m.from, m.name)
-	if err != nil {
-		return err
-	}
-	create := "CREATE SUBSCRIPTION " + ident(m.slot) + " CONNECTION " + quoteLiteral(conninfo) +
-		" PUBLICATION " + ident(m.pub) + " WITH (slot_name = " + quoteLiteral(m.slot) +
-		", create_slot = false, copy_data = false" +
-		// Commits on the target flush at once, so its reports to the
-		// source (what the cutover waits for) do not lag the WAL writer.
-		", synchronous_commit = 'on'"
-	if m.dst.major < 16 {
-		// Only a superuser may own a subscription on 15.
-		err = m.onAdmin(ctx, m.to, func(c *pgx.Conn) error { _, err := c.Exec(ctx, create+")"); return err })
-	} else {
-		err = m.subscribeAsOwnRole(ctx, create+", run_as_owner = false, password_required = true)")
-	}
-	return shardmap.ShardError(err, m.to)
-}
-
-// subscribed reports whether the move's subscription exists on the target.
-func (m *move) subscribed(ctx context.Context) (bool, error) {
-	var exists bool
-	err := m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription WHERE subslotname = $1)`, m.slot).Scan(&exists)
-	})
-	return exists, shardmap.ShardError(err, m.to)
-}
-
-// copyAtSlot makes the move's replication slot on the source (dropping
-// one an earlier attempt left), and copies the tenant's rows as of the
-// slot's snapshot, as the tenant on both sides: the slot's changes then
-// follow the copy exactly.
-func (m *move) copyAtSlot(ctx context.Context) error {
-	if err := m.p.dropSlot(ctx, m.src, m.from, m.slot); err != nil {
-		return err
-	}
-	cfg, err := m.p.dialer.AdminConfig(ctx, m.from, m.name)
-	if err != nil {
-		return err
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	repl, err := pgconn.ConnectConfig(ctx, &cfg.Config)
-	if err != nil {
-		return shardmap.ShardError(err, m.from)
-	}
-	defer repl.Close(context.WithoutCancel(ctx))
-	// The snapshot lives until the replication connection's next command.
-	res, err := repl.Exec(ctx, "CREATE_REPLICATION_SLOT "+ident(m.slot)+" LOGICAL pgoutput EXPORT_SNAPSHOT").ReadAll()
-	if err != nil {
-		return shardmap.ShardError(err, m.from)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
-		return silo.Errorf(silo.EINTERNAL, "shard %q answered CREATE_REPLICATION_SLOT oddly", m.from)
-	}
-	snapshot := string(res[0].Rows[0][2])
-	sconn, err := m.p.asTenant(ctx, m.tenant, m.from)
-	if err != nil {
-		return err
-	}
-	defer sconn.Close(context.WithoutCancel(ctx))
-	dconn, err := m.p.asTenant(ctx, m.tenant, m.to)
-	if err != nil {
-		return err
-	}
-	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copyData(ctx, sconn, dconn, snapshot); err != nil {
-		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
-	}
-	return nil
-}
-
-// subscribeAsOwnRole creates the subscription (PostgreSQL 16 and later)
-// as a role of the move's own: no superuser, and not the tenant, who so
-// cannot alter it, while run_as_owner = false makes its apply run as each
-// table's owner, the tenant, under a security-restricted context.
-func (m *move) subscribeAsOwnRole(ctx context.Context, create string) error {
-	owner := ident(m.subOwner())
-	for _, stmt := range []string{
-		// LOGIN, without a password: the apply worker starts a session
-		// as the subscription's owner, and no password reaches it.
-		"CREATE ROLE " + owner + " LOGIN",
-		"GRANT pg_create_subscription TO " + owner,
-		"GRANT " + ident(m.name) + " TO " + owner, // to apply as the tables' owner
-		"GRANT CREATE ON DATABASE " + ident(m.name) + " TO " + owner,
-	} {
-		if _, err := m.dst.pool.Exec(ctx, stmt); err != nil && shardmap.SQLState(err) != "42710" {
-			return err
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
 		}
+		return nil, err
 	}
-	// Nothing of the tenant's runs in this session: CREATE SUBSCRIPTION
-	// without a copy only reads the publication's catalog on the source.
-	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "SET ROLE "+owner+"; "+create+"; RESET ROLE")
-		return err
-	})
-}
-
-// subOwner is the role that owns the move's subscription on 16 and later.
-func (m *move) subOwner() string { return "silo_sub_" + m.name }
-
-// initialCopy waits for the subscription's first copy of every table.
-func (m *move) initialCopy(ctx context.Context) error {
-	if m.dump {
-		return nil
-	}
-	return m.onAdmin(ctx, m.to, func(c *pgx.Conn) error {
-		for {
-			var pending int
-			if err := c.QueryRow(ctx, `
-				SELECT count(*) FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
-				WHERE s.subname = $1 AND r.srsubstate NOT IN ('r', 's')`, m.slot).Scan(&pending); err != nil {
-				return shardmap.ShardError(err, m.to)
-			}
-			if pending == 0 {
-				return nil
-			}
-			// A table whose copy fails is retried by PostgreSQL for ever:
-			// give up instead, and undo.
-			var syncErrors int64
-			if err := c.QueryRow(ctx, `
-				SELECT coalesce(sum(sync_error_count), 0) FROM pg_catalog.pg_stat_subscription_stats WHERE subname = $1`,
-				m.slot).Scan(&syncErrors); err != nil {
-				return shardmap.ShardError(err, m.to)
-			}
-			if syncErrors > 0 {
-				return silo.Errorf(silo.EINTERNAL, "the copy of tenant %q's tables to shard %q failed (see the shard's log)", m.id, m.to)
-			}
-			select {
-			case <-ctx.Done():
-				return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "the copy of tenant %q to shard %q did not finish in time", m.id, m.to)
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	})
-}
-
-func (m *move) cutover(ctx context.Context) error {
-	if m.dump {
-		return m.dumpCutover(ctx)
-	}
-	return m.liveCutover(ctx)
-}
-
-func (m *move) cleanup(ctx context.Context) error {
-	if err := m.load(ctx); err != nil {
-		return err
-	}
-	return m.p.moveCleanup(ctx, m.src, m.dst, m.from, m.to, m.id, m.name, m.slot, m.pub, true)
-}
-
-func (m *move) undoReplication(ctx context.Context) error {
-	if err := m.load(ctx); err != nil {
-		return err
-	}
-	return m.p.moveCleanup(ctx, m.src, m.dst, m.from, m.to, m.id, m.name, m.slot, m.pub, false)
-}
-
-func (m *move) undoTarget(ctx context.Context) error {
-	if !m.targetMade {
-		return nil // not ours to drop
-	}
-	if err := m.load(ctx); err != nil {
-		return err
-	}
-	// Once the catalog points at the target, the target is the tenant's
-	// only live copy: a failure after the flip (the cleanup's) leaves it.
-	// Issue 12's engine makes the flip a pivot no undo passes.
-	if t, err := m.p.store.GetTenant(ctx, m.id); err != nil || t.Shard == m.to {
-		return err
-	}
-	return m.p.dropDatabaseAndRole(ctx, m.dst, m.to, m.name)
-}
-
-func (m *move) undoSource(ctx context.Context) error {
-	if err := m.load(ctx); err != nil {
-		return err
-	}
-	t, err := m.p.store.GetTenant(ctx, m.id)
-	if err != nil || t.Shard == m.to {
-		return err // flipped: the source is retired, not restored
-	}
-	if err := m.p.setLogin(ctx, m.src, m.from, m.name, true); err != nil {
-		return err
-	}
-	if t.State == silo.TenantMoving {
-		t.State = silo.TenantActive
-		_, err = m.p.store.UpdateTenantTx(ctx, nil, *t)
-	}
-	return err
-}
-
-// onAdmin runs f on an admin session on the tenant's database on shard:
-// only for publications, subscriptions and pg_catalog reads.
-func (m *move) onAdmin(ctx context.Context, shard string, f func(*pgx.Conn) error) error {
-	conn, err := m.p.adminDB(ctx, shard, m.name)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return f(conn)
-}
-
-// awaitMigration waits until no migration run is migrating the tenant: the
-// runner holds migrations.TenantLockClass on it while it does, and starts
-// none while an operation (this move) runs on the tenant.
-func (p *Provisioner) awaitMigration(ctx context.Context, id string) error {
-	conn, err := p.catalog.Acquire(ctx)
-	if err != nil {
-		return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
-	}
-	defer conn.Release()
+	// pg_terminate_backend only asks: wait until the sessions are gone.
 	for {
-		var free bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, migrations.TenantLockClass, id).Scan(&free); err != nil {
-			return silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
+		var left int
+		if err := sc.pool.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> $2`,
+			name, int64(conn.PgConn().PID())).Scan(&left); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, shardmap.ShardError(err, shard)
 		}
-		if free {
-			_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, migrations.TenantLockClass, id)
-			return err
+		if left == 0 {
+			return conn, nil
 		}
-		select {
-		case <-ctx.Done():
-			return silo.WrapError(ctx.Err(), silo.ETIMEOUT, "tenant %q is being migrated; the move gave up waiting", id)
-		case <-time.After(50 * time.Millisecond):
+		if ctx.Err() != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, shardmap.ShardError(ctx.Err(), shard)
 		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
-// countMovedBytes adds the moved database's size on the target to the
-// bytes-moved metric.
-func (p *Provisioner) countMovedBytes(ctx context.Context, dst *pgx.Conn) {
-	var size int64
-	if err := dst.QueryRow(ctx, `SELECT pg_catalog.pg_database_size(pg_catalog.current_database())`).Scan(&size); err == nil {
-		p.metrics.moveBytes.Add(float64(size))
+// RetireDatabase renames tenant id's old database name on shard, and its
+// role, to a retired name (silo_moved_…), after ending its sessions, and
+// records it in the catalog to be dropped after Config.RetireAfter (by
+// PurgeExpired, or at once by a purge of the tenant). A database that is
+// gone already (retired by an earlier attempt) is left.
+func (p *Provisioner) RetireDatabase(ctx context.Context, id, shard, name string) error {
+	if err := silo.ValidateDatabaseName(name); err != nil {
+		return err
 	}
-}
-
-// copySequences sets every sequence of the target to the source's value:
-// logical replication carries rows, not sequences.
-func copySequences(ctx context.Context, src, dst *pgx.Conn) error {
-	rows, err := src.Query(ctx, `
-		SELECT pg_catalog.format('%I.%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences
-		WHERE last_value IS NOT NULL`)
+	sc, err := p.shard(ctx, shard)
 	if err != nil {
 		return err
-	}
-	type seq struct {
-		name  string
-		value int64
-	}
-	seqs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (seq, error) {
-		var s seq
-		return s, r.Scan(&s.name, &s.value)
-	})
-	if err != nil {
-		return err
-	}
-	for _, s := range seqs {
-		if _, err := dst.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, true)`, s.name, s.value); err != nil {
-			return fmt.Errorf("set sequence %s on the target: %w", s.name, err)
-		}
-	}
-	return nil
-}
-
-// compareCounts refuses a cutover when any table has another number of rows
-// on the target than on the source. Both sides count at once.
-func compareCounts(ctx context.Context, src, dst *pgx.Conn) error {
-	rows, err := src.Query(ctx, `
-		SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-		ORDER BY 1`)
-	if err != nil {
-		return err
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return err
-	}
-	count := func(conn *pgx.Conn) ([]int64, error) {
-		out := make([]int64, len(tables))
-		for i, table := range tables {
-			// Names quoted by format(%I) above.
-			if err := conn.QueryRow(ctx, "SELECT pg_catalog.count(*) FROM "+table).Scan(&out[i]); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
-	}
-	var theirs []int64
-	var theirErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		theirs, theirErr = count(dst)
-	}()
-	ours, err := count(src)
-	<-done
-	if err != nil {
-		return err
-	}
-	if theirErr != nil {
-		return theirErr
-	}
-	for i, table := range tables {
-		if ours[i] != theirs[i] {
-			return silo.Errorf(silo.EINTERNAL, "table %s has %d rows on the source and %d on the target: the move is undone", table, ours[i], theirs[i])
-		}
-	}
-	// Where it is cheap, the rows themselves: a checksum of each small
-	// table, in a stable order.
-	for i, table := range tables {
-		if ours[i] > checksumRows {
-			continue
-		}
-		// record_out, never ::text: a tenant may CREATE CAST from its
-		// table's row type to text, with a function of its own.
-		q := "SELECT coalesce(pg_catalog.md5(pg_catalog.string_agg(pg_catalog.record_out(t)::pg_catalog.text, E'\\n' ORDER BY pg_catalog.record_out(t)::pg_catalog.text COLLATE \"C\")), '') FROM " + table + " t"
-		var a, b string
-		if err := src.QueryRow(ctx, q).Scan(&a); err != nil {
-			return err
-		}
-		if err := dst.QueryRow(ctx, q).Scan(&b); err != nil {
-			return err
-		}
-		if a != b {
-			return silo.Errorf(silo.EINTERNAL, "table %s has other rows on the target than on the source: the move is undone", table)
-		}
-	}
-	return nil
-}
-
-// checksumRows is the most rows a table may have for the cutover to
-// compare a checksum of its rows, not only their count.
-const checksumRows = 10000
-
-// moveCleanup removes the replication of a move. After a cutover (retire),
-// the source database and role are renamed and kept for a grace period;
-// otherwise (undo) the source is left as it is.
-func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from, to, id, name, slot, pub string, retire bool) error {
-	// The subscription first: dropping it drops its slot on the source. It
-	// is found by its slot, whatever it is called.
-	err := p.onAdmin(ctx, to, name, func(c *pgx.Conn) error {
-		var sub string
-		err := c.QueryRow(ctx, `SELECT subname FROM pg_catalog.pg_subscription WHERE subslotname = $1`, slot).Scan(&sub)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return dropSubscription(ctx, c, sub)
-	})
-	if err != nil && shardmap.SQLState(err) != "3D000" { // the target database is gone already
-		return shardmap.ShardError(err, to)
-	}
-	if dst.major >= 16 {
-		// The subscription's own role (subscribeAsOwnRole), once it owns
-		// nothing: its grant on the database goes with the database, or
-		// first.
-		owner := ident("silo_sub_" + name)
-		if _, err := dst.pool.Exec(ctx, "REVOKE CREATE ON DATABASE "+ident(name)+" FROM "+owner); err != nil &&
-			shardmap.SQLState(err) != "42704" && shardmap.SQLState(err) != "3D000" {
-			return shardmap.ShardError(err, to)
-		}
-		if _, err := dst.pool.Exec(ctx, "DROP ROLE IF EXISTS "+owner); err != nil {
-			return shardmap.ShardError(err, to)
-		}
-	}
-	if err := p.dropSlot(ctx, src, from, slot); err != nil {
-		return err
-	}
-	err = p.onAdmin(ctx, from, name, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(pub))
-		return err
-	})
-	if err != nil && shardmap.SQLState(err) != "3D000" {
-		return shardmap.ShardError(err, from)
-	}
-	if !retire {
-		return nil
 	}
 	retired := "silo_moved_" + strings.ToLower(newUUID()[:8]) + "_" + name
 	if len(retired) > 63 {
 		retired = retired[:63]
 	}
 	var exists bool
-	if err := src.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return shardmap.ShardError(err, from)
+	if err := sc.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return shardmap.ShardError(err, shard)
 	}
 	if !exists {
-		return nil // retired by an earlier attempt
+		return nil
 	}
-	if err := p.store.RetireDatabase(ctx, from, retired, id, time.Now().Add(p.cfg.RetireAfter)); err != nil {
+	if err := p.store.RetireDatabase(ctx, shard, retired, id, time.Now().Add(p.cfg.RetireAfter)); err != nil {
 		return err
 	}
 	for _, stmt := range []string{
@@ -747,102 +159,28 @@ func (p *Provisioner) moveCleanup(ctx context.Context, src, dst *shardConn, from
 		"ALTER DATABASE " + ident(name) + " RENAME TO " + ident(retired),
 		"ALTER ROLE " + ident(name) + " RENAME TO " + ident(retired),
 	} {
-		if _, err := src.pool.Exec(ctx, stmt); err != nil {
-			return shardmap.ShardError(err, from)
+		if _, err := sc.pool.Exec(ctx, stmt); err != nil {
+			return shardmap.ShardError(err, shard)
 		}
 	}
 	return nil
 }
 
-// dropSlot drops a move's replication slot on the source, ending the
-// walsender that holds it if need be (a subscription left enabled).
-func (p *Provisioner) dropSlot(ctx context.Context, sc *shardConn, shard, slot string) error {
-	for range 50 {
-		var active, exists bool
-		err := sc.pool.QueryRow(ctx, `
-			SELECT true, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists, &active)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return shardmap.ShardError(err, shard)
-		}
-		if active {
-			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active`, slot)
-		} else {
-			_, err = sc.pool.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot)
-			if shardmap.SQLState(err) == "42704" || err == nil { // gone meanwhile, or dropped
-				return nil
-			}
-		}
-		if err != nil && shardmap.SQLState(err) != "55006" { // object_in_use: taken again meanwhile
-			return shardmap.ShardError(err, shard)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return silo.Errorf(silo.EUNAVAILABLE, "replication slot %s on shard %q stays in use", slot, shard)
-}
-
-// onAdmin runs f on an admin session on database db of a shard: only for
-// DDL that runs nothing of the tenant's and for pg_catalog reads.
-func (p *Provisioner) onAdmin(ctx context.Context, shard, db string, f func(*pgx.Conn) error) error {
-	conn, err := p.adminDB(ctx, shard, db)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return f(conn)
-}
-
-// conninfo is how the target's subscription reaches the tenant's database
-// on the source: as the source's admin (a replication connection needs
-// it), password included, as a subscription keeps it. No tenant can read
-// it (pg_subscription.subconninfo is for superusers).
-func (p *Provisioner) conninfo(ctx context.Context, shard, db string) (string, error) {
-	cfg, err := p.dialer.AdminConfig(ctx, shard, db)
-	if err != nil {
-		return "", err
-	}
-	return libpqConninfo(cfg, p.cfg.ConnectTimeout) + " password=" + quoteConninfo(cfg.Password), nil
-}
-
-// libpqConninfo is cfg as a libpq connection string, without its password.
-func libpqConninfo(cfg *pgx.ConnConfig, timeout time.Duration) string {
-	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
-		quoteConninfo(cfg.Host), cfg.Port, quoteConninfo(cfg.User), quoteConninfo(cfg.Database), max(1, int(timeout.Seconds())))
-	if cfg.TLSConfig == nil {
-		s += " sslmode=disable"
-	}
-	return s
-}
-
-// tenantClient is how pg_dump reaches tenant t's database on shard as the
-// tenant's own role: the connection string, and the password apart (for
-// PGPASSWORD: never on a command line). A refused password is repaired
-// first (the tenant may have changed it).
-func (p *Provisioner) tenantClient(ctx context.Context, t *silo.Tenant, shard string) (string, string, error) {
-	conn, err := p.asTenant(ctx, t, shard)
-	if err != nil {
-		return "", "", err
-	}
-	conn.Close(context.WithoutCancel(ctx))
-	cfg, err := p.dialer.TenantConfig(ctx, t, shard)
-	if err != nil {
-		return "", "", err
-	}
-	return libpqConninfo(cfg, p.cfg.ConnectTimeout), cfg.Password, nil
-}
-
-// dumpSchema returns tenant t's schema on shard as SQL from pg_dump, run
-// as the tenant, without owners, privileges, publications or psql's
-// meta-commands.
-func (p *Provisioner) dumpSchema(ctx context.Context, t *silo.Tenant, shard string) (string, error) {
+// DumpSchema returns tenant t's schema on shard as SQL from pg_dump
+// (Config.PgDump), run as the tenant's own role, without owners,
+// privileges, publications, subscriptions or psql's meta-commands.
+// excludeSchemas are left out (pg_dump --exclude-schema). EINTERNAL when
+// pg_dump is missing or older than the server.
+func (p *Provisioner) DumpSchema(ctx context.Context, t *silo.Tenant, shard string, excludeSchemas ...string) (string, error) {
 	conninfo, password, err := p.tenantClient(ctx, t, shard)
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--schema-only", "--no-owner", "--no-privileges",
-		"--no-publications", "--no-subscriptions", "--dbname="+conninfo)
+	args := []string{"--schema-only", "--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions"}
+	for _, s := range excludeSchemas {
+		args = append(args, "--exclude-schema="+s)
+	}
+	cmd := exec.CommandContext(ctx, p.cfg.PgDump, append(args, "--dbname="+conninfo)...)
 	cmd.Env = []string{"PGPASSWORD=" + password, "PATH=/usr/bin:/bin"}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -868,6 +206,23 @@ func (p *Provisioner) dumpSchema(ctx context.Context, t *silo.Tenant, shard stri
 // restrictLine is the \restrict or \unrestrict line that pg_dump (since
 // the August 2025 releases) writes first and last, for psql.
 var restrictLine = regexp.MustCompile(`^\\(un)?restrict [A-Za-z0-9]+$`)
+
+// tenantClient is how pg_dump reaches tenant t's database on shard as the
+// tenant's own role: the connection string, and the password apart (for
+// PGPASSWORD: never on a command line). A refused password is repaired
+// first (the tenant may have changed it).
+func (p *Provisioner) tenantClient(ctx context.Context, t *silo.Tenant, shard string) (string, string, error) {
+	conn, err := p.asTenant(ctx, t, shard)
+	if err != nil {
+		return "", "", err
+	}
+	conn.Close(context.WithoutCancel(ctx))
+	cfg, err := p.dialer.TenantConfig(ctx, t, shard)
+	if err != nil {
+		return "", "", err
+	}
+	return shardmap.Conninfo(cfg), cfg.Password, nil
+}
 
 // pgDumpError says what went wrong with pg_dump: missing, older than the
 // server (pg_dump refuses a newer server: the PostgreSQL 16+ packages of

@@ -56,7 +56,7 @@ type Config struct {
 	MaintenanceInterval time.Duration
 	// ConnectTimeout bounds each connection to a shard. Default 5s.
 	ConnectTimeout time.Duration
-	// PgDump is the pg_dump binary used by Export and moves. Default:
+	// PgDump is the pg_dump binary used by Export and DumpSchema. Default:
 	// "pg_dump" on PATH.
 	PgDump string
 	// RetireAfter is how long a moved tenant's old database is kept on its
@@ -127,9 +127,9 @@ type Provisioner struct {
 	eng     *engine.Engine
 	metrics metrics
 
-	shards    sync.Mutex
-	shardConn map[string]*shardConn // by shard name
-	tmpl      templates
+	shards sync.Mutex
+	admins map[string]*ShardAdmin // by shard name
+	tmpl   templates
 
 	inflight sync.WaitGroup
 	stopping chan struct{}
@@ -157,17 +157,17 @@ func New(cfg Config) (*Provisioner, error) {
 		}
 	}
 	p := &Provisioner{
-		cfg:       cfg,
-		store:     cfg.Store,
-		catalog:   cfg.Catalog,
-		sealer:    sealer,
-		dialer:    cfg.Dialer,
-		log:       cfg.Logger,
-		eng:       cfg.Engine,
-		metrics:   newMetrics(),
-		shardConn: map[string]*shardConn{},
-		tmpl:      templates{version: map[string]int64{}, setUp: map[string]bool{}},
-		stopping:  make(chan struct{}),
+		cfg:      cfg,
+		store:    cfg.Store,
+		catalog:  cfg.Catalog,
+		sealer:   sealer,
+		dialer:   cfg.Dialer,
+		log:      cfg.Logger,
+		eng:      cfg.Engine,
+		metrics:  newMetrics(),
+		admins:   map[string]*ShardAdmin{},
+		tmpl:     templates{version: map[string]int64{}, setUp: map[string]bool{}},
+		stopping: make(chan struct{}),
 	}
 	if cfg.Registry != nil {
 		if err := p.metrics.register(cfg.Registry); err != nil {
@@ -179,7 +179,6 @@ func New(cfg Config) (*Provisioner, error) {
 	for _, kind := range []silo.OperationKind{silo.OpSuspend, silo.OpResume, silo.OpDelete, silo.OpPurge} {
 		p.eng.Register(kind, engine.Kind{Plan: p.plan})
 	}
-	p.eng.Register(silo.OpMove, engine.Kind{Plan: p.movePlan, Describe: p.describeMove})
 	p.eng.AddJobs(p)
 	return p, nil
 }
@@ -220,9 +219,9 @@ func (p *Provisioner) Stop(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	p.shards.Lock()
-	for name, sc := range p.shardConn {
+	for name, sc := range p.admins {
 		sc.pool.Close()
-		delete(p.shardConn, name)
+		delete(p.admins, name)
 	}
 	p.shards.Unlock()
 	return err

@@ -11,10 +11,12 @@ import (
 	"github.com/silo-db/silo/shardmap"
 )
 
-// shardConn is a small pool of admin connections to one shard's
-// maintenance database, for roles and databases: it never touches a
-// tenant's objects (see shardmap.Dialer).
-type shardConn struct {
+// ShardAdmin is a small pool of admin connections to one shard's
+// maintenance database, for roles, databases, replication slots and
+// pg_catalog reads: it never touches a tenant's objects (see
+// shardmap.Dialer). It is safe for concurrent use; the provisioner closes
+// it when it stops.
+type ShardAdmin struct {
 	dsn  string
 	pool *pgxpool.Pool
 
@@ -24,11 +26,25 @@ type shardConn struct {
 	major     int  // the server's major version
 }
 
+// Pool is the shard's admin pool: never for a query on a tenant's
+// tables, views or functions.
+func (s *ShardAdmin) Pool() *pgxpool.Pool { return s.pool }
+
+// Major is the shard's PostgreSQL major version, such as 15 or 17.
+func (s *ShardAdmin) Major() int { return s.major }
+
+// ShardAdmin returns the admin pool of a shard, opened on first use and
+// checked then (EUNAVAILABLE when the shard does not answer, ENOTFOUND for
+// an unknown shard).
+func (p *Provisioner) ShardAdmin(ctx context.Context, name string) (*ShardAdmin, error) {
+	return p.shard(ctx, name)
+}
+
 // shard returns the admin pool of a shard, opening it on first use and
 // reopening it when the shard's DSN changed. The first use checks that the
 // shard answers; no network call happens under the map's lock, so a hung
 // shard never delays the others.
-func (p *Provisioner) shard(ctx context.Context, name string) (*shardConn, error) {
+func (p *Provisioner) shard(ctx context.Context, name string) (*ShardAdmin, error) {
 	cfg, err := p.dialer.AdminConfig(ctx, name, "")
 	if err != nil {
 		return nil, err
@@ -50,22 +66,22 @@ func (p *Provisioner) shard(ctx context.Context, name string) (*shardConn, error
 	return sc, nil
 }
 
-func (p *Provisioner) shardPool(ctx context.Context, name string, cfg *pgx.ConnConfig) (*shardConn, error) {
+func (p *Provisioner) shardPool(ctx context.Context, name string, cfg *pgx.ConnConfig) (*ShardAdmin, error) {
 	dsn := cfg.ConnString()
 	p.shards.Lock()
 	defer p.shards.Unlock()
-	if sc, ok := p.shardConn[name]; ok && sc.dsn == dsn {
+	if sc, ok := p.admins[name]; ok && sc.dsn == dsn {
 		return sc, nil
 	} else if ok {
 		go sc.pool.Close() // Close waits for borrowed connections
-		delete(p.shardConn, name)
+		delete(p.admins, name)
 	}
 	pool, err := shardmap.PoolOf(ctx, cfg, 4)
 	if err != nil {
 		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", name)
 	}
-	sc := &shardConn{dsn: dsn, pool: pool}
-	p.shardConn[name] = sc
+	sc := &ShardAdmin{dsn: dsn, pool: pool}
+	p.admins[name] = sc
 	return sc, nil
 }
 

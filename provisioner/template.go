@@ -69,7 +69,7 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, shard string, version 
 
 // setUpTemplate makes silo_owner and the template database as needed, and
 // sets their grants and the owner of its schema.
-func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *shardConn, shard string, hasRole, exists bool) error {
+func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *ShardAdmin, shard string, hasRole, exists bool) error {
 	var stmts []string
 	if !hasRole {
 		stmts = append(stmts, "CREATE ROLE "+ident(ownerRole)+" NOLOGIN")
@@ -106,7 +106,7 @@ func (p *Provisioner) setUpTemplate(ctx context.Context, conn *pgx.Conn, sc *sha
 
 // migrateTemplate migrates the template to version as silo_owner, so that
 // every object it makes can be handed to a tenant.
-func (p *Provisioner) migrateTemplate(ctx context.Context, sc *shardConn, shard string, version int64) (int64, error) {
+func (p *Provisioner) migrateTemplate(ctx context.Context, sc *ShardAdmin, shard string, version int64) (int64, error) {
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	return p.migrateSiloDB(mctx, shard, templateDB, ownerRole, version)

@@ -5,16 +5,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/silo-db/silo"
-	"github.com/silo-db/silo/provisioner"
 )
-
-// Mover starts tenant moves; the provisioner implements it.
-type Mover interface {
-	Move(ctx context.Context, req provisioner.MoveRequest, wait time.Duration) (provisioner.Result, error)
-}
 
 // Started is a move a rebalance or a drain asked for: its operation, or why
 // it could not start.
@@ -26,9 +19,9 @@ type Started struct {
 
 // Apply plans (as Plan) and starts every move of the plan as an operation
 // of its own, durable and resumable; it does not wait for them. The
-// provisioner runs a bounded number of operations at once on each server.
+// engine runs a bounded number of operations at once on each server.
 func (r *Rebalancer) Apply(ctx context.Context, o Options) (*Report, []Started, error) {
-	if r.mover == nil {
+	if r.eng == nil {
 		return nil, nil, silo.Errorf(silo.EUNAVAILABLE, "this server does not move tenants")
 	}
 	rep, err := r.Plan(ctx, o)
@@ -43,7 +36,7 @@ func (r *Rebalancer) Apply(ctx context.Context, o Options) (*Report, []Started, 
 // counting the tenants each move adds. Tenants with no shard to go to are
 // reported with why.
 func (r *Rebalancer) Drain(ctx context.Context, shard string) ([]Started, error) {
-	if r.mover == nil {
+	if r.eng == nil {
 		return nil, silo.Errorf(silo.EUNAVAILABLE, "this server does not move tenants")
 	}
 	rows, err := r.catalog.Query(ctx, `
@@ -116,7 +109,7 @@ func (r *Rebalancer) start(ctx context.Context, moves []Move) []Started {
 	out := make([]Started, 0, len(moves))
 	for _, m := range moves {
 		s := Started{Move: m}
-		res, err := r.mover.Move(ctx, provisioner.MoveRequest{ID: m.Tenant, Shard: m.To}, 0)
+		res, err := r.Move(ctx, MoveRequest{ID: m.Tenant, Shard: m.To}, 0)
 		if res.Operation != nil {
 			s.OperationID = res.Operation.ID
 		}

@@ -1,5 +1,3 @@
-// Package rebalancer plans tenant moves that even out a fleet of shards.
-// Moves themselves are provisioner operations; this package decides which.
 package rebalancer
 
 import (

@@ -3,38 +3,102 @@ package rebalancer
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/engine"
+	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/shardmap"
 )
 
-// ShardDSNs gives the admin DSN of a shard; the shardmap.Store has it.
-type ShardDSNs interface {
-	ShardDSN(ctx context.Context, name string) (string, error)
+// Provisioner is what a move needs of the tenant lifecycle;
+// *provisioner.Provisioner implements it (provisioner/move.go).
+type Provisioner interface {
+	// ShardAdmin returns a shard's admin pool and its major version.
+	ShardAdmin(ctx context.Context, shard string) (*provisioner.ShardAdmin, error)
+	// EnsureEmptyDatabase makes the tenant's role and an empty database
+	// owned by it on shard.
+	EnsureEmptyDatabase(ctx context.Context, t *silo.Tenant, shard string) error
+	// DropDatabaseAndRole drops a database and the role of its name.
+	DropDatabaseAndRole(ctx context.Context, shard, name string) error
+	// DropSlot drops a replication slot, ending the walsender that
+	// streams it if need be.
+	DropSlot(ctx context.Context, shard, slot string) error
+	// SetLogin lets a tenant's role log in on shard, or not.
+	SetLogin(ctx context.Context, shard, name string, on bool) error
+	// SoleSession leaves the tenant's role on shard with one session, of
+	// Silo's own as the tenant, and unable to log in.
+	SoleSession(ctx context.Context, t *silo.Tenant, shard string) (*pgx.Conn, error)
+	// DumpSchema returns the tenant's schema as SQL, dumped as the tenant.
+	DumpSchema(ctx context.Context, t *silo.Tenant, shard string, excludeSchemas ...string) (string, error)
+	// RetireDatabase renames a moved tenant's old database and role, to
+	// be dropped later.
+	RetireDatabase(ctx context.Context, id, shard, name string) error
+	// Run launches a recorded operation and waits for it.
+	Run(ctx context.Context, opID string, wait time.Duration) (provisioner.Result, error)
 }
 
-// Rebalancer reads the fleet's load from the catalog and the shards, and
-// plans moves.
+// Config configures a Rebalancer.
+type Config struct {
+	// Catalog is the catalog database. Required.
+	Catalog *pgxpool.Pool
+	// Store is the catalog's Go API over Catalog. Required.
+	Store *shardmap.Store
+	// Dialer builds every connection to a shard. Required.
+	Dialer *shardmap.Dialer
+	// Engine runs moves: New registers the move operation with it, before
+	// the caller starts it. Without an Engine, the Rebalancer only plans.
+	Engine *engine.Engine
+	// Provisioner does what a move needs of the tenant lifecycle.
+	// Required with Engine.
+	Provisioner Provisioner
+	// Logger gets structured logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registry gets the move metrics; nil registers none.
+	Registry prometheus.Registerer
+}
+
+// Rebalancer moves tenants between shards and plans the moves that even
+// them out, from the catalog and the shards' database sizes. It is safe
+// for concurrent use.
 type Rebalancer struct {
-	catalog        *pgxpool.Pool
-	dsns           ShardDSNs
-	mover          Mover
-	connectTimeout time.Duration
+	catalog *pgxpool.Pool
+	store   *shardmap.Store
+	dialer  *shardmap.Dialer
+	eng     *engine.Engine
+	prov    Provisioner
+	log     *slog.Logger
+	metrics metrics
 }
 
-// New returns a Rebalancer over the catalog. Without a mover, it only
-// plans.
-func New(catalog *pgxpool.Pool, dsns ShardDSNs, mover Mover, connectTimeout time.Duration) (*Rebalancer, error) {
-	if catalog == nil || dsns == nil {
-		return nil, errors.New("rebalancer: the catalog and shard DSNs are required")
+// New returns a Rebalancer and, with an Engine, registers the move
+// operation with it. It returns an error for an invalid Config.
+func New(cfg Config) (*Rebalancer, error) {
+	switch {
+	case cfg.Catalog == nil || cfg.Store == nil || cfg.Dialer == nil:
+		return nil, errors.New("rebalancer: Config.Catalog, Store and Dialer are required")
+	case cfg.Engine != nil && cfg.Provisioner == nil:
+		return nil, errors.New("rebalancer: Config.Provisioner is required to move tenants")
 	}
-	if connectTimeout <= 0 {
-		connectTimeout = 5 * time.Second
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
-	return &Rebalancer{catalog: catalog, dsns: dsns, mover: mover, connectTimeout: connectTimeout}, nil
+	r := &Rebalancer{catalog: cfg.Catalog, store: cfg.Store, dialer: cfg.Dialer, eng: cfg.Engine,
+		prov: cfg.Provisioner, log: cfg.Logger, metrics: newMetrics()}
+	if cfg.Registry != nil {
+		if err := r.metrics.register(cfg.Registry); err != nil {
+			return nil, err
+		}
+	}
+	if r.eng != nil {
+		r.eng.Register(silo.OpMove, engine.Kind{Plan: r.movePlan, Describe: r.describeMove})
+	}
+	return r, nil
 }
 
 // Report is a plan with the loads it was made from.
@@ -132,24 +196,15 @@ func (r *Rebalancer) sizes(ctx context.Context, shard string, dbs []string) ([]i
 	if len(dbs) == 0 {
 		return nil, nil
 	}
-	dsn, err := r.dsns.ShardDSN(ctx, shard)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, silo.Errorf(silo.EINTERNAL, "shard %q has an invalid DSN", shard)
-	}
-	cfg.ConnectTimeout = r.connectTimeout
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := r.dialer.ConnectAdmin(ctx, shard, "")
 	if err != nil {
 		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable: its databases' sizes are needed for a plan", shard)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rows, err := conn.Query(ctx, `
-		SELECT coalesce(pg_database_size(d.datname), 0)
-		FROM unnest($1::text[]) WITH ORDINALITY AS want(name, i)
-		LEFT JOIN pg_database d ON d.datname = want.name ORDER BY want.i`, dbs)
+		SELECT coalesce(pg_catalog.pg_database_size(d.datname), 0)
+		FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS want(name, i)
+		LEFT JOIN pg_catalog.pg_database d ON d.datname = want.name ORDER BY want.i`, dbs)
 	if err != nil {
 		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "shard %q: %v", shard, err)
 	}

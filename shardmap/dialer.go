@@ -153,6 +153,23 @@ func (d *Dialer) TenantConfig(ctx context.Context, t *silo.Tenant, shard string)
 	return cfg, nil
 }
 
+// Conninfo is cfg as a libpq connection string (for pg_dump, and for a
+// subscription's CONNECTION), without its password: pass that apart
+// (PGPASSWORD), or append it where it must be kept (a subscription).
+func Conninfo(cfg *pgx.ConnConfig) string {
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d",
+		QuoteConninfo(cfg.Host), cfg.Port, QuoteConninfo(cfg.User), QuoteConninfo(cfg.Database), max(1, int(cfg.ConnectTimeout.Seconds())))
+	if cfg.TLSConfig == nil {
+		s += " sslmode=disable"
+	}
+	return s
+}
+
+// QuoteConninfo quotes a libpq keyword value.
+func QuoteConninfo(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
 // TenantPassword opens tenant id's sealed role password.
 func (d *Dialer) TenantPassword(ctx context.Context, id string) (string, error) {
 	sealed, err := d.cfg.Store.TenantSecret(ctx, id)

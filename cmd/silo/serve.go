@@ -208,8 +208,9 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if warm == 0 {
 		warm = -1 // off; the provisioner reads 0 as "the default"
 	}
-	// The engine runs every operation and job; the provisioner and the
-	// runner register theirs with it before it starts.
+	// The engine runs every operation and job; the provisioner, the
+	// rebalancer (moves) and the runner register theirs with it before it
+	// starts.
 	eng, err := engine.New(engine.Config{
 		Catalog: pool, Store: store, StepTimeout: o.stepTimeout, RecoveryDelay: o.recoveryDelay,
 		MaxConcurrentOps: o.maxOperations, Logger: log, Registry: registry,
@@ -221,6 +222,12 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		Catalog: pool, Store: store, Engine: eng, Dialer: dialer, SecretKey: key, TenantMigrations: tenantFS,
 		WarmPoolSize: warm, GracePeriod: o.gracePeriod, MaintenanceInterval: o.maintenanceInterval,
 		ConnectTimeout: o.connectTimeout, PgDump: findPgDump(), Logger: log, Registry: registry,
+	})
+	if err != nil {
+		return err
+	}
+	reb, err := rebalancer.New(rebalancer.Config{
+		Catalog: pool, Store: store, Dialer: dialer, Engine: eng, Provisioner: prov, Logger: log, Registry: registry,
 	})
 	if err != nil {
 		return err
@@ -278,10 +285,6 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	defer rt.Stop()
-	reb, err := rebalancer.New(pool, store, prov, o.connectTimeout)
-	if err != nil {
-		return err
-	}
 	checker, err := reconcile.New(reconcile.Config{Store: store, Dialer: dialer, Dropper: prov, Logger: log, Registry: registry})
 	if err != nil {
 		return err

@@ -1,20 +1,20 @@
-package provisioner
+package rebalancer
 
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/pgcluster"
+	"github.com/silo-db/silo/provisioner"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
 )
@@ -25,12 +25,12 @@ import (
 // keeps working on b.
 func TestMoveLive(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t)})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t)})
 	mover := newID("mover")
-	res, err := p.Create(b.ctx, CreateRequest{ID: mover, Shard: "a"}, 30*time.Second)
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: mover, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	tn := res.Tenant
-	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	conn, err := b.dialer.ConnectTenant(b.ctx, tn, "")
 	require.NoError(t, err)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'seed-' || g FROM generate_series(1, 2000) g`)
 	require.NoError(t, err)
@@ -83,7 +83,7 @@ func TestMoveLive(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 
-	res, err = p.Move(b.ctx, MoveRequest{ID: mover, Shard: "b"}, time.Minute)
+	res, err = r.Move(b.ctx, MoveRequest{ID: mover, Shard: "b"}, time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation)
 	require.Equal(t, "b", res.Tenant.Shard)
@@ -97,7 +97,7 @@ func TestMoveLive(t *testing.T) {
 
 	moved, err := b.store.GetTenant(b.ctx, mover)
 	require.NoError(t, err)
-	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, moved))
+	conn, err = b.dialer.ConnectTenant(b.ctx, moved, "")
 	require.NoError(t, err)
 	defer conn.Close(b.ctx)
 	var seeds int
@@ -128,24 +128,40 @@ func TestMoveLive(t *testing.T) {
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) VALUES ('after the move')`)
 	require.NoError(t, err)
 
-	db, role := b.shardHas(t, "a", b.dbName(t, mover))
+	db, role := b.shardHas(t, "a", b.tenant(t, mover).Database)
 	require.False(t, db, "the old database is renamed")
 	require.False(t, role)
 	retired, err := b.store.ExpiredRetiredDatabases(b.ctx, time.Now().Add(48*time.Hour), 10)
 	require.NoError(t, err)
 	require.Len(t, retired, 1)
 	require.Equal(t, "a", retired[0].Shard)
-	op, err := p.Operation(b.ctx, res.Operation.ID)
+	op, err := b.prov.Operation(b.ctx, res.Operation.ID)
 	require.NoError(t, err)
 	for _, s := range op.Steps {
 		require.Equal(t, silo.OpSucceeded, s.State, s.Name)
 	}
+	require.Equal(t, "live", op.Move.Path, "the operation's outcome, read through the provisioner")
+	// The move's metrics, as /metrics shows them.
+	families, err := b.registry.Gather()
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for _, f := range families {
+		switch f.GetName() {
+		case "silo_move_cutover_seconds":
+			require.EqualValues(t, 1, f.GetMetric()[0].GetHistogram().GetSampleCount())
+			seen[f.GetName()] = true
+		case "silo_move_bytes_total":
+			require.Positive(t, f.GetMetric()[0].GetCounter().GetValue())
+			seen[f.GetName()] = true
+		}
+	}
+	require.Len(t, seen, 2, "both move metrics are registered")
 
 	// Its old database goes after the grace period.
-	require.NoError(t, p.PurgeExpired(b.ctx))
+	require.NoError(t, b.prov.PurgeExpired(b.ctx))
 	_, err = b.pool.Exec(b.ctx, `UPDATE retired_databases SET drop_after = now() - interval '1 second'`)
 	require.NoError(t, err)
-	require.NoError(t, p.PurgeExpired(b.ctx))
+	require.NoError(t, b.prov.PurgeExpired(b.ctx))
 	db, role = b.shardHas(t, "a", retired[0].Name)
 	require.False(t, db)
 	require.False(t, role)
@@ -160,12 +176,12 @@ func countMap(m *sync.Map) int {
 // Moves that cannot be: refused, and nothing changes.
 func TestMoveBadInput(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{})
-	_, err := p.Create(b.ctx, CreateRequest{ID: "stay", Shard: "a"}, 30*time.Second)
+	r, b := setup(t, provisioner.Config{})
+	_, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: "stay", Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "us-1", DSN: b.shardDSN(t, "b", "postgres"), Region: "us"})
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "us-1", DSN: b.shardDSN("b", "postgres"), Region: "us"})
 	require.NoError(t, err)
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "off", DSN: b.shardDSN(t, "b", "postgres"), Region: "eu"})
+	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: "off", DSN: b.shardDSN("b", "postgres"), Region: "eu"})
 	require.NoError(t, err)
 	_, err = b.store.SetShardState(b.ctx, "off", silo.ShardDisabled)
 	require.NoError(t, err)
@@ -181,7 +197,7 @@ func TestMoveBadInput(t *testing.T) {
 		{MoveRequest{ID: "stay", Shard: "BAD NAME"}, silo.EINVALID},
 		{MoveRequest{ID: "ghost", Shard: "b"}, silo.ENOTFOUND},
 	} {
-		_, err := p.Move(b.ctx, tc.req, time.Second)
+		_, err := r.Move(b.ctx, tc.req, time.Second)
 		requireCode(t, err, tc.code)
 	}
 	tn, err := b.store.GetTenant(b.ctx, "stay")
@@ -197,14 +213,14 @@ func TestMoveBadInput(t *testing.T) {
 // the undo removes everything the move made.
 func TestMoveTargetDown(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
 	c, cfg := b.ownShard(t, "c", nil)
 
 	id := newID("tgt-down")
-	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
 	name := res.Tenant.Database
-	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	conn, err := b.dialer.ConnectTenant(b.ctx, res.Tenant, "")
 	require.NoError(t, err)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT repeat('x', 200) FROM generate_series(1, 200000)`)
 	require.NoError(t, err)
@@ -233,7 +249,7 @@ func TestMoveTargetDown(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	moved, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "c"}, time.Minute)
+	moved, err := r.Move(b.ctx, MoveRequest{ID: id, Shard: "c"}, time.Minute)
 	require.NoError(t, <-stopped)
 	require.NoError(t, err, "left running, not failed, while its undo cannot finish")
 	require.Equal(t, silo.OpRunning, moved.Operation.State)
@@ -242,7 +258,7 @@ func TestMoveTargetDown(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "a", tn.Shard)
 	require.Equal(t, silo.TenantActive, tn.State)
-	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	conn, err = b.dialer.ConnectTenant(b.ctx, tn, "")
 	require.NoError(t, err, "the tenant works on its source")
 	var rows int
 	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&rows))
@@ -262,7 +278,7 @@ func TestMoveTargetDown(t *testing.T) {
 	require.NoError(t, admin.QueryRow(b.ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1),
 		EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&db, &role))
 	require.False(t, db || role, "the target is clean")
-	src, err := pgx.Connect(b.ctx, b.shardDSN(t, "a", "postgres"))
+	src, err := pgx.Connect(b.ctx, b.shardDSN("a", "postgres"))
 	require.NoError(t, err)
 	defer src.Close(b.ctx)
 	var slots int
@@ -278,24 +294,24 @@ func TestMoveTargetDown(t *testing.T) {
 // the move): the move fails, and its undo leaves that database alone.
 func TestMoveTargetHasDatabase(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t)})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t)})
 	id := newID("squat")
-	_, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	_, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
-	name := b.dbName(t, id)
-	admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
+	name := b.tenant(t, id).Database
+	admin, err := pgx.Connect(b.ctx, b.shardDSN("b", "postgres"))
 	require.NoError(t, err)
 	defer admin.Close(b.ctx)
 	_, err = admin.Exec(b.ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	require.NoError(t, err)
 	t.Cleanup(func() { // after the deferred Close: a connection of its own
-		if c, err := pgx.Connect(context.Background(), b.shardDSN(t, "b", "postgres")); err == nil {
+		if c, err := pgx.Connect(context.Background(), b.shardDSN("b", "postgres")); err == nil {
 			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
 			_ = c.Close(context.Background())
 		}
 	})
 
-	_, err = p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
+	_, err = r.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
 	requireCode(t, err, silo.ECONFLICT)
 	db, role := b.shardHas(t, "b", name)
 	require.True(t, db, "not the move's to drop")
@@ -311,21 +327,14 @@ func TestMoveTargetHasDatabase(t *testing.T) {
 // the move is left on either shard.
 func TestMoveSourceDown(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t), ConnectTimeout: 2 * time.Second})
 	s, cfg := b.ownShard(t, "s", nil)
 
 	id := newID("src-down")
-	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "s"}, 30*time.Second)
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "s"}, 30*time.Second)
 	require.NoError(t, err)
 	name := res.Tenant.Database
-	tenantDSN := func() string {
-		sealed, err := b.store.TenantSecret(b.ctx, id)
-		require.NoError(t, err)
-		pw, err := p.sealer.Open(sealed, id)
-		require.NoError(t, err)
-		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", name, pw, s.Port(), name)
-	}
-	conn, err := pgx.Connect(b.ctx, tenantDSN())
+	conn, err := b.dialer.ConnectTenant(b.ctx, res.Tenant, "")
 	require.NoError(t, err)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT repeat('x', 200) FROM generate_series(1, 200000)`)
 	require.NoError(t, err)
@@ -335,7 +344,7 @@ func TestMoveSourceDown(t *testing.T) {
 	// Stop the source once the move has made the tenant's database on b.
 	stopped := make(chan error, 1)
 	go func() {
-		admin, err := pgx.Connect(b.ctx, b.shardDSN(t, "b", "postgres"))
+		admin, err := pgx.Connect(b.ctx, b.shardDSN("b", "postgres"))
 		if err != nil {
 			stopped <- err
 			return
@@ -354,7 +363,7 @@ func TestMoveSourceDown(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	moved, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
+	moved, err := r.Move(b.ctx, MoveRequest{ID: id, Shard: "b"}, time.Minute)
 	require.NoError(t, <-stopped)
 	require.NoError(t, err, "left running while its undo cannot reach the source")
 	require.Equal(t, silo.OpRunning, moved.Operation.State)
@@ -373,7 +382,7 @@ func TestMoveSourceDown(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "s", tn.Shard)
 	require.Equal(t, silo.TenantActive, tn.State)
-	conn, err = pgx.Connect(b.ctx, tenantDSN())
+	conn, err = b.dialer.ConnectTenant(b.ctx, tn, "")
 	require.NoError(t, err, "back in service on its source")
 	var rows int
 	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes`).Scan(&rows))
@@ -393,23 +402,23 @@ func TestMoveSourceDown(t *testing.T) {
 // moved by dump and restore, paused meanwhile, with all its rows.
 func TestMoveByDump(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t)})
-	r, _ := b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t)})
+	rc, _ := b.ownShard(t, "r", map[string]string{"wal_level": "replica"})
 
 	id := newID("dumped")
-	_, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
+	_, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "r"}, 30*time.Second)
 	require.NoError(t, err)
-	admin, err := pgx.Connect(b.ctx, r.DSN(b.dbName(t, id)))
+	admin, err := pgx.Connect(b.ctx, rc.DSN(b.tenant(t, id).Database))
 	require.NoError(t, err)
 	_, err = admin.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'n-' || g FROM generate_series(1, 5000) g`)
 	require.NoError(t, err)
 	admin.Close(b.ctx)
 
-	res, err := p.Move(b.ctx, MoveRequest{ID: id, Shard: "a"}, time.Minute)
+	res, err := r.Move(b.ctx, MoveRequest{ID: id, Shard: "a"}, time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, silo.OpSucceeded, res.Operation.State, "%+v", res.Operation.Steps)
 	require.Equal(t, "a", res.Tenant.Shard)
-	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	conn, err := b.dialer.ConnectTenant(b.ctx, res.Tenant, "")
 	require.NoError(t, err)
 	defer conn.Close(b.ctx)
 	var n int
@@ -424,25 +433,25 @@ func TestMoveByDump(t *testing.T) {
 // from its steps, which are idempotent, and finishes it.
 func TestCrashedMoveIsResumed(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t, Config{PgDump: requirePgDump(t)})
+	r, b := setup(t, provisioner.Config{PgDump: requirePgDump(t)})
 	id := newID("crash-move")
-	res, err := p.Create(b.ctx, CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: id, Shard: "a"}, 30*time.Second)
 	require.NoError(t, err)
-	conn, err := pgx.Connect(b.ctx, b.tenantDSN(t, p, res.Tenant))
+	conn, err := b.dialer.ConnectTenant(b.ctx, res.Tenant, "")
 	require.NoError(t, err)
 	_, err = conn.Exec(b.ctx, `INSERT INTO notes (title) SELECT 'c-' || g FROM generate_series(1, 3000) g`)
 	require.NoError(t, err)
 	conn.Close(b.ctx)
 
 	// What the dead server did: accept the move and run its first steps.
-	opID := newUUID()
+	opID := uuid.NewString()
 	params := map[string]any{"operation": opID, "from": "a", "to": "b"}
 	require.NoError(t, b.store.Mutate(b.ctx, "tenant.move", "tenant/"+id, params, func(tx pgx.Tx) error {
-		return p.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: id, Params: params})
+		return b.eng.Insert(b.ctx, tx, shardmap.NewOperation{ID: opID, Kind: silo.OpMove, TenantID: id, Params: params})
 	}))
-	op, err := p.store.GetOperation(b.ctx, opID)
+	op, err := b.store.GetOperation(b.ctx, opID)
 	require.NoError(t, err)
-	pl, err := p.movePlan(op, params)
+	pl, err := r.movePlan(op, params)
 	require.NoError(t, err)
 	for _, s := range pl.Steps[:5] { // check-source .. replicate
 		require.NoError(t, s.Run(b.ctx), s.Name)
@@ -454,28 +463,10 @@ func TestCrashedMoveIsResumed(t *testing.T) {
 	tn, err := b.store.GetTenant(b.ctx, id)
 	require.NoError(t, err)
 	require.Equal(t, "b", tn.Shard)
-	conn, err = pgx.Connect(b.ctx, b.tenantDSN(t, p, tn))
+	conn, err = b.dialer.ConnectTenant(b.ctx, tn, "")
 	require.NoError(t, err)
 	defer conn.Close(b.ctx)
 	var n int
 	require.NoError(t, conn.QueryRow(b.ctx, `SELECT count(*) FROM notes WHERE title LIKE 'c-%'`).Scan(&n))
 	require.Equal(t, 3000, n, "every row once")
-}
-
-// ownShard starts a cluster of the test's own (which it may stop) and
-// registers it as shard name in region eu; it returns the cluster and its
-// config, to start it again.
-func (b *bundle) ownShard(t *testing.T, name string, settings map[string]string) (*pgcluster.Cluster, pgcluster.Config) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "move-"+name+"-")
-	require.NoError(t, err)
-	require.NoError(t, os.Chmod(dir, 0o755))
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	cfg := pgcluster.Config{Dir: filepath.Join(dir, name), Fast: true, Settings: settings}
-	c, err := pgcluster.Start(b.ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	_, err = b.store.CreateShard(b.ctx, silo.Shard{Name: name, DSN: c.DSN("postgres"), Region: "eu"})
-	require.NoError(t, err)
-	return c, cfg
 }
