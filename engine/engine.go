@@ -100,8 +100,9 @@ type Engine struct {
 
 	// id is this server's River client id; lease, a catalog connection of
 	// its own, holds the server's lease on it while the server lives.
-	id    string
-	lease *pgx.Conn
+	id       string
+	lease    *pgx.Conn
+	suspects map[int64]bool // jobs whose server seemed gone at the last sweep (the sweep's goroutine only)
 
 	slots    chan struct{} // bounds concurrent operations
 	inflight sync.WaitGroup
@@ -254,7 +255,9 @@ func (e *Engine) Start(ctx context.Context) error {
 // Stopping twice is stopping once.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.stopOnce.Do(func() {
+		e.mu.Lock()
 		close(e.stopping)
+		e.mu.Unlock()
 		e.stopErr = e.stop(ctx)
 	})
 	return e.stopErr
@@ -322,11 +325,14 @@ func (e *Engine) kind(k silo.OperationKind) (Kind, bool) {
 // recovery.
 func (e *Engine) Launch(ctx context.Context, opID string) <-chan struct{} {
 	done := make(chan struct{})
+	e.mu.Lock()
 	if e.isStopping() {
+		e.mu.Unlock()
 		close(done)
 		return done // another server's sweep takes it
 	}
-	e.inflight.Add(1)
+	e.inflight.Add(1) // under mu, so that Stop's Wait cannot have begun
+	e.mu.Unlock()
 	go func() {
 		defer e.inflight.Done()
 		defer close(done)
@@ -426,13 +432,28 @@ func (e *Engine) Await(ctx context.Context, opID string, done <-chan struct{}, w
 // return cannot be cancelled (ECONFLICT); one already done is returned as
 // it is.
 func (e *Engine) Cancel(ctx context.Context, opID string) (*silo.Operation, error) {
+	// A plan without undo steps (a purge) only goes forward: stopping it
+	// half done would leave a tenant half erased.
+	if cur, err := e.store.GetOperation(ctx, opID); err == nil && !cur.Done() {
+		if k, ok := e.kind(cur.Kind); ok {
+			params, err := e.store.OperationParams(ctx, opID)
+			if err != nil {
+				return nil, err
+			}
+			if pl, err := k.Plan(cur, params); err == nil && len(pl.Undo) == 0 {
+				return nil, silo.Errorf(silo.ECONFLICT, "a %s only goes forward: it cannot be cancelled", cur.Kind)
+			}
+		}
+	} else if err != nil {
+		return nil, err
+	}
 	var op *silo.Operation
 	params := map[string]any{"operation": opID}
 	err := e.store.Mutate(ctx, "operation.cancel", "operation/"+opID, params, func(tx pgx.Tx) error {
 		var state string
 		var pivoted bool
 		err := tx.QueryRow(ctx, `
-			SELECT state, pivoted_at IS NOT NULL FROM operations WHERE id::text = $1 FOR UPDATE`, opID).Scan(&state, &pivoted)
+			SELECT state, pivoted_at IS NOT NULL FROM operations WHERE id = $1::uuid FOR UPDATE`, opID).Scan(&state, &pivoted)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return silo.Errorf(silo.ENOTFOUND, "operation %q not found", opID)
 		}
@@ -447,7 +468,7 @@ func (e *Engine) Cancel(ctx context.Context, opID string) (*silo.Operation, erro
 		}
 		_, err = tx.Exec(ctx, `
 			UPDATE operations SET cancel_requested_at = coalesce(cancel_requested_at, now()), cancel_requested_by = $2
-			WHERE id::text = $1`, opID, silo.ActorFrom(ctx).Name)
+			WHERE id = $1::uuid`, opID, silo.ActorFrom(ctx).Name)
 		return shardmap.CatalogError(err, "cancel operation %q", opID)
 	})
 	if err != nil {
@@ -468,19 +489,24 @@ func (e *Engine) Cancel(ctx context.Context, opID string) (*silo.Operation, erro
 
 // OperationID returns the id of the operation whose step runs with ctx,
 // or "".
-func OperationID(ctx context.Context) string {
-	id, _ := ctx.Value(opKey{}).(string)
-	return id
-}
+func OperationID(ctx context.Context) string { return runOf(ctx).id }
 
 type opKey struct{}
+
+// opRun is the operation a step's context runs for, and the run's token.
+type opRun struct{ id, token string }
+
+func runOf(ctx context.Context) opRun {
+	r, _ := ctx.Value(opKey{}).(opRun)
+	return r
+}
 
 // WithOperation returns a context for running a step of operation opID
 // outside the engine (a test taking an operation through some of its
 // steps): MarkPivot and OperationID read it. The engine sets it for every
-// step it runs.
+// step it runs, with its run's token.
 func WithOperation(ctx context.Context, opID string) context.Context {
-	return context.WithValue(ctx, opKey{}, opID)
+	return context.WithValue(ctx, opKey{}, opRun{id: opID})
 }
 
 // MarkPivot records, in tx, that the operation whose pivot step runs with
@@ -489,11 +515,23 @@ func WithOperation(ctx context.Context, opID string) context.Context {
 // so the change is never committed without the mark. The engine marks the
 // pivot too once the step returns, for steps whose change is not in the
 // catalog.
+//
+// The pivot is refused, and tx must roll back, when the run no longer
+// holds the operation (another run took it after this one's lease was
+// lost), when its undo has begun, or when a cancel was asked for.
 func MarkPivot(ctx context.Context, tx pgx.Tx) error {
-	id := OperationID(ctx)
-	if id == "" {
+	r := runOf(ctx)
+	if r.id == "" {
 		return errors.New("engine: MarkPivot outside an operation's step")
 	}
-	_, err := tx.Exec(ctx, `UPDATE operations SET pivoted_at = coalesce(pivoted_at, now()) WHERE id::text = $1`, id)
-	return shardmap.CatalogError(err, "record the pivot of operation %q", id)
+	var ok bool
+	err := tx.QueryRow(ctx, `
+		UPDATE operations SET pivoted_at = coalesce(pivoted_at, now())
+		WHERE id = $1::uuid AND ($2 = '' OR run_token = nullif($2, '')::uuid)
+		  AND undo_started_at IS NULL AND (cancel_requested_at IS NULL OR pivoted_at IS NOT NULL)
+		RETURNING true`, r.id, r.token).Scan(&ok)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return silo.Errorf(silo.ECONFLICT, "operation %q may not pass its point of no return: cancelled, undone, or run by another server", r.id)
+	}
+	return shardmap.CatalogError(err, "record the pivot of operation %q", r.id)
 }

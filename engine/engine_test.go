@@ -367,3 +367,84 @@ func TestParseFailpoints(t *testing.T) {
 	var none *engine.Failpoints
 	require.NoError(t, none.Eval(ctx, log, "anything"))
 }
+
+// A run whose lease is lost mid-step (its catalog connection cut) stops at
+// once without failing the step; the next run takes the operation over,
+// and the stale run can neither undo nor finish it.
+func TestLeaseLost(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	b := &behaviour{block: "one"}
+	eng := w.engineFor(t, b, engine.Config{RecoveryDelay: time.Hour})
+	require.NoError(t, eng.Start(w.ctx))
+	id := w.newOperation(t, eng)
+	done := eng.Launch(w.ctx, id)
+	require.Eventually(t, func() bool { return len(w.steps()) == 1 }, 10*time.Second, 10*time.Millisecond)
+	var n int
+	require.NoError(t, w.pool.QueryRow(w.ctx, `
+		SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid::bigint = $1
+		  AND l.objid::bigint = (hashtext($2)::bigint & 4294967295)`, 0x51_10_0B, id).Scan(&n))
+	require.Equal(t, 1, n, "the lease's session")
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the run went on without its lease")
+	}
+	op, err := eng.Get(w.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpRunning, op.State, "stopped, not failed")
+	b.mu.Lock()
+	b.block = ""
+	b.mu.Unlock()
+	op, err = eng.RunNow(w.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpSucceeded, op.State)
+	require.Equal(t, []string{"one", "one", "two", "three"}, w.steps(), "no undo; taken over from the start")
+}
+
+// An undo cut short (the server stopping mid-undo) is resumed as an undo:
+// it was recorded before its first step, and a resumed run never turns it
+// back into the forward steps.
+func TestUndoSurvivesStop(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	b := &behaviour{fail: map[string]int{"two": 1}, block: "undo:two"}
+	eng := w.engineFor(t, b, engine.Config{RecoveryDelay: time.Hour})
+	require.NoError(t, eng.Start(w.ctx))
+	id := w.newOperation(t, eng)
+	eng.Launch(w.ctx, id)
+	require.Eventually(t, func() bool { return len(w.steps()) == 4 }, 10*time.Second, 10*time.Millisecond)
+	sctx, cancel := context.WithTimeout(w.ctx, time.Second)
+	defer cancel()
+	_ = eng.Stop(sctx)
+	op, err := eng.Get(w.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpRunning, op.State)
+
+	b.mu.Lock()
+	b.block = ""
+	b.mu.Unlock()
+	other := w.engineFor(t, b, engine.Config{RecoveryDelay: time.Hour})
+	require.NoError(t, other.Start(w.ctx))
+	op, err = other.RunNow(w.ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, silo.OpFailed, op.State)
+	require.Equal(t, []string{"one", "two", "undo:one", "undo:two", "undo:one", "undo:two"}, w.steps(),
+		"resumed as an undo; three never ran")
+}
+
+// A plan without undo steps (a purge) only goes forward: a cancel is
+// refused.
+func TestCancelForwardOnly(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	eng := catalogtest.NewEngine(t, w.pool, w.store, w.log, engine.Config{RecoveryDelay: time.Hour})
+	eng.Register(silo.OpSuspend, engine.Kind{Plan: func(*silo.Operation, map[string]any) (engine.Plan, error) {
+		return engine.Plan{Steps: []engine.Step{{Name: "only", Run: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }}}}, nil
+	}})
+	require.NoError(t, eng.Start(w.ctx))
+	id := w.newOperation(t, eng)
+	_, err := eng.Cancel(w.ctx, id)
+	require.Equal(t, silo.ECONFLICT, silo.ErrorCode(err), "%v", err)
+}

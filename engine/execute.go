@@ -2,11 +2,15 @@ package engine
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
@@ -60,10 +64,16 @@ var errCancelled = errors.New("operation cancelled")
 // recorded or read: the operation must not be undone.
 var errPivotUnknown = errors.New("pivot not recorded")
 
+// errLeaseLost is the cause of a run's context when its lease is gone (its
+// catalog connection cut): another server may have the operation now, so
+// the run stops at once, changing nothing more.
+var errLeaseLost = errors.New("the operation's lease on the catalog was lost")
+
 // runState is what a run reads of its operation besides its record.
 type runState struct {
 	params      map[string]any
 	pivoted     bool
+	undoStarted bool
 	cancelledBy string // "" unless a cancel was asked for
 }
 
@@ -71,8 +81,9 @@ func (e *Engine) runState(ctx context.Context, opID string) (runState, error) {
 	var st runState
 	var cancelled bool
 	err := e.catalog.QueryRow(ctx, `
-		SELECT params, pivoted_at IS NOT NULL, cancel_requested_at IS NOT NULL, cancel_requested_by
-		FROM operations WHERE id::text = $1`, opID).Scan(&st.params, &st.pivoted, &cancelled, &st.cancelledBy)
+		SELECT params, pivoted_at IS NOT NULL, undo_started_at IS NOT NULL,
+		       cancel_requested_at IS NOT NULL, cancel_requested_by
+		FROM operations WHERE id = $1::uuid`, opID).Scan(&st.params, &st.pivoted, &st.undoStarted, &cancelled, &st.cancelledBy)
 	if err != nil {
 		return st, shardmap.CatalogError(err, "read operation %q", opID)
 	}
@@ -88,8 +99,15 @@ func (e *Engine) runState(ctx context.Context, opID string) (runState, error) {
 // execute runs an operation to its end, if this server can take its
 // lease. It returns the operation as it stands afterwards: done, or still
 // running when it must be tried again (a step failed after the pivot, an
-// undo did not finish, the server is stopping). It returns errLocked when
-// another server holds the lease.
+// undo did not finish, the server is stopping, the lease was lost). It
+// returns errLocked when another server holds the lease.
+//
+// The run holds the lease (a session lock) on a connection of its own,
+// which a watchdog pings: should it be cut, the run stops at once. And the
+// run writes a fencing token into the operation when it takes it: the
+// pivot, the start of the undo, the steps' record and the end are written
+// only while the token is this run's, so a run that lost its lease while
+// it went on cannot undo what another run pivoted, or finish it.
 func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, error) {
 	conn, err := e.catalog.Acquire(ctx)
 	if err != nil {
@@ -104,8 +122,10 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 		return nil, errLocked
 	}
 	defer func() {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext($2))`, lockClass, opID); err != nil {
-			conn.Conn().Close(context.WithoutCancel(ctx)) // the lease must not outlive the run
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, lockClass, opID); err != nil {
+			conn.Conn().Close(uctx) // the lease must not outlive the run
 		}
 	}()
 
@@ -113,8 +133,10 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	if err != nil || op.Done() {
 		return op, err
 	}
-	// The lease is taken: the sweep measures a lost server from here.
-	if _, err := conn.Exec(ctx, `UPDATE operations SET updated_at = now() WHERE id::text = $1`, opID); err != nil {
+	// The lease is taken: the sweep measures a lost server from here, and
+	// the token fences off any earlier run that lost it.
+	token := newToken()
+	if _, err := conn.Exec(ctx, `UPDATE operations SET updated_at = now(), run_token = $2::uuid WHERE id = $1::uuid`, opID, token); err != nil {
 		return nil, shardmap.CatalogError(err, "take over operation %q", opID)
 	}
 	st, err := e.runState(ctx, opID)
@@ -125,13 +147,25 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	if !ok {
 		return nil, silo.Errorf(silo.EINTERNAL, "engine: no plan registered for %q operations", op.Kind)
 	}
+	ctx = context.WithValue(ctx, opKey{}, opRun{id: opID, token: token})
 	pl, err := kind.Plan(op, st.params)
 	if err != nil {
+		if st.pivoted {
+			e.log.Error("operation past its pivot cannot be planned; it will be retried", "operation", op.ID, "err", err)
+			return op, nil
+		}
 		return e.finish(ctx, op, kind, st.params, err)
 	}
 
-	ctx, cancel := context.WithCancelCause(context.WithValue(ctx, opKey{}, opID))
-	ctx, cancelRun := context.WithTimeout(ctx, e.cfg.MaxRunTime)
+	// hard ends with the server's hard stop or the lease's loss; the
+	// forward run's context also ends with a cancel, which the undo that
+	// follows must outlive.
+	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelHard(nil)
+	stopHard := context.AfterFunc(e.base, func() { cancelHard(errInterrupted) })
+	defer stopHard()
+	run, cancel := context.WithCancelCause(hard)
+	run, cancelRun := context.WithTimeout(run, e.cfg.MaxRunTime)
 	defer cancelRun()
 	e.mu.Lock()
 	e.cancels[opID] = cancel
@@ -142,40 +176,61 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 		e.mu.Unlock()
 		cancel(nil)
 	}()
+	stopWatch := e.watchLease(conn, func() { cancelHard(errLeaseLost) })
+	defer stopWatch()
 
-	r := &recorder{e: e, op: op}
+	r := &recorder{e: e, op: op, token: token}
 	undo := func(cause error) (*silo.Operation, error) {
-		// The undo runs even if the run's context was cancelled (the
-		// cancel that caused it), within its own bound.
-		uctx := context.WithoutCancel(ctx)
-		if uerr := r.run(uctx, pl.Undo, ""); uerr != nil {
+		// Recorded before the first undo step, in a statement that the
+		// pivot's own waits for (the row's lock): an undo begins only if
+		// the pivot has not committed, and once begun it is finished,
+		// after any crash, never turned back into the forward steps.
+		var begun bool
+		err := e.catalog.QueryRow(hard, `
+			UPDATE operations SET undo_started_at = coalesce(undo_started_at, now()), updated_at = now()
+			WHERE id = $1::uuid AND run_token = $2::uuid AND pivoted_at IS NULL
+			RETURNING true`, opID, token).Scan(&begun)
+		if errors.Is(err, pgx.ErrNoRows) {
+			e.log.Warn("operation not undone: its pivot committed, or another run holds it", "operation", op.ID, "kind", op.Kind, "err", cause)
+			return op, nil
+		}
+		if err != nil {
+			e.log.Warn("operation's undo could not begin; it will be retried", "operation", op.ID, "kind", op.Kind, "err", err)
+			return op, nil
+		}
+		r.undoing = true
+		if uerr := r.run(hard, pl.Undo, ""); uerr != nil {
 			e.log.Warn("operation's undo did not finish; it will be retried",
 				"operation", op.ID, "kind", op.Kind, "tenant", op.TenantID, "err", cause, "undo_err", uerr)
 			return op, nil
 		}
-		return e.finish(ctx, op, kind, st.params, cause)
+		return e.finish(hard, op, kind, st.params, cause)
 	}
-	if cause := undoBegun(op); cause != nil && !st.pivoted {
+	if cause := undoBegun(op); (cause != nil || st.undoStarted) && !st.pivoted {
+		if cause == nil {
+			cause = silo.Errorf(silo.EUNAVAILABLE, "the %s was undone", op.Kind)
+		}
 		return undo(cause)
 	}
-	if st.cancelledBy != "" && !st.pivoted {
+	if st.cancelledBy != "" && !st.pivoted && len(pl.Undo) > 0 {
 		return undo(silo.Errorf(silo.ECONFLICT, "the %s was cancelled by %s", op.Kind, st.cancelledBy))
 	}
 	steps := pl.Steps
 	if st.pivoted {
 		steps = afterPivot(pl)
 	}
-	ferr := r.run(ctx, steps, pl.Pivot)
+	ferr := r.run(run, steps, pl.Pivot)
 	switch {
 	case ferr == nil:
-		return e.finish(ctx, op, kind, st.params, nil)
+		return e.finish(hard, op, kind, st.params, nil)
 	case errors.Is(ferr, errInterrupted):
-		e.log.Info("operation interrupted at a step boundary; it will be resumed", "operation", op.ID, "kind", op.Kind)
+		e.log.Info("operation interrupted at a step boundary; it will be resumed", "operation", op.ID, "kind", op.Kind,
+			"cause", fmt.Sprint(context.Cause(hard)))
 		return op, nil
 	}
 	pivoted := st.pivoted
 	if !pivoted && !errors.Is(ferr, errPivotUnknown) {
-		rst, err := e.runState(context.WithoutCancel(ctx), opID)
+		rst, err := e.runState(hard, opID)
 		if err != nil {
 			ferr = errors.Join(ferr, errPivotUnknown) // cannot tell: never undo blind
 		}
@@ -187,11 +242,53 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 			"tenant", op.TenantID, "pivoted", pivoted, "err", ferr)
 		return op, nil
 	}
-	if errors.Is(context.Cause(ctx), errCancelled) {
-		by, _ := e.runState(context.WithoutCancel(ctx), opID)
+	if errors.Is(context.Cause(run), errCancelled) {
+		by, _ := e.runState(hard, opID)
 		ferr = silo.Errorf(silo.ECONFLICT, "the %s was cancelled by %s", op.Kind, cmpOr(by.cancelledBy, "someone"))
 	}
 	return undo(ferr)
+}
+
+// watchLease pings the run's lease connection until the returned function
+// is called; when a ping fails, it calls lost. The connection is the
+// lease's alone while the run goes on.
+func (e *Engine) watchLease(conn *pgxpool.Conn, lost func()) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		// Well within RecoveryDelay: another server may take the operation
+		// that long after the lease is gone.
+		t := time.NewTicker(min(e.cfg.RecoveryDelay/2, time.Second))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), min(e.cfg.RecoveryDelay, 5*time.Second))
+			err := conn.Ping(ctx)
+			cancel()
+			if err != nil {
+				select {
+				case <-done: // the run ended meanwhile
+				default:
+					e.log.Warn("operation's lease lost; the run stops", "err", err)
+					lost()
+				}
+				return
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// newToken returns a random UUID, a run's fencing token.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 func cmpOr(a, b string) string {
@@ -245,8 +342,13 @@ func undoBegun(op *silo.Operation) error {
 // finish records the end of an operation, its metrics and, when it failed,
 // an audit entry.
 func (e *Engine) finish(ctx context.Context, op *silo.Operation, kind Kind, params map[string]any, cause error) (*silo.Operation, error) {
-	ctx = context.WithoutCancel(ctx)
-	done, err := e.store.FinishOperation(ctx, nil, op.ID, op.Steps, cause)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	done, err := e.store.FinishOperation(ctx, nil, op.ID, runOf(ctx).token, op.Steps, cause)
+	if silo.ErrorCode(err) == silo.ECONFLICT {
+		e.log.Warn("operation not finished by this run: done already, or held by another", "operation", op.ID)
+		return e.Get(ctx, op.ID)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -281,8 +383,10 @@ func (e *Engine) finish(ctx context.Context, op *silo.Operation, kind Kind, para
 // recorder runs steps and records them in the operation, counting attempts
 // across resumed runs.
 type recorder struct {
-	e  *Engine
-	op *silo.Operation
+	e       *Engine
+	op      *silo.Operation
+	token   string // the run's fencing token
+	undoing bool   // undo steps: each recorded as it ends
 }
 
 // run runs steps in order. It stops with errInterrupted at a boundary when
@@ -325,7 +429,8 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 		if err == nil {
 			err = e.Failpoint(ctx, string(r.op.Kind)+"/after-"+s.Name)
 		}
-		if err != nil && (e.isStopping() || (ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCancelled))) {
+		if err != nil && (e.isStopping() || errors.Is(context.Cause(ctx), errLeaseLost) ||
+			(ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCancelled))) {
 			// Cut short by this server's end, not failed: the step runs
 			// again when the operation is resumed.
 			st.State, st.FinishedAt = silo.OpRunning, nil
@@ -346,7 +451,7 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 		// Each save is a commit, and a commit an fsync: a fast operation's
 		// steps are written once, when it finishes; a slow or failing one's
 		// as they end, so its progress can be followed.
-		if err != nil || time.Since(r.op.CreatedAt) > time.Second {
+		if err != nil || r.undoing || time.Since(r.op.CreatedAt) > time.Second {
 			r.save(ctx, s.Name)
 		}
 		if err != nil {
@@ -360,13 +465,16 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 // when its record does not save (a slow catalog): the steps are saved
 // again as the operation goes on and when it finishes.
 func (r *recorder) save(ctx context.Context, step string) {
-	if err := r.e.store.SaveSteps(context.WithoutCancel(ctx), r.op.ID, r.op.Steps); err != nil {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.e.store.SaveSteps(sctx, r.op.ID, r.token, r.op.Steps); err != nil {
 		r.e.log.Warn("operation progress not recorded", "operation", r.op.ID, "step", step, "err", err)
 	}
 }
 
 func (r *recorder) markPivot(ctx context.Context) error {
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	return pgx.BeginFunc(ctx, r.e.catalog, func(tx pgx.Tx) error { return MarkPivot(ctx, tx) })
 }
 

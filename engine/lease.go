@@ -53,19 +53,38 @@ func (e *Engine) takeServerLease(ctx context.Context) error {
 	return nil
 }
 
-// keepServerLease takes the lease again if its connection was lost.
+// keepServerLease takes the lease again if its connection was lost. Only
+// the sweep's goroutine calls it after Start; e.mu guards only the field,
+// never the I/O.
 func (e *Engine) keepServerLease(ctx context.Context) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.lease != nil && !e.lease.IsClosed() {
-		if err := e.lease.Ping(ctx); err == nil {
-			return nil
-		}
-		_ = e.lease.Close(context.WithoutCancel(ctx))
+	conn := e.lease
+	e.mu.Unlock()
+	if conn != nil && !conn.IsClosed() && conn.Ping(ctx) == nil {
+		return nil
+	}
+	if conn != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
 	}
 	if e.isStopping() {
 		return nil
 	}
 	e.log.Warn("engine: the server's lease on the catalog was lost; taking it again")
-	return e.takeServerLease(ctx)
+	pc, err := e.catalog.Acquire(ctx)
+	if err != nil {
+		return silo.WrapError(err, silo.EUNAVAILABLE, "engine: the catalog is unavailable")
+	}
+	fresh := pc.Hijack()
+	if _, err := fresh.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, serverLockClass, e.id); err != nil {
+		_ = fresh.Close(context.WithoutCancel(ctx))
+		return silo.WrapError(err, silo.EUNAVAILABLE, "engine: take the server's lease")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.isStopping() {
+		_ = fresh.Close(context.WithoutCancel(ctx))
+		return nil
+	}
+	e.lease = fresh
+	return nil
 }

@@ -119,7 +119,7 @@ func (e *Engine) Sweep(ctx context.Context) error {
 			  AND l.classid::bigint = $2 AND l.objid::bigint = (hashtext(o.id::text)::bigint & 4294967295))
 		  AND NOT EXISTS (
 			SELECT 1 FROM river_job j
-			WHERE j.kind = 'silo_operation' AND j.args->>'operation_id' = o.id::text
+			WHERE j.kind = 'silo_operation' AND j.args @> jsonb_build_object('operation_id', o.id::text)
 			  AND j.state IN ('available', 'pending', 'retryable', 'scheduled'))
 		ORDER BY o.updated_at
 		LIMIT 100`, e.cfg.RecoveryDelay.Seconds(), lockClass)
@@ -163,16 +163,43 @@ func (e *Engine) Sweep(ctx context.Context) error {
 // idempotent and takes its own lock, so one rescued from a server that was
 // only cut off from the catalog for a moment runs harmlessly twice.
 func (e *Engine) rescueJobs(ctx context.Context) error {
+	// A job is rescued only when its server's lease was free at two sweeps
+	// in a row: a live server whose lease connection broke takes it again
+	// at its next sweep.
 	rows, err := e.catalog.Query(ctx, `
+		SELECT j.id FROM river_job j
+		WHERE j.state = 'running' AND j.attempted_at < now() - make_interval(secs => $1)
+		  AND `+serverGoneSQL, e.cfg.RecoveryDelay.Seconds())
+	if err != nil {
+		return shardmap.CatalogError(err, "look for the jobs of servers that are gone")
+	}
+	suspects, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return shardmap.CatalogError(err, "look for the jobs of servers that are gone")
+	}
+	var again []int64
+	for _, id := range suspects {
+		if e.suspects[id] {
+			again = append(again, id)
+		}
+	}
+	e.suspects = make(map[int64]bool, len(suspects))
+	for _, id := range suspects {
+		e.suspects[id] = true
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	rows, err = e.catalog.Query(ctx, `
 		UPDATE river_job j
 		SET state = 'available', scheduled_at = now(),
 		    errors = array_append(j.errors, jsonb_build_object(
 		        'at', now(), 'attempt', j.attempt,
 		        'error', 'rescued by silo: the server that ran it is gone (its lease on the catalog is free)', 'trace', '')),
 		    metadata = j.metadata || jsonb_build_object('silo:rescued_from', j.attempted_by[cardinality(j.attempted_by)])
-		WHERE j.state = 'running' AND j.attempted_at < now() - make_interval(secs => $1)
+		WHERE j.id = ANY($2) AND j.state = 'running' AND j.attempted_at < now() - make_interval(secs => $1)
 		  AND `+serverGoneSQL+`
-		RETURNING j.id, j.kind`, e.cfg.RecoveryDelay.Seconds())
+		RETURNING j.id, j.kind`, e.cfg.RecoveryDelay.Seconds(), again)
 	if err != nil {
 		return shardmap.CatalogError(err, "rescue the jobs of servers that are gone")
 	}

@@ -49,7 +49,10 @@ func (w *prepareWorker) Work(ctx context.Context, job *river.Job[prepareArgs]) e
 		return shardmap.CatalogError(err, "tenant migrations")
 	}
 	if !mine {
-		return nil
+		// Another copy of the job prepares the run (queued again by a
+		// recovery while it started): wait, rather than end as done, in
+		// case that one fails.
+		return river.JobSnooze(5 * time.Second)
 	}
 	defer func() {
 		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, hashtext($2))`, prepareLockClass, job.Args.RunID); err != nil {

@@ -97,6 +97,10 @@ func (p *Provisioner) PurgeExpired(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, r := range retired {
+		if err := silo.ValidateRetiredName(r.Name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		sc, err := p.shard(ctx, r.Shard)
 		if err == nil {
 			err = p.dropDatabaseAndRole(ctx, sc, r.Shard, r.Name)

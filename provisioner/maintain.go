@@ -145,6 +145,6 @@ func (p *Provisioner) dropDatabaseAndRole(ctx context.Context, sc *ShardAdmin, s
 
 // lockClass is the first key of the advisory locks of the provisioner's
 // upkeep: the catalog's per-shard maintenance lock and each shard's
-// template lock. The engine's operation leases share the class; their
-// second keys (hashes of UUIDs) are apart from these (hashes of names).
-const lockClass = 0x51_10_0B
+// template lock. Apart from the engine's classes, so that a hash collision
+// never makes an upkeep lock look like an operation's lease.
+const lockClass = 0x51_10_11

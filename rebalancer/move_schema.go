@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/shardmap"
 )
 
 // What a move changes of the tenant's schema for its duration and sets
@@ -224,12 +225,20 @@ func largeObjects(ctx context.Context, conn *pgx.Conn, id string) error {
 // with its one row. It is idempotent, and inserts the row only where it is
 // missing: once the slot exists, an insert on the source would reach the
 // target's row again. ECONFLICT when the tenant has a schema of the name.
+//
+// The schema is made first and its owner checked after, never the other
+// way round: a tenant that makes a schema of that name meanwhile (it sees
+// the admin's session arrive) gets the move refused, and never has a
+// trigger of its own on a table the admin writes. Once the schema is the
+// admin's, nobody else can create anything in it.
 func makeFence(ctx context.Context, admin *pgx.Conn, id string) error {
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+ident(fenceSchema)); err != nil && shardmap.SQLState(err) != "42P06" { // duplicate_schema: an earlier attempt's, or not ours
+		return err
+	}
 	if err := fenceNameFree(ctx, admin, id); err != nil {
 		return err
 	}
-	_, err := admin.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+ident(fenceSchema)+
-		"; CREATE TABLE IF NOT EXISTS "+ident(fenceSchema)+".fence (id pg_catalog.int4 PRIMARY KEY, token pg_catalog.text NOT NULL)"+
+	_, err := admin.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+ident(fenceSchema)+".fence (id pg_catalog.int4 PRIMARY KEY, token pg_catalog.text NOT NULL)"+
 		"; INSERT INTO "+ident(fenceSchema)+".fence (id, token) VALUES (1, '') ON CONFLICT (id) DO NOTHING")
 	return err
 }

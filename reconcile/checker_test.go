@@ -430,7 +430,7 @@ func TestCheckLeavesOperationsInFlight(t *testing.T) {
 
 	// The move failed and its undo was lost; the create failed too.
 	for _, id := range []string{moveOp, createOp} {
-		_, err := b.store.FinishOperation(b.ctx, nil, id, []silo.OperationStep{}, silo.Errorf(silo.EUNAVAILABLE, "the server died"))
+		_, err := b.store.FinishOperation(b.ctx, nil, id, "", []silo.OperationStep{}, silo.Errorf(silo.EUNAVAILABLE, "the server died"))
 		require.NoError(t, err)
 	}
 	rep = b.check(t)

@@ -69,7 +69,7 @@ func (s *Store) InsertOperation(ctx context.Context, tx pgx.Tx, n NewOperation) 
 // GetOperation returns an operation by id, or ENOTFOUND.
 func (s *Store) GetOperation(ctx context.Context, id string) (*silo.Operation, error) {
 	op, err := scanOperation(s.pool.QueryRow(ctx, `
-		SELECT `+operationColumns+` FROM operations WHERE id::text = $1`, id))
+		SELECT `+operationColumns+` FROM operations WHERE id = $1::uuid`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, silo.Errorf(silo.ENOTFOUND, "operation %q not found", id)
 	}
@@ -102,7 +102,7 @@ func (s *Store) OperationByKey(ctx context.Context, key string) (*silo.Operation
 // OperationParams returns the parameters an operation was started with.
 func (s *Store) OperationParams(ctx context.Context, id string) (map[string]any, error) {
 	var raw []byte
-	if err := s.pool.QueryRow(ctx, `SELECT params FROM operations WHERE id::text = $1`, id).Scan(&raw); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT params FROM operations WHERE id = $1::uuid`, id).Scan(&raw); err != nil {
 		return nil, CatalogError(err, "operation %q not found", id)
 	}
 	params := map[string]any{}
@@ -120,17 +120,21 @@ func (s *Store) SetOperationParams(ctx context.Context, tx pgx.Tx, id string, pa
 	if tx != nil {
 		db = tx
 	}
-	_, err = db.Exec(ctx, `UPDATE operations SET params = params || $2, updated_at = now() WHERE id::text = $1`, id, raw)
+	_, err = db.Exec(ctx, `UPDATE operations SET params = params || $2, updated_at = now() WHERE id = $1::uuid`, id, raw)
 	return CatalogError(err, "record parameter of operation %q", id)
 }
 
-// SaveSteps records an operation's steps as they progress.
-func (s *Store) SaveSteps(ctx context.Context, id string, steps []silo.OperationStep) error {
+// SaveSteps records an operation's steps as they progress, if the run
+// that holds it is token (any run when token is ""): a run that lost the
+// operation to another records nothing.
+func (s *Store) SaveSteps(ctx context.Context, id, token string, steps []silo.OperationStep) error {
 	raw, err := json.Marshal(steps)
 	if err != nil {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `UPDATE operations SET steps = $2, updated_at = now() WHERE id::text = $1`, id, raw)
+	_, err = s.pool.Exec(ctx, `
+		UPDATE operations SET steps = $2, updated_at = now()
+		WHERE id = $1::uuid AND state = 'running' AND ($3 = '' OR run_token = nullif($3, '')::uuid)`, id, raw, token)
 	return CatalogError(err, "record steps of operation %q", id)
 }
 
@@ -142,9 +146,12 @@ type FinishedOperation struct {
 	RecoveryJobID int64
 }
 
-// FinishOperation marks an operation succeeded (cause nil) or failed, with
-// cause's code and message, within tx (or on the pool when tx is nil).
-func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps []silo.OperationStep, cause error) (*FinishedOperation, error) {
+// FinishOperation marks a running operation succeeded (cause nil) or
+// failed, with cause's code and message, within tx (or on the pool when tx
+// is nil), if the run that holds it is token (any run when token is ""). It
+// returns ECONFLICT when the operation is done already or held by another
+// run.
+func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id, token string, steps []silo.OperationStep, cause error) (*FinishedOperation, error) {
 	raw, err := json.Marshal(steps)
 	if err != nil {
 		return nil, err
@@ -163,10 +170,13 @@ func (s *Store) FinishOperation(ctx context.Context, tx pgx.Tx, id string, steps
 	err = db.QueryRow(ctx, `
 		UPDATE operations
 		SET state = $2, steps = $3, error_code = $4, error = $5, finished_at = now(), updated_at = now()
-		WHERE id::text = $1
-		RETURNING `+operationColumns+`, params, recovery_job_id`, id, state, raw, code, msg).Scan(
+		WHERE id = $1::uuid AND state = 'running' AND ($6 = '' OR run_token = nullif($6, '')::uuid)
+		RETURNING `+operationColumns+`, params, recovery_job_id`, id, state, raw, code, msg, token).Scan(
 		&out.ID, &out.Kind, &out.TenantID, &out.State, &stepsRaw, &out.ErrorCode, &out.Error,
 		&out.CreatedAt, &out.UpdatedAt, &out.FinishedAt, &params, &job)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, silo.Errorf(silo.ECONFLICT, "operation %q is done already, or run by another server", id)
+	}
 	if err != nil {
 		return nil, CatalogError(err, "finish operation %q", id)
 	}
