@@ -66,8 +66,31 @@ func (s *Store) InsertOperation(ctx context.Context, tx pgx.Tx, n NewOperation) 
 	return &op, nil
 }
 
+// isUUID reports whether id is a UUID as PostgreSQL reads one: operations
+// are looked up by their uuid key, and an id that is none names nothing.
+func isUUID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // GetOperation returns an operation by id, or ENOTFOUND.
 func (s *Store) GetOperation(ctx context.Context, id string) (*silo.Operation, error) {
+	if !isUUID(id) {
+		return nil, silo.Errorf(silo.ENOTFOUND, "operation %q not found", id)
+	}
 	op, err := scanOperation(s.pool.QueryRow(ctx, `
 		SELECT `+operationColumns+` FROM operations WHERE id = $1::uuid`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -101,6 +124,9 @@ func (s *Store) OperationByKey(ctx context.Context, key string) (*silo.Operation
 
 // OperationParams returns the parameters an operation was started with.
 func (s *Store) OperationParams(ctx context.Context, id string) (map[string]any, error) {
+	if !isUUID(id) {
+		return nil, silo.Errorf(silo.ENOTFOUND, "operation %q not found", id)
+	}
 	var raw []byte
 	if err := s.pool.QueryRow(ctx, `SELECT params FROM operations WHERE id = $1::uuid`, id).Scan(&raw); err != nil {
 		return nil, CatalogError(err, "operation %q not found", id)
