@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -51,8 +52,7 @@ type connLimits struct {
 func (l connLimits) install(cfg *pgx.ConnConfig) {
 	cfg.MaxProtocolMessageBodyLen = l.maxMessageBytes
 	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		g := &copyGuard{r: r, w: w}
-		return pgproto3.NewFrontend(copyGuardReader{g}, copyGuardWriter{g})
+		return newGuardedFrontend(&copyGuard{r: r, w: w})
 	}
 	cfg.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) {}
 }
@@ -70,6 +70,9 @@ type copyGuard struct {
 	// protocol. pgconn's background reader may read while a write is in
 	// progress.
 	extended atomic.Bool
+	// relay is set while a borrower that speaks the protocol itself holds
+	// the connection (Lease.Relay): COPY responses pass.
+	relay atomic.Bool
 
 	// Read's position in the stream: bytes of the current message's header
 	// seen, and of its body still to come.
@@ -77,6 +80,33 @@ type copyGuard struct {
 	inHead int
 	body   int
 	err    error
+}
+
+// guardKey holds a connection's copyGuard in its CustomData, for
+// Lease.Relay.
+const guardKey = "silo.copyGuard"
+
+func newGuardedFrontend(g *copyGuard) *pgproto3.Frontend {
+	return pgproto3.NewFrontend(copyGuardReader{g}, copyGuardWriter{g})
+}
+
+// connectGuarded connects with cfg, whose frontend copyGuard is kept in the
+// connection's CustomData, so a Lease can switch it to relaying.
+func connectGuarded(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	if cfg.BuildFrontend == nil {
+		return pgx.ConnectConfig(ctx, cfg)
+	}
+	cfg = cfg.Copy()
+	var g *copyGuard
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		g = &copyGuard{r: r, w: w}
+		return newGuardedFrontend(g)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err == nil && g != nil {
+		conn.PgConn().CustomData()[guardKey] = g
+	}
+	return conn, err
 }
 
 type copyGuardReader struct{ g *copyGuard }
@@ -97,7 +127,7 @@ func (cr copyGuardReader) Read(p []byte) (int, error) {
 			i += skip
 			continue
 		}
-		if g.inHead == 0 && g.extended.Load() {
+		if g.inHead == 0 && g.extended.Load() && !g.relay.Load() {
 			switch p[i] {
 			case 'G', 'H', 'W': // CopyInResponse, CopyOutResponse, CopyBothResponse
 				g.err = ErrCopyRefused

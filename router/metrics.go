@@ -48,12 +48,12 @@ func (m *metrics) observeWait(shard string, waited time.Duration) {
 	}
 }
 
-func (m *metrics) observeQuery(shard string, d time.Duration, err error) {
-	outcome := "ok"
-	if err != nil {
-		outcome = silo.ErrorCode(err)
+func (m *metrics) observeQuery(s *shardPool, d time.Duration, err error) {
+	if err == nil {
+		s.okQueries.Observe(d.Seconds())
+		return
 	}
-	m.queries.WithLabelValues(shard, outcome).Observe(d.Seconds())
+	m.queries.WithLabelValues(s.name, silo.ErrorCode(err)).Observe(d.Seconds())
 }
 
 // register adds the metrics, and gauges of each shard's pool read at

@@ -7,9 +7,11 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/silo-db/silo"
 )
@@ -23,11 +25,15 @@ type shardPool struct {
 	name    string
 	budget  int
 	breaker *breaker
+	// okQueries is the shard's silo_query_duration_seconds{outcome="ok"},
+	// looked up once rather than on every request.
+	okQueries prometheus.Observer
 
 	mu       sync.Mutex
 	open     int        // connections open or being opened, all tenants
 	idle     *list.List // of *idleConn, most recently used first
 	changed  chan struct{}
+	waiters  int // on changed; may count some gone since (a spurious signal)
 	closed   bool
 	inFlight map[*lease]struct{}
 }
@@ -66,13 +72,32 @@ func newShardPool(name string, budget int, b *breaker) *shardPool {
 		inFlight: map[*lease]struct{}{}}
 }
 
-// begin records a request on the shard; cancel ends its context.
-func (s *shardPool) begin(cancel context.CancelCauseFunc) *lease {
-	l := &lease{cancel: cancel}
+// begin records a request on the shard.
+func (s *shardPool) begin(l *lease) {
 	s.mu.Lock()
 	s.inFlight[l] = struct{}{}
 	s.mu.Unlock()
-	return l
+}
+
+// takeIdle lends the tenant's most recently used idle connection, if it
+// has one that is open, and records the lease on the shard with it, as
+// begin and attach do, in one critical section. It returns nil otherwise:
+// the caller then waits or dials through acquire (under a timer, which the
+// lease of an idle connection does without).
+func (tp *tenantPool) takeIdle(l *lease) *pgx.Conn {
+	s := tp.shard
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(tp.idle)
+	if tp.closed || s.closed || n == 0 || tp.idle[n-1].conn.IsClosed() {
+		return nil // a closed one is acquire's to discard
+	}
+	ic := tp.idle[n-1]
+	tp.idle = tp.idle[:n-1]
+	s.idle.Remove(ic.elem)
+	l.nc = ic.conn.PgConn().Conn()
+	s.inFlight[l] = struct{}{}
+	return ic.conn
 }
 
 // attach records the connection a lease got. It returns false when the
@@ -120,10 +145,16 @@ func (s *shardPool) cutInFlight(err error) {
 	}
 }
 
-// signal wakes every waiter; the caller holds mu.
+// signal wakes every waiter; the caller holds mu. Without one it does
+// nothing: a connection returned to a pool nobody waits on, the common
+// case, costs no channel.
 func (s *shardPool) signal() {
+	if s.waiters == 0 {
+		return
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
+	s.waiters = 0
 }
 
 // errPoolClosed means the tenant's pool was closed (its route changed or it
@@ -148,8 +179,8 @@ func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *p
 			tp.idle = tp.idle[:n-1]
 			s.idle.Remove(ic.elem)
 			s.mu.Unlock()
-			if ic.conn.IsClosed() { // the server ended it while idle
-				tp.discard(nil)
+			if ic.conn.IsClosed() || ended(ic.conn) { // the server ended it while idle
+				tp.discard(ic.conn)
 				continue
 			}
 			return ic.conn, waited, nil
@@ -184,6 +215,7 @@ func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *p
 			return conn, waited, nil
 		}
 		changed := s.changed
+		s.waiters++
 		s.mu.Unlock()
 		start := time.Now()
 		select {
@@ -195,6 +227,64 @@ func (tp *tenantPool) acquire(ctx context.Context, dial func(context.Context, *p
 				"no connection to shard %q came free in time: its budget of %d connections is in use", s.name, s.budget)
 		}
 	}
+}
+
+// maxUnasked bounds the messages ended reads from an idle connection.
+const maxUnasked = 100
+
+// ended reports whether the server ended conn while it sat idle in the
+// pool (its backend terminated, by a move's cutover or an admin; the shard
+// restarted; idle_session_timeout): the FATAL, or the end of the stream, is
+// then already on the socket. It looks without waiting, no round trip: a
+// statement sent to a session that is gone fails with nothing run, and its
+// borrower cannot tell that from a statement cut off while it ran. What an
+// idle session may be sent unasked (a notice, a parameter's new value, a
+// notification) is read as pgx reads it, and the connection stays.
+func ended(conn *pgx.Conn) bool {
+	pg := conn.PgConn()
+	nc := pg.Conn()
+	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
+	for range maxUnasked {
+		if !unread(nc) {
+			return false
+		}
+		// Something is there: a whole message, or the stream's end.
+		if err := nc.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			return true
+		}
+		if _, err := pg.ReceiveMessage(context.Background()); err != nil {
+			return true
+		}
+	}
+	return true
+}
+
+// unread reports whether nc's socket has bytes to read or has reached its
+// end, without reading or waiting (a read with a deadline that has passed
+// never looks at the socket). A socket it cannot look at counts as unread.
+// Bytes pgx's background reader took already are not seen, but the end of
+// the stream that follows a FATAL is.
+func unread(nc net.Conn) bool {
+	if tc, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = tc.NetConn() // TLS: its records are bytes on the socket too
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	// Control, not Read: pgx's background reader may be parked in a read
+	// of this socket (it stops only once that read returns), and Read would
+	// wait for it. A peek takes nothing from it.
+	var buf [1]byte
+	var rerr error
+	err = rc.Control(func(fd uintptr) {
+		_, _, rerr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	})
+	return err != nil || !errors.Is(rerr, syscall.EAGAIN)
 }
 
 // release returns a connection. A connection that is broken, left inside a

@@ -290,73 +290,24 @@ func (r *Router) Stop() {
 // fn, so its queries fail at once, and WithTenant returns EUNAVAILABLE with
 // a retry hint whatever fn returned, unless fn returned nil.
 func (r *Router) WithTenant(ctx context.Context, tenantID string, fn func(conn *pgx.Conn) error) error {
-	for attempt := 0; ; attempt++ {
-		err := r.withTenant(ctx, tenantID, attempt == 3, fn)
-		if errors.Is(err, errPoolClosed) {
-			continue // the route changed under us: resolve it again
-		}
-		return err
-	}
+	return r.withTenant(ctx, tenantID, fn)
 }
 
-// withTenant is one attempt of WithTenant. It returns errPoolClosed when
-// the tenant's pool closed before a connection came, unless last is set.
-func (r *Router) withTenant(ctx context.Context, tenantID string, last bool, fn func(conn *pgx.Conn) error) error {
-	tp, err := r.pool(ctx, tenantID)
+// withTenant runs fn on a lent connection, reset first if a borrower of
+// the wire-protocol endpoint left parameters set on its session.
+func (r *Router) withTenant(ctx context.Context, tenantID string, fn func(conn *pgx.Conn) error) error {
+	l, err := r.Acquire(ctx, tenantID)
 	if err != nil {
 		return err
 	}
-	s := tp.shard
-	if err := s.breaker.allow(s.name); err != nil {
-		r.metrics.observeQuery(s.name, 0, err)
-		return err
-	}
-	// The lease's context ends when the shard's breaker opens: a wait for
-	// a connection, or a dial, ends with it.
-	lctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	l := s.begin(cancel)
-	conn, err := r.acquire(lctx, tp)
-	if err == nil && !s.attach(l, conn) {
-		tp.discard(conn)
-		conn, err = nil, context.Cause(lctx)
-	}
-	if err != nil {
-		s.end(l)
-		if cause := cutCause(ctx, lctx); cause != nil {
-			err = cause
-		} else if errors.Is(err, errPoolClosed) && !last {
-			return err
-		} else {
-			err = r.connectError(err, tp)
+	conn := l.Conn()
+	if len(SessionParams(conn)) > 0 {
+		if _, err := conn.Exec(ctx, "RESET ALL"); err != nil {
+			return l.Release(err)
 		}
-		return err
+		SetSessionParams(conn, nil)
 	}
-	start := time.Now()
-	ferr := fn(conn)
-	if s.end(l) {
-		// Cut off by the breaker: the socket is closed, whether or not fn
-		// noticed, so the connection never goes back to the pool.
-		tp.discard(conn)
-		if ferr != nil {
-			ferr = context.Cause(lctx)
-		}
-		r.metrics.observeQuery(s.name, time.Since(start), ferr)
-		return ferr
-	}
-	r.metrics.observeQuery(s.name, time.Since(start), ferr)
-	// Every request tells the breaker how the shard behaved, so a trial
-	// request on a reused connection closes it too. A connection closed on
-	// purpose (by fn, which then returns nil, or by the limits on what it
-	// reads) says nothing of the shard: else one tenant's oversized rows
-	// would shut out every tenant of the shard.
-	if conn.IsClosed() && ctx.Err() == nil && ferr != nil && !closedByLimits(ferr) {
-		s.breaker.failure()
-	} else if !conn.IsClosed() {
-		s.breaker.success()
-	}
-	tp.release(conn)
-	return ferr
+	return l.Release(fn(conn))
 }
 
 // acquire gets a connection of tenant pool tp within Config.AcquireTimeout
@@ -405,7 +356,7 @@ func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*p
 		repaired := false
 		for {
 			dctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
-			conn, err := pgx.ConnectConfig(dctx, cfg)
+			conn, err := connectGuarded(dctx, cfg)
 			cancel()
 			switch {
 			case err == nil:
@@ -535,6 +486,7 @@ func (r *Router) pool(ctx context.Context, id string) (*tenantPool, error) {
 	s, ok := r.shards[rt.Shard]
 	if !ok {
 		s = newShardPool(rt.Shard, r.cfg.ShardBudget, &breaker{threshold: 2, cooldown: r.cfg.BreakerCooldown})
+		s.okQueries = r.metrics.queries.WithLabelValues(rt.Shard, "ok")
 		r.shards[rt.Shard] = s
 		select {
 		case <-r.stop:
