@@ -140,11 +140,19 @@ func (s *Store) CreateTenantKey(ctx context.Context, tenantID, name string) (*Te
 		if state == silo.TenantDeleted || state == silo.TenantPurged {
 			return silo.Errorf(silo.ECONFLICT, "tenant %q is %s: it can have no new keys", tenantID, state)
 		}
+		// The SCRAM verifier lets the key log in to the wire-protocol
+		// endpoint; it is derived from the whole token, which is what a
+		// client sends as its password.
+		salt, err := tenantSalt(ctx, tx, tenantID)
+		if err != nil {
+			return CatalogError(err, "make the SCRAM salt of tenant %q", tenantID)
+		}
+		stored, server := NewKeyVerifier(KeyTokenPrefix+id+"_"+secret, salt)
 		out, err = scanKey(tx.QueryRow(ctx, `
-			INSERT INTO tenant_keys (id, tenant_id, name, secret_hash)
-			VALUES ($1, $2, $3, $4)
+			INSERT INTO tenant_keys (id, tenant_id, name, secret_hash, scram_stored_key, scram_server_key)
+			VALUES ($1, $2, $3, $4, $5, $6)
 			RETURNING `+keyColumns,
-			id, tenantID, name, hashSecret(secret)))
+			id, tenantID, name, hashSecret(secret), stored, server))
 		return CatalogError(err, "create key for tenant %q", tenantID)
 	})
 	if err != nil {
