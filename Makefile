@@ -43,6 +43,7 @@ bench: build
 	./scripts/bench-route.sh
 	./scripts/bench-migrate.sh
 	./scripts/bench-move.sh
+	./scripts/bench-proxy.sh
 
 # Regenerates api/api.gen.go from api/openapi.yaml.
 generate:

@@ -330,6 +330,24 @@ func (e ShardState) Valid() bool {
 	}
 }
 
+// Defines values for TenantConnectionSslmode.
+const (
+	Disable TenantConnectionSslmode = "disable"
+	Require TenantConnectionSslmode = "require"
+)
+
+// Valid indicates whether the value is a known member of the TenantConnectionSslmode enum.
+func (e TenantConnectionSslmode) Valid() bool {
+	switch e {
+	case Disable:
+		return true
+	case Require:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for TenantState.
 const (
 	TenantStateActive       TenantState = "active"
@@ -915,6 +933,43 @@ type Tenant struct {
 	UpdatedAt time.Time   `json:"updatedAt"`
 }
 
+// TenantConnection defines model for TenantConnection.
+type TenantConnection struct {
+	CreatedAt time.Time `json:"createdAt"`
+
+	// Database Example: acme
+	Database string `json:"database"`
+
+	// Dsn A libpq connection URL with the token as its password.
+	//
+	// Example: postgres://acme:silo_k_4fzq7xk2m3ab_…@127.0.0.1:6432/acme?sslmode=require
+	Dsn string `json:"dsn"`
+
+	// Host Example: 127.0.0.1
+	Host string `json:"host"`
+
+	// Id Example: k_4fzq7xk2m3ab
+	Id string `json:"id"`
+
+	// Name Example: psql
+	Name string `json:"name"`
+
+	// Port Example: 6432
+	Port    int                     `json:"port"`
+	Sslmode TenantConnectionSslmode `json:"sslmode"`
+
+	// Token The key's token, the connection's password, shown this once.
+	//
+	// Example: silo_k_4fzq7xk2m3ab_…
+	Token string `json:"token"`
+
+	// User Example: acme
+	User string `json:"user"`
+}
+
+// TenantConnectionSslmode defines model for TenantConnection.Sslmode.
+type TenantConnectionSslmode string
+
 // TenantCreate defines model for TenantCreate.
 type TenantCreate struct {
 	// Id 1 to 48 lowercase letters, digits and hyphens; starts with a letter, does not end with a hyphen; not a reserved name such as `postgres`.
@@ -1207,6 +1262,9 @@ type CreateTenantJSONRequestBody = TenantCreate
 
 // UpdateTenantJSONRequestBody defines body for UpdateTenant for application/json ContentType.
 type UpdateTenantJSONRequestBody = TenantUpdate
+
+// ConnectTenantJSONRequestBody defines body for ConnectTenant for application/json ContentType.
+type ConnectTenantJSONRequestBody = TenantKeyCreate
 
 // CreateTenantKeyJSONRequestBody defines body for CreateTenantKey for application/json ContentType.
 type CreateTenantKeyJSONRequestBody = TenantKeyCreate
@@ -1619,6 +1677,40 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
 	UpdateTenant(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ConnectTenantWithBody Make a key and answer a connection string for the wire-protocol endpoint.
+	//
+	// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+	// does) and answers, with its token, a `postgres://` URL that any
+	// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+	// pg_restore) can use: user and database are the tenant id, the
+	// password is the token, the host is this server's `--pg-advertise`
+	// address (default: its `--pg-listen` address), and `sslmode` is
+	// `require` when the endpoint has a TLS certificate and `disable`
+	// otherwise. The token is shown this once. An unknown tenant gets
+	// 404; a deleted or purged one, or a server without the endpoint, 409.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+	ConnectTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ConnectTenant Make a key and answer a connection string for the wire-protocol endpoint.
+	//
+	// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+	// does) and answers, with its token, a `postgres://` URL that any
+	// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+	// pg_restore) can use: user and database are the tenant id, the
+	// password is the token, the host is this server's `--pg-advertise`
+	// address (default: its `--pg-listen` address), and `sslmode` is
+	// `require` when the endpoint has a TLS certificate and `disable`
+	// otherwise. The token is shown this once. An unknown tenant gets
+	// 404; a deleted or purged one, or a server without the endpoint, 409.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+	ConnectTenant(ctx context.Context, id TenantID, body ConnectTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	//
@@ -2507,6 +2599,60 @@ func (c *Client) UpdateTenantWithBody(ctx context.Context, id TenantID, contentT
 // Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
 func (c *Client) UpdateTenant(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewUpdateTenantRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ConnectTenantWithBody Make a key and answer a connection string for the wire-protocol endpoint.
+//
+// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+// does) and answers, with its token, a `postgres://` URL that any
+// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+// pg_restore) can use: user and database are the tenant id, the
+// password is the token, the host is this server's `--pg-advertise`
+// address (default: its `--pg-listen` address), and `sslmode` is
+// `require` when the endpoint has a TLS certificate and `disable`
+// otherwise. The token is shown this once. An unknown tenant gets
+// 404; a deleted or purged one, or a server without the endpoint, 409.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+func (c *Client) ConnectTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewConnectTenantRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ConnectTenant Make a key and answer a connection string for the wire-protocol endpoint.
+//
+// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+// does) and answers, with its token, a `postgres://` URL that any
+// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+// pg_restore) can use: user and database are the tenant id, the
+// password is the token, the host is this server's `--pg-advertise`
+// address (default: its `--pg-listen` address), and `sslmode` is
+// `require` when the endpoint has a TLS certificate and `disable`
+// otherwise. The token is shown this once. An unknown tenant gets
+// 404; a deleted or purged one, or a server without the endpoint, 409.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+func (c *Client) ConnectTenant(ctx context.Context, id TenantID, body ConnectTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewConnectTenantRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -4145,6 +4291,53 @@ func NewUpdateTenantRequestWithBody(server string, id TenantID, contentType stri
 	return req, nil
 }
 
+// NewConnectTenantRequest calls the generic ConnectTenant builder with application/json body
+func NewConnectTenantRequest(server string, id TenantID, body ConnectTenantJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewConnectTenantRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewConnectTenantRequestWithBody constructs an http.Request for the ConnectTenant method, with any body, and a specified content type
+func NewConnectTenantRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/connect", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewExportTenantRequest constructs an http.Request for the ExportTenant method
 func NewExportTenantRequest(server string, id TenantID) (*http.Request, error) {
 	var err error
@@ -5047,6 +5240,40 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/tenants/{id} (the `UpdateTenant` operationId).
 	UpdateTenantWithResponse(ctx context.Context, id TenantID, body UpdateTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateTenantResponse, error)
+
+	// ConnectTenantWithBodyWithResponse Make a key and answer a connection string for the wire-protocol endpoint.
+	//
+	// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+	// does) and answers, with its token, a `postgres://` URL that any
+	// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+	// pg_restore) can use: user and database are the tenant id, the
+	// password is the token, the host is this server's `--pg-advertise`
+	// address (default: its `--pg-listen` address), and `sslmode` is
+	// `require` when the endpoint has a TLS certificate and `disable`
+	// otherwise. The token is shown this once. An unknown tenant gets
+	// 404; a deleted or purged one, or a server without the endpoint, 409.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+	ConnectTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ConnectTenantResponse, error)
+
+	// ConnectTenantWithResponse Make a key and answer a connection string for the wire-protocol endpoint.
+	//
+	// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+	// does) and answers, with its token, a `postgres://` URL that any
+	// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+	// pg_restore) can use: user and database are the tenant id, the
+	// password is the token, the host is this server's `--pg-advertise`
+	// address (default: its `--pg-listen` address), and `sslmode` is
+	// `require` when the endpoint has a TLS certificate and `disable`
+	// otherwise. The token is shown this once. An unknown tenant gets
+	// 404; a deleted or purged one, or a server without the endpoint, 409.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+	ConnectTenantWithResponse(ctx context.Context, id TenantID, body ConnectTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*ConnectTenantResponse, error)
 
 	// ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
 	//
@@ -6695,6 +6922,61 @@ func (r UpdateTenantResponse) ContentType() string {
 	return ""
 }
 
+// ConnectTenantResponse201Headers the declared response headers of an HTTP 201 response for ConnectTenant
+type ConnectTenantResponse201Headers struct {
+	CacheControl *string
+}
+
+type ConnectTenantResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *TenantConnection
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers201 the parsed response headers for an HTTP 201 response
+	Headers201 *ConnectTenantResponse201Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ConnectTenantResponse) GetJSON201() *TenantConnection {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ConnectTenantResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ConnectTenantResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ConnectTenantResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ConnectTenantResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ConnectTenantResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ExportTenantResponse200Headers the declared response headers of an HTTP 200 response for ExportTenant
 type ExportTenantResponse200Headers struct {
 	ContentDisposition *string
@@ -7773,6 +8055,52 @@ func (c *ClientWithResponses) UpdateTenantWithResponse(ctx context.Context, id T
 		return nil, err
 	}
 	return ParseUpdateTenantResponse(rsp)
+}
+
+// ConnectTenantWithBodyWithResponse Make a key and answer a connection string for the wire-protocol endpoint.
+//
+// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+// does) and answers, with its token, a `postgres://` URL that any
+// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+// pg_restore) can use: user and database are the tenant id, the
+// password is the token, the host is this server's `--pg-advertise`
+// address (default: its `--pg-listen` address), and `sslmode` is
+// `require` when the endpoint has a TLS certificate and `disable`
+// otherwise. The token is shown this once. An unknown tenant gets
+// 404; a deleted or purged one, or a server without the endpoint, 409.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+func (c *ClientWithResponses) ConnectTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ConnectTenantResponse, error) {
+	rsp, err := c.ConnectTenantWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConnectTenantResponse(rsp)
+}
+
+// ConnectTenantWithResponse Make a key and answer a connection string for the wire-protocol endpoint.
+//
+// Makes an API key for the tenant (as `POST /v1/tenants/{id}/keys`
+// does) and answers, with its token, a `postgres://` URL that any
+// PostgreSQL client (psql, libpq, pgx, JDBC, psycopg2, node-postgres,
+// pg_restore) can use: user and database are the tenant id, the
+// password is the token, the host is this server's `--pg-advertise`
+// address (default: its `--pg-listen` address), and `sslmode` is
+// `require` when the endpoint has a TLS certificate and `disable`
+// otherwise. The token is shown this once. An unknown tenant gets
+// 404; a deleted or purged one, or a server without the endpoint, 409.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/connect (the `ConnectTenant` operationId).
+func (c *ClientWithResponses) ConnectTenantWithResponse(ctx context.Context, id TenantID, body ConnectTenantJSONRequestBody, reqEditors ...RequestEditorFn) (*ConnectTenantResponse, error) {
+	rsp, err := c.ConnectTenant(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConnectTenantResponse(rsp)
 }
 
 // ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
@@ -9088,6 +9416,52 @@ func ParseUpdateTenantResponse(rsp *http.Response) (*UpdateTenantResponse, error
 	return response, nil
 }
 
+// ParseConnectTenantResponse parses an HTTP response from a ConnectTenantWithResponse call
+func ParseConnectTenantResponse(rsp *http.Response) (*ConnectTenantResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ConnectTenantResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest TenantConnection
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 201:
+		var headers ConnectTenantResponse201Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		response.Headers201 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseExportTenantResponse parses an HTTP response from a ExportTenantWithResponse call
 func ParseExportTenantResponse(rsp *http.Response) (*ExportTenantResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -9589,6 +9963,9 @@ type ServerInterface interface {
 	// UpdateTenant Change a tenant's resource bounds.
 	// (PATCH /v1/tenants/{id})
 	UpdateTenant(ctx echo.Context, id TenantID) error
+	// ConnectTenant Make a key and answer a connection string for the wire-protocol endpoint.
+	// (POST /v1/tenants/{id}/connect)
+	ConnectTenant(ctx echo.Context, id TenantID) error
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	// (GET /v1/tenants/{id}/export)
 	ExportTenant(ctx echo.Context, id TenantID) error
@@ -10125,6 +10502,22 @@ func (w *ServerInterfaceWrapper) UpdateTenant(ctx echo.Context) error {
 	return err
 }
 
+// ConnectTenant converts echo context to params.
+func (w *ServerInterfaceWrapper) ConnectTenant(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ConnectTenant(ctx, id)
+	return err
+}
+
 // ExportTenant converts echo context to params.
 func (w *ServerInterfaceWrapper) ExportTenant(ctx echo.Context) error {
 	var err error
@@ -10391,6 +10784,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/transaction", wrapper.RunTransaction, options.OperationMiddlewares["runTransaction"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id/keys", wrapper.ListTenantKeys, options.OperationMiddlewares["listTenantKeys"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/keys", wrapper.CreateTenantKey, options.OperationMiddlewares["createTenantKey"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/connect", wrapper.ConnectTenant, options.OperationMiddlewares["connectTenant"]...)
 	router.DELETE(options.BaseURL+"/v1/tenants/:id/keys/:keyId", wrapper.RevokeTenantKey, options.OperationMiddlewares["revokeTenantKey"]...)
 	router.GET(options.BaseURL+"/v1/operations/:id", wrapper.GetOperation, options.OperationMiddlewares["getOperation"]...)
 	router.POST(options.BaseURL+"/v1/operations/:id/cancel", wrapper.CancelOperation, options.OperationMiddlewares["cancelOperation"]...)

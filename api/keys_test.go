@@ -199,3 +199,23 @@ func TestTenantKeysBadInput(t *testing.T) {
 		require.Empty(t, decode[api.TenantKeyList](t, r).Items, "bad input made no key")
 	}
 }
+
+// A server without the wire-protocol endpoint refuses to hand out
+// connection strings, and makes no key.
+func TestConnectWithoutEndpoint(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "conn-a")
+	r := b.do(t, "POST", "/v1/tenants/conn-a/connect", `{}`)
+	require.Equal(t, 409, r.status, "body: %s", r.body)
+	require.Contains(t, string(r.body), "--pg-listen")
+	r = b.do(t, "GET", "/v1/tenants/conn-a/keys", "")
+	require.Empty(t, decode[api.TenantKeyList](t, r).Items)
+	// Keys made now carry a SCRAM verifier, for the endpoint of any server.
+	b.createKey(t, "conn-a", `{}`)
+	login, err := b.store.GetTenantLogin(b.ctx, "conn-a")
+	require.NoError(t, err)
+	require.Len(t, login.Verifiers, 1)
+	require.Len(t, login.Salt, 16)
+}

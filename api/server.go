@@ -109,6 +109,12 @@ type Config struct {
 	// after its last check. Default DefaultKeyCacheTTL, at most
 	// MaxKeyCacheTTL.
 	KeyCacheTTL time.Duration
+	// PgEndpoint is the address clients reach the wire-protocol endpoint
+	// at (host:port), for the connection strings of POST
+	// /v1/tenants/{id}/connect; empty when the server has none, and that
+	// call answers 409. PgTLS says whether the endpoint offers TLS.
+	PgEndpoint string
+	PgTLS      bool
 	// Migrations runs tenant schema migrations across the fleet. Without
 	// it, the /v1/migrations endpoints answer 503 EUNAVAILABLE.
 	Migrations Migrations
@@ -223,6 +229,8 @@ type Server struct {
 	prepared, unnamed prometheus.Counter
 	unpreparedReruns  prometheus.Counter
 	keyChecks         *prometheus.CounterVec // by source: cache or catalog
+	pgEndpoint        string                 // see Config.PgEndpoint
+	pgTLS             bool
 }
 
 // Context keys set on echo contexts.
@@ -268,6 +276,8 @@ func New(cfg Config) (*Server, error) {
 		maxRows:        cfg.MaxRows,
 		maxResultBytes: cfg.MaxResultBytes,
 		seed:           maphash.MakeSeed(),
+		pgEndpoint:     cfg.PgEndpoint,
+		pgTLS:          cfg.PgTLS,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "silo_http_requests_total",
 			Help: "HTTP requests answered, by route pattern, method and status.",

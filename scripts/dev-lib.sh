@@ -8,7 +8,7 @@ start_dev() {
 	local dir=$1
 	shift
 	rm -f "$dir/dev/env"
-	"$silo" dev --dir "$dir/dev" --listen 127.0.0.1:0 --log-level warn "$@" >"$dir/out" 2>"$dir/err" &
+	"$silo" dev --dir "$dir/dev" --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 --log-level warn "$@" >"$dir/out" 2>"$dir/err" &
 	dev_pid=$!
 	for _ in $(seq 1 360); do [ -f "$dir/dev/env" ] && break; sleep 0.5; done
 	if [ ! -f "$dir/dev/env" ]; then

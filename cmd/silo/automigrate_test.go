@@ -24,7 +24,7 @@ func TestDevAutoMigrate(t *testing.T) {
 	start := func(args ...string) (url, token string, errOut *syncBuffer, stop func() error) {
 		out, errOut = &syncBuffer{}, &syncBuffer{}
 		_ = os.Remove(filepath.Join(dir, "env")) // the last run's
-		stop = background(t, out, errOut, append([]string{"dev", "--dir", dir, "--listen", "127.0.0.1:0",
+		stop = background(t, out, errOut, append([]string{"dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0",
 			"--tenant-migrations", migDir, "--warm-pool-size", "0"}, args...)...)
 		url, token = waitEnv(t, dir, stop)
 		return url, token, errOut, stop

@@ -22,7 +22,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Measure a running control plane",
 	}
-	cmd.AddCommand(newBenchProvisionCmd(g), newBenchRouteCmd(g), newBenchMigrateCmd(g), newBenchMoveCmd(g))
+	cmd.AddCommand(newBenchProvisionCmd(g), newBenchRouteCmd(g), newBenchMigrateCmd(g), newBenchMoveCmd(g), newBenchProxyCmd(g))
 	return cmd
 }
 

@@ -23,7 +23,7 @@ func TestCheckDev(t *testing.T) {
 	dir := devDir(t)
 	ctx := context.Background()
 	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "2")
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "2")
 	url, token := waitEnv(t, dir, stop)
 	silo := func(args ...string) (string, error) {
 		t.Helper()

@@ -57,6 +57,10 @@ func newDevCmd(g *globals) *cobra.Command {
 	}
 	addServeFlags(cmd, &o.serve)
 	f := cmd.Flags()
+	// The wire-protocol endpoint is on in dev, with a self-signed
+	// certificate kept in the directory.
+	o.serve.pgListen = defaultDevPgListen
+	f.Lookup("pg-listen").DefValue = defaultDevPgListen
 	f.StringVar(&o.dir, "dir", ".silo", "directory for the clusters, token, key and env file")
 	f.IntVar(&o.shards, "shards", 2, "number of shard clusters")
 	f.IntVar(&o.shardMaxConns, "shard-max-connections", 200, "max_connections of each shard cluster")
@@ -110,6 +114,12 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 	}
 	if o.serve.secretKey == "" {
 		o.serve.secretKey = secretKey
+	}
+
+	if o.serve.pgListen != "" && o.serve.pgTLSCert == "" && o.serve.pgTLSKey == "" {
+		if o.serve.pgTLSCert, o.serve.pgTLSKey, err = keepDevCertificate(dir); err != nil {
+			return err
+		}
 	}
 
 	binDir, err := pgcluster.EnsureBinDir(ctx, out)
@@ -180,10 +190,13 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		}
 		return nil
 	}
-	ready := func(addr net.Addr) {
+	ready := func(addr net.Addr, pg *pgEndpoint) {
 		url := "http://" + addr.String()
 		envFile := filepath.Join(dir, "env")
 		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s SILO_TENANT_MIGRATIONS=%s\n", url, so.adminToken, shellQuote(so.tenantMigrations))
+		if pg != nil {
+			env += fmt.Sprintf("export SILO_PG_ADDR=%s\n", pg.advertise)
+		}
 		// Written whole, then renamed: whoever waits for the file never
 		// reads half of it.
 		err := os.WriteFile(envFile+".tmp", []byte(env), 0o600)
@@ -193,7 +206,18 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		if err != nil {
 			fmt.Fprintf(out, "warning: cannot write %s: %v\n", envFile, err)
 		}
-		fmt.Fprintf(out, "\nSilo is running at %s\n\n", url)
+		fmt.Fprintf(out, "\nSilo is running at %s\n", url)
+		if pg != nil {
+			tlsNote := "no TLS"
+			if pg.tls {
+				tlsNote = "TLS with a self-signed certificate: sslmode=require"
+				if so.pgTLSCert != filepath.Join(dir, devCertFile) {
+					tlsNote = "TLS: sslmode=require"
+				}
+			}
+			fmt.Fprintf(out, "PostgreSQL clients connect at %s (%s)\n", pg.advertise, tlsNote)
+		}
+		fmt.Fprintln(out)
 		for i, c := range clusters {
 			db := "postgres"
 			if i == 0 {
@@ -210,6 +234,8 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		fmt.Fprintf(out, "\nTry, in another terminal:\n\n"+
 			"  source %s\n"+
 			"  bin/silo shard list\n"+
+			"  bin/silo tenant create acme\n"+
+			"  psql \"$(bin/silo tenant connect acme)\"\n"+
 			"  curl -s -H \"Authorization: Bearer $SILO_TOKEN\" $SILO_URL/v1/shards\n\n"+
 			"Ctrl-C stops Silo and the clusters; the data stays in %s for the next run.\n", rel, dir)
 	}

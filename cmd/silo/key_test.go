@@ -17,7 +17,7 @@ func TestDevTenantKeys(t *testing.T) {
 	dir := devDir(t)
 	ctx := context.Background()
 	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "1", "--warm-pool-size", "0")
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "1", "--warm-pool-size", "0")
 	url, token := waitEnv(t, dir, stop)
 	silo := func(args ...string) (string, string, error) {
 		t.Helper()

@@ -93,7 +93,7 @@ func devDir(t *testing.T) string {
 	return filepath.Join(dir, "silo")
 }
 
-var envRE = regexp.MustCompile(`^export SILO_URL=(\S+) SILO_TOKEN=(\S+) SILO_TENANT_MIGRATIONS='([^']+)'\n$`)
+var envRE = regexp.MustCompile(`^export SILO_URL=(\S+) SILO_TOKEN=(\S+) SILO_TENANT_MIGRATIONS='([^']+)'\n(?:export SILO_PG_ADDR=(\S+)\n)?$`)
 
 // waitEnv waits for silo dev to write DIR/env and returns the URL and token.
 func waitEnv(t *testing.T, dir string, stop func() error) (url, token string) {
@@ -117,7 +117,7 @@ func TestDev(t *testing.T) {
 	ctx := context.Background()
 	var out, errOut syncBuffer
 	start := time.Now()
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "2")
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "2")
 	url, token := waitEnv(t, dir, stop)
 	t.Logf("silo dev ready in %v", time.Since(start))
 	_ = os.Remove(filepath.Join(dir, "env")) // the second run must write it again
@@ -206,7 +206,7 @@ func TestDev(t *testing.T) {
 
 	// A second run reuses the data, the token and the registrations.
 	var out2, errOut2 syncBuffer
-	stop2 := background(t, &out2, &errOut2, "dev", "--dir", dir, "--listen", "127.0.0.1:0")
+	stop2 := background(t, &out2, &errOut2, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0")
 	url2, token2 := waitEnv(t, dir, stop2)
 	require.Equal(t, token, token2)
 	got, err = runSilo(t, ctx, "", "audit", "-o", "json", "--action", "shard.create", "--url", url2, "--token", token2)
@@ -220,12 +220,12 @@ func TestDev(t *testing.T) {
 	other := filepath.Join(filepath.Dir(dir), "precious")
 	require.NoError(t, os.MkdirAll(other, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(other, "data.txt"), []byte("keep me"), 0o644))
-	_, err = runSilo(t, ctx, "", "dev", "--dir", other, "--reset", "--listen", "127.0.0.1:0")
+	_, err = runSilo(t, ctx, "", "dev", "--dir", other, "--reset", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0")
 	require.ErrorContains(t, err, "refuses to delete")
 	require.FileExists(t, filepath.Join(other, "data.txt"))
 
 	var out3, errOut3 syncBuffer
-	stop3 := background(t, &out3, &errOut3, "dev", "--dir", dir, "--reset", "--listen", "127.0.0.1:0", "--shards", "1")
+	stop3 := background(t, &out3, &errOut3, "dev", "--dir", dir, "--reset", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "1")
 	url3, token3 := waitEnv(t, dir, stop3)
 	require.NotEqual(t, token, token3, "a reset makes a new token")
 	got, err = runSilo(t, ctx, "", "shard", "list", "-o", "json", "--url", url3, "--token", token3)

@@ -94,7 +94,7 @@ func TestDevMigrate(t *testing.T) {
 	migDir := migrationDir(t)
 	dir := devDir(t)
 	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "2",
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "2",
 		"--tenant-migrations", migDir)
 	url, token := waitEnv(t, dir, stop)
 	silo := func(args ...string) (string, string, error) {

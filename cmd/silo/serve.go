@@ -20,6 +20,7 @@ import (
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/provisioner"
+	"github.com/silo-db/silo/proxy"
 	"github.com/silo-db/silo/rebalancer"
 	"github.com/silo-db/silo/reconcile"
 	"github.com/silo-db/silo/router"
@@ -58,6 +59,12 @@ type serveOptions struct {
 	acquireTimeout  time.Duration
 	maxMessageBytes int
 	keyCacheTTL     time.Duration
+
+	pgListen     string
+	pgAdvertise  string
+	pgTLSCert    string
+	pgTLSKey     string
+	pgMaxClients int
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -89,6 +96,15 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.DurationVar(&o.acquireTimeout, "acquire-timeout", router.DefaultAcquireTimeout, "how long a tenant query waits for a connection within the budget")
 	f.IntVar(&o.maxMessageBytes, "max-message-bytes", router.DefaultMaxMessageBytes, "largest row, error or notice a tenant query may return, in bytes (1 MiB at least); a larger one fails with 413")
 	f.DurationVar(&o.keyCacheTTL, "key-cache-ttl", api.DefaultKeyCacheTTL, "how long a tenant key the catalog accepted is accepted again without asking it (at most 10m): a key revoked through another server works here that long")
+	f.StringVar(&o.pgListen, "pg-listen", "", "address the wire-protocol endpoint listens on, e.g. 127.0.0.1:6432 (default: none)")
+	f.StringVar(&o.pgAdvertise, "pg-advertise", "", "host:port clients reach the wire-protocol endpoint at, for the connection strings it hands out (default: the --pg-listen address)")
+	f.StringVar(&o.pgTLSCert, "pg-tls-cert", "", "PEM certificate the wire-protocol endpoint offers clients (with --pg-tls-key)")
+	f.StringVar(&o.pgTLSKey, "pg-tls-key", "", "PEM private key of --pg-tls-cert")
+	f.IntVar(&o.pgMaxClients, "pg-max-clients", proxy.DefaultMaxClients, "client connections the wire-protocol endpoint holds at once")
+	envNames(cmd, map[string]string{
+		"pg-listen": "SILO_PG_LISTEN", "pg-advertise": "SILO_PG_ADVERTISE", "pg-tls-cert": "SILO_PG_TLS_CERT",
+		"pg-tls-key": "SILO_PG_TLS_KEY", "pg-max-clients": "SILO_PG_MAX_CLIENTS",
+	})
 	envNames(cmd, map[string]string{
 		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
 		"max-message-bytes": "SILO_MAX_MESSAGE_BYTES", "key-cache-ttl": "SILO_KEY_CACHE_TTL",
@@ -126,7 +142,11 @@ func newServeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runServer(cmd.Context(), o, log, nil, func(addr net.Addr) {
+			return runServer(cmd.Context(), o, log, nil, func(addr net.Addr, pg *pgEndpoint) {
+				if pg != nil {
+					log.Info("silo serving", "version", version, "addr", addr.String(), "pg_addr", pg.addr, "pg_tls", pg.tls)
+					return
+				}
 				log.Info("silo serving", "version", version, "addr", addr.String())
 			})
 		},
@@ -149,7 +169,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // store, listens, calls ready with the bound address, and serves until ctx
 // is done.
 func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
-	setup func(context.Context, *shardmap.Store) error, ready func(net.Addr)) error {
+	setup func(context.Context, *shardmap.Store) error, ready func(net.Addr, *pgEndpoint)) error {
 	if len(o.adminToken) < 16 {
 		return fmt.Errorf("--admin-token (or SILO_ADMIN_TOKEN) must be at least 16 characters")
 	}
@@ -285,6 +305,16 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	defer rt.Stop()
+	// The wire-protocol endpoint shares the router, and so its budgets,
+	// with the HTTP API. On SIGTERM it stops taking connections and ends
+	// each client's at its next idle moment, beside the HTTP drain.
+	var pg *pgEndpoint
+	if o.pgListen != "" {
+		if pg, err = startPgEndpoint(ctx, o, key, rt, store, log, registry); err != nil {
+			return err
+		}
+		defer func() { stop(); pg.wait() }()
+	}
 	checker, err := reconcile.New(reconcile.Config{Store: store, Dialer: dialer, Dropper: prov, Logger: log, Registry: registry})
 	if err != nil {
 		return err
@@ -293,7 +323,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, Checker: checker, CatalogHealth: health,
 		AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
-		KeyCacheTTL: o.keyCacheTTL,
+		KeyCacheTTL: o.keyCacheTTL, PgEndpoint: pg.advertised(), PgTLS: pg != nil && pg.tls,
 	})
 	if err != nil {
 		return err
@@ -302,7 +332,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if err != nil {
 		return fmt.Errorf("listen on %s: %v", o.listen, err)
 	}
-	ready(ln.Addr())
+	ready(ln.Addr(), pg)
 	err = srv.Serve(ctx, ln, o.shutdownTimeout)
 	log.Info("silo stopped")
 	return err

@@ -22,7 +22,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 		Use:   "tenant",
 		Short: "Manage tenants: each a PostgreSQL database of its own on a shard",
 	}
-	cmd.AddCommand(newTenantCreateCmd(g), newTenantListCmd(g), newTenantGetCmd(g),
+	cmd.AddCommand(newTenantCreateCmd(g), newTenantListCmd(g), newTenantGetCmd(g), newTenantConnectCmd(g),
 		newTenantStateCmd(g, "suspend", "Stop a tenant's role from logging in, and end its sessions"),
 		newTenantStateCmd(g, "resume", "Let a suspended tenant's role log in again"),
 		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantMoveCmd(g), newTenantLimitsCmd(g))

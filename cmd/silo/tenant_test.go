@@ -50,7 +50,7 @@ func TestDevTenants(t *testing.T) {
 	dir := devDir(t)
 	ctx := context.Background()
 	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "2")
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "2")
 	url, token := waitEnv(t, dir, stop)
 	silo := func(args ...string) (string, string, error) {
 		t.Helper()
@@ -276,7 +276,7 @@ ALTER TABLE widgets DROP COLUMN price;
 
 	dir := devDir(t)
 	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--shards", "1",
+	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--shards", "1",
 		"--tenant-migrations", migDir, "--warm-pool-size", "0")
 	url, token := waitEnv(t, dir, stop)
 	got, err := runSilo(t, context.Background(), "", "tenant", "create", "shop", "-o", "json", "--url", url, "--token", token)
