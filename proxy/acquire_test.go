@@ -7,16 +7,17 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/silo-db/silo/proxy"
 	"github.com/silo-db/silo/router"
 )
 
 // A client that finds the tenant's connections all in use past the
-// router's AcquireTimeout is told 57P03 with a retry hint, and stays
-// connected: the statement failed, not the session. (Every failed acquire
-// was once a bare context.Canceled, told as XX000 "internal error".)
+// endpoint's ServerWaitTimeout is told 57P03, and stays connected: the
+// statement failed, not the session. (Every failed acquire was once a bare
+// context.Canceled, told as XX000 "internal error".)
 func TestBusyTenantIs57P03(t *testing.T) {
 	t.Parallel()
-	b := setup(t, options{router: router.Config{TenantMaxConns: 1, AcquireTimeout: 300 * time.Millisecond}})
+	b := setup(t, options{router: router.Config{TenantMaxConns: 1}, proxy: proxy.Config{ServerWaitTimeout: 300 * time.Millisecond}})
 	id, token := b.tenant(t, "busy", "")
 	ctx := b.ctx
 	holder, err := pgx.Connect(ctx, b.dsn(id, token, id))
@@ -40,6 +41,38 @@ func TestBusyTenantIs57P03(t *testing.T) {
 	var n int
 	require.NoError(t, waiter.QueryRow(ctx, "SELECT 2").Scan(&n))
 	require.Equal(t, 2, n)
+}
+
+// A client waits for a server connection as long as the endpoint's
+// ServerWaitTimeout says, not the router's AcquireTimeout (5 s by default,
+// meant for a library call): a queue of clients behind a busy budget is
+// served in its turn, as PgBouncer's query_wait_timeout lets it be.
+func TestClientWaitsPastTheRoutersAcquireTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{router: router.Config{TenantMaxConns: 1, AcquireTimeout: 200 * time.Millisecond},
+		proxy: proxy.Config{ServerWaitTimeout: 30 * time.Second}})
+	id, token := b.tenant(t, "patient", "")
+	ctx := b.ctx
+	holder, err := pgx.Connect(ctx, b.dsn(id, token, id))
+	require.NoError(t, err)
+	defer holder.Close(ctx)
+	waiter, err := pgx.Connect(ctx, b.dsn(id, token, id))
+	require.NoError(t, err)
+	defer waiter.Close(ctx)
+
+	tx, err := holder.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "SELECT 1")
+	require.NoError(t, err)
+	const held = time.Second // five times the router's AcquireTimeout
+	time.AfterFunc(held, func() { _ = tx.Commit(ctx) })
+	start := time.Now()
+	var n int
+	require.NoError(t, waiter.QueryRow(ctx, "SELECT 2").Scan(&n))
+	require.Equal(t, 2, n)
+	require.GreaterOrEqual(t, time.Since(start), held-50*time.Millisecond, "served only once the holder committed")
+	require.LessOrEqual(t, metricValue(t, b.reg, "silo_pool_connections_in_use")+metricValue(t, b.reg, "silo_pool_connections_idle"),
+		1.0, "one server connection at most, the tenant's cap")
 }
 
 // A shard that refuses Silo's own login for the tenant (its role barred

@@ -1020,7 +1020,7 @@ func (c *clientConn) serverLost(err error, wasIdle bool) bool {
 // acquire takes a server connection for the client.
 func (c *clientConn) acquire() error {
 	start := time.Now()
-	l, err := c.srv.cfg.Router.Acquire(context.Background(), c.tenant)
+	l, err := c.srv.cfg.Router.AcquireWithin(context.Background(), c.tenant, c.srv.cfg.ServerWaitTimeout)
 	c.srv.metrics.waitTime.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return err

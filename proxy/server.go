@@ -23,6 +23,9 @@ const (
 	DefaultMaxClients    = 10000
 	DefaultAuthTimeout   = 15 * time.Second
 	DefaultLoginCacheTTL = 30 * time.Second
+	// DefaultServerWaitTimeout bounds a client's wait for a server
+	// connection when its shard's budget is in use.
+	DefaultServerWaitTimeout = 30 * time.Second
 	// DefaultMaxBatchBytes bounds the extended-protocol messages a client
 	// may send before a Sync or Flush: they are held until then.
 	DefaultMaxBatchBytes = 64 << 20
@@ -61,6 +64,11 @@ type Config struct {
 	MaxBatchBytes int
 	// AuthTimeout bounds a client's startup, authentication included.
 	AuthTimeout time.Duration
+	// ServerWaitTimeout bounds a client's wait for a server connection
+	// within its shard's budget and its tenant's cap (PgBouncer's
+	// query_wait_timeout); past it the client is told 57P03 and may try
+	// again. Default DefaultServerWaitTimeout.
+	ServerWaitTimeout time.Duration
 	// LoginCacheTTL is how long a login the catalog gave is used again
 	// while the catalog is down (never while it is up). Default
 	// DefaultLoginCacheTTL.
@@ -86,6 +94,9 @@ func (c Config) withDefaults() Config {
 	if c.LoginCacheTTL == 0 {
 		c.LoginCacheTTL = DefaultLoginCacheTTL
 	}
+	if c.ServerWaitTimeout == 0 {
+		c.ServerWaitTimeout = DefaultServerWaitTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -100,8 +111,8 @@ func (c Config) validate() error {
 		return errors.New("proxy: Config.MockSecret must be at least 16 bytes")
 	case c.MaxClients < 1 || c.MaxMessageBytes < 1<<10 || c.MaxBatchBytes < c.MaxMessageBytes:
 		return errors.New("proxy: MaxClients must be positive, MaxMessageBytes at least 1 KiB and MaxBatchBytes at least MaxMessageBytes")
-	case c.AuthTimeout <= 0 || c.LoginCacheTTL < 0:
-		return errors.New("proxy: AuthTimeout must be positive")
+	case c.AuthTimeout <= 0 || c.LoginCacheTTL < 0 || c.ServerWaitTimeout < 0:
+		return errors.New("proxy: AuthTimeout must be positive, LoginCacheTTL and ServerWaitTimeout not negative")
 	}
 	return nil
 }

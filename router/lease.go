@@ -33,8 +33,17 @@ type Lease struct {
 // when it ends, so does the lease's Context. The caller must Release or
 // Discard the lease.
 func (r *Router) Acquire(ctx context.Context, tenantID string) (*Lease, error) {
+	return r.AcquireWithin(ctx, tenantID, r.cfg.AcquireTimeout)
+}
+
+// AcquireWithin is Acquire with its own bound on the wait for a connection
+// within the budgets, in the place of Config.AcquireTimeout, for a ctx
+// without a deadline: the wire-protocol endpoint's clients queue longer
+// than a library call, as PgBouncer's do (query_wait_timeout), and ctx
+// stays the lease's, which a deadline would cut short.
+func (r *Router) AcquireWithin(ctx context.Context, tenantID string, wait time.Duration) (*Lease, error) {
 	for attempt := 0; ; attempt++ {
-		l, err := r.acquireLease(ctx, tenantID, attempt == 3)
+		l, err := r.acquireLease(ctx, tenantID, wait, attempt == 3)
 		if errors.Is(err, errPoolClosed) {
 			continue // the route changed under us: resolve it again
 		}
@@ -44,7 +53,7 @@ func (r *Router) Acquire(ctx context.Context, tenantID string) (*Lease, error) {
 
 // acquireLease is one attempt of Acquire. It returns errPoolClosed when
 // the tenant's pool closed before a connection came, unless last is set.
-func (r *Router) acquireLease(ctx context.Context, tenantID string, last bool) (*Lease, error) {
+func (r *Router) acquireLease(ctx context.Context, tenantID string, wait time.Duration, last bool) (*Lease, error) {
 	tp, err := r.pool(ctx, tenantID)
 	if err != nil {
 		return nil, err
@@ -70,7 +79,7 @@ func (r *Router) acquireLease(ctx context.Context, tenantID string, last bool) (
 	}
 	if conn == nil {
 		s.begin(l)
-		conn, err = r.acquire(lctx, tp)
+		conn, err = r.acquire(lctx, tp, wait)
 		if err == nil && !s.attach(l, conn) {
 			tp.discard(conn)
 			conn, err = nil, context.Cause(lctx)

@@ -243,9 +243,12 @@ const maxUnasked = 100
 func ended(conn *pgx.Conn) bool {
 	pg := conn.PgConn()
 	nc := pg.Conn()
+	if !unread(nc) {
+		return false // the common case: no deadline set, none to clear
+	}
 	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
-	for range maxUnasked {
-		if !unread(nc) {
+	for i := range maxUnasked {
+		if i > 0 && !unread(nc) {
 			return false
 		}
 		// Something is there: a whole message, or the stream's end.

@@ -310,12 +310,12 @@ func (r *Router) withTenant(ctx context.Context, tenantID string, fn func(conn *
 	return l.Release(fn(conn))
 }
 
-// acquire gets a connection of tenant pool tp within Config.AcquireTimeout
-// when ctx has no earlier deadline.
-func (r *Router) acquire(ctx context.Context, tp *tenantPool) (*pgx.Conn, error) {
+// acquire gets a connection of tenant pool tp within wait when ctx has no
+// earlier deadline.
+func (r *Router) acquire(ctx context.Context, tp *tenantPool, wait time.Duration) (*pgx.Conn, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, r.cfg.AcquireTimeout)
+		ctx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
 	}
 	conn, waited, err := tp.acquire(ctx, r.dial(tp))

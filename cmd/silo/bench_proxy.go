@@ -283,7 +283,7 @@ func (g *globals) benchProxy(ctx context.Context, o proxyBenchOptions) error {
 	}
 	defer rt.Stop()
 	ectx, stopEndpoint := context.WithCancel(ctx)
-	so := serveOptions{pgListen: "127.0.0.1:0", shutdownTimeout: 5 * time.Second, pgMaxClients: proxy.DefaultMaxClients,
+	so := serveOptions{pgListen: "127.0.0.1:0", shutdownTimeout: 5 * time.Second, pgMaxClients: proxy.DefaultMaxClients, pgServerWait: proxy.DefaultServerWaitTimeout,
 		maxMessageBytes: router.DefaultMaxMessageBytes, keyCacheTTL: api.DefaultKeyCacheTTL}
 	ep, err := startPgEndpoint(ectx, so, key, rt, store, log, nil)
 	if err != nil {

@@ -58,7 +58,8 @@ func startPgEndpoint(ctx context.Context, o serveOptions, keyRing []byte, rt *ro
 	mock := sha256.Sum256(append([]byte("silo proxy mock salt\x00"), keyRing[:shardmap.SecretKeyLen]...))
 	srv, err := proxy.New(proxy.Config{
 		Router: rt, Logins: store, MockSecret: mock[:], TLS: tlsCfg, MaxClients: o.pgMaxClients,
-		MaxMessageBytes: o.maxMessageBytes, LoginCacheTTL: o.keyCacheTTL, Logger: log, Registry: reg,
+		ServerWaitTimeout: o.pgServerWait,
+		MaxMessageBytes:   o.maxMessageBytes, LoginCacheTTL: o.keyCacheTTL, Logger: log, Registry: reg,
 	})
 	if err != nil {
 		return nil, err

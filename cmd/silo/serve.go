@@ -65,6 +65,7 @@ type serveOptions struct {
 	pgTLSCert    string
 	pgTLSKey     string
 	pgMaxClients int
+	pgServerWait time.Duration
 }
 
 // addServeFlags registers the server's flags and their environment variables.
@@ -101,9 +102,10 @@ func addServeFlags(cmd *cobra.Command, o *serveOptions) {
 	f.StringVar(&o.pgTLSCert, "pg-tls-cert", "", "PEM certificate the wire-protocol endpoint offers clients (with --pg-tls-key)")
 	f.StringVar(&o.pgTLSKey, "pg-tls-key", "", "PEM private key of --pg-tls-cert")
 	f.IntVar(&o.pgMaxClients, "pg-max-clients", proxy.DefaultMaxClients, "client connections the wire-protocol endpoint holds at once")
+	f.DurationVar(&o.pgServerWait, "pg-server-wait-timeout", proxy.DefaultServerWaitTimeout, "how long a wire-protocol client waits for a server connection within the budget before its statement fails (57P03)")
 	envNames(cmd, map[string]string{
 		"pg-listen": "SILO_PG_LISTEN", "pg-advertise": "SILO_PG_ADVERTISE", "pg-tls-cert": "SILO_PG_TLS_CERT",
-		"pg-tls-key": "SILO_PG_TLS_KEY", "pg-max-clients": "SILO_PG_MAX_CLIENTS",
+		"pg-tls-key": "SILO_PG_TLS_KEY", "pg-max-clients": "SILO_PG_MAX_CLIENTS", "pg-server-wait-timeout": "SILO_PG_SERVER_WAIT_TIMEOUT",
 	})
 	envNames(cmd, map[string]string{
 		"shard-budget": "SILO_SHARD_BUDGET", "tenant-max-conns": "SILO_TENANT_MAX_CONNS", "acquire-timeout": "SILO_ACQUIRE_TIMEOUT",
