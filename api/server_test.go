@@ -443,7 +443,7 @@ func TestShardBadInput(t *testing.T) {
 		{"name too long", "POST", "/v1/shards", `{"name":"` + strings.Repeat("a", 40) + `","dsn":"` + dsn + `"}`, 422, silo.EINVALID, "longer than 32"},
 		{"zero weight", "POST", "/v1/shards", `{"name":"a","dsn":"` + dsn + `","weight":0}`, 422, silo.EINVALID, "weight"},
 		{"empty region", "POST", "/v1/shards", `{"name":"a","dsn":"` + dsn + `","region":""}`, 422, silo.EINVALID, "region"},
-		{"unreachable dsn", "POST", "/v1/shards", `{"name":"a","dsn":"postgres://silo:pw-secret-9@127.0.0.1:1/postgres"}`, 422, silo.EINVALID, "cannot connect to shard"},
+		{"unreachable dsn", "POST", "/v1/shards", `{"name":"a","dsn":"postgres://silo:pw-secret-9@127.0.0.1:1/postgres"}`, 503, silo.EUNAVAILABLE, "cannot reach shard"},
 		{"duplicate", "POST", "/v1/shards", `{"name":"taken","dsn":"` + dsn + `"}`, 409, silo.ECONFLICT, "already exists"},
 		{"unknown shard", "GET", "/v1/shards/nope", "", 404, silo.ENOTFOUND, "not found"},
 		{"drain unknown", "POST", "/v1/shards/nope/drain", "", 404, silo.ENOTFOUND, "not found"},

@@ -15,4 +15,4 @@ trap 'stop_dev; rm -rf "$dir"' EXIT
 mkdir "$dir/migrations"
 cp migrations/tenant/*.sql "$dir/migrations/"
 start_dev "$dir" --tenant-migrations "$dir/migrations" --warm-pool-size 20
-"$silo" bench migrate --dir "$dir/dev" --migrations "$dir/migrations" -n "${BENCH_TENANTS:-1000}"
+"$silo" bench migrate --dir "$dir/dev" --tenant-migrations "$dir/migrations" -n "${BENCH_TENANTS:-1000}"

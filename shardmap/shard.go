@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/silo-db/silo"
 )
@@ -55,8 +56,8 @@ var errNoSealer = silo.Errorf(silo.EINTERNAL, "shardmap: the Store has no Sealer
 // that its role may create databases and roles. Region and weight default to
 // silo.DefaultRegion and silo.DefaultWeight; the state is always active.
 // It returns EINVALID for a bad name, region, weight or DSN and for a shard
-// that cannot be reached (the message says why), and ECONFLICT when the name
-// is taken. ctx bounds the whole call, including the probe.
+// that refuses the DSN's login (the message says why), EUNAVAILABLE for a
+// shard that nothing answers at, and ECONFLICT when the name is taken. ctx bounds the whole call, including the probe.
 func (s *Store) CreateShard(ctx context.Context, sh silo.Shard) (*silo.Shard, error) {
 	if sh.Region == "" {
 		sh.Region = silo.DefaultRegion
@@ -135,6 +136,12 @@ func (s *Store) probe(ctx context.Context, dsn string) error {
 	defer cancel()
 	conn, err := pgx.ConnectConfig(pctx, cfg)
 	if err != nil {
+		if _, answered := errors.AsType[*pgconn.PgError](err); !answered {
+			// Nothing answered (refused, unreachable, timed out): the
+			// request may be right and the shard not up yet, so it is the
+			// shard that is unavailable, not the request that is invalid.
+			return silo.Errorf(silo.EUNAVAILABLE, "cannot reach shard: %s", redactErr(err, dsn))
+		}
 		return silo.Errorf(silo.EINVALID, "cannot connect to shard: %s", redactErr(err, dsn))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))

@@ -149,13 +149,17 @@ func TestCreateShardBadInput(t *testing.T) {
 		{"weight too high", silo.Shard{Name: "eu-1", DSN: good, Weight: silo.MaxWeight + 1}, "weight"},
 		{"no dsn", silo.Shard{Name: "eu-1"}, "dsn is required"},
 		{"unparsable dsn", silo.Shard{Name: "eu-1", DSN: "postgres://a:b@[::1"}, "not a valid"},
-		{"unreachable", silo.Shard{Name: "eu-1", DSN: "postgres://silo:secret-pw-1@127.0.0.1:1/postgres"}, "cannot connect to shard"},
+		{"unreachable", silo.Shard{Name: "eu-1", DSN: "postgres://silo:secret-pw-1@127.0.0.1:1/postgres"}, "cannot reach shard"},
 		{"wrong password", silo.Shard{Name: "eu-1", DSN: wrongPassword}, "cannot connect to shard"},
 		{"weak role", silo.Shard{Name: "eu-1", DSN: weak}, "CREATEDB and CREATEROLE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := s.CreateShard(b.ctx, tc.shard)
-			requireCode(t, err, silo.EINVALID)
+			code := silo.EINVALID
+			if tc.name == "unreachable" {
+				code = silo.EUNAVAILABLE // nothing answered: not the request's fault
+			}
+			requireCode(t, err, code)
 			msg := silo.ErrorMessage(err)
 			require.Contains(t, msg, tc.message)
 			require.NotContains(t, msg, "\n", "one line")
@@ -170,12 +174,18 @@ func TestCreateShardBadInput(t *testing.T) {
 	audit, err := s.ListAudit(b.ctx, shardmap.AuditFilter{Action: "shard.create"}, silo.Page{})
 	require.NoError(t, err)
 	require.Len(t, audit.Items, 16)
+	unavailable := 0
 	for _, e := range audit.Items {
-		require.Equal(t, silo.EINVALID, e.Result)
+		if e.Result == silo.EUNAVAILABLE {
+			unavailable++ // the unreachable one
+		} else {
+			require.Equal(t, silo.EINVALID, e.Result)
+		}
 		require.NotEmpty(t, e.Error)
 		require.NotContains(t, fmt.Sprint(e.Params), "not-the-password-1234")
 		require.NotContains(t, fmt.Sprint(e.Params), "secret-pw-1")
 	}
+	require.Equal(t, 1, unavailable)
 	require.NotContains(t, b.logs.String(), "not-the-password-1234")
 }
 

@@ -130,7 +130,8 @@ func newBenchProvisionCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVarP(&n, "tenants", "n", 100, "tenants to create")
-	cmd.Flags().IntVarP(&concurrency, "concurrency", "c", 4, "concurrent clients")
+	cmd.Flags().IntVarP(&concurrency, "clients", "c", 4, "concurrent clients")
+	deprecatedAlias(cmd, "concurrency", "clients")
 	cmd.Flags().IntVar(&waitWarm, "wait-warm", 0, "wait until the warm pools hold this many ready databases in all")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the tenants instead of purging them")
 	cmd.Flags().DurationVar(&maxTime, "max-time", 10*time.Minute, "stop after this long")

@@ -37,7 +37,7 @@ func newBenchMigrateCmd(g *globals) *cobra.Command {
 		Use:   "migrate",
 		Short: "Migrate N tenants to a new schema version and report tenants per second",
 		Long: "Make sure N tenants (bench-migrate-0 .. N-1) exist, add one small migration (a new\n" +
-			"nullable column) to the server's tenant migration directory (--migrations, the\n" +
+			"nullable column) to the server's tenant migration directory (--tenant-migrations, as\n" +
 			"server's --tenant-migrations), run it over the fleet with no canary, and print the\n" +
 			"total time, tenants per second, the median and the slowest tenant. --dir reads the\n" +
 			"catalog, for the per-tenant times, from a silo dev directory.",
@@ -47,7 +47,7 @@ func newBenchMigrateCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("-n %d must be 1 to 10000", n)
 			}
 			if migrationsDir == "" || devDir == "" {
-				return fmt.Errorf("--migrations (the server's tenant migration directory) and --dir (its silo dev directory) are required")
+				return usageErrorf("--tenant-migrations (the server's tenant migration directory) and --dir (its silo dev directory) are required")
 			}
 			catalogDSN, _, err := readDevDir(devDir)
 			if err != nil {
@@ -97,7 +97,8 @@ func newBenchMigrateCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVarP(&n, "tenants", "n", 1000, "tenants to migrate")
 	cmd.Flags().IntVar(&concurrency, "concurrency", migrations.DefaultConcurrency, "the run's fleet-wide concurrency")
 	cmd.Flags().IntVar(&perShard, "per-shard", migrations.DefaultPerShard, "the run's per-shard concurrency")
-	cmd.Flags().StringVar(&migrationsDir, "migrations", "", "the server's tenant migration directory, where the bench adds a file")
+	cmd.Flags().StringVar(&migrationsDir, "tenant-migrations", "", "the server's tenant migration directory, where the bench adds a file")
+	deprecatedAlias(cmd, "migrations", "tenant-migrations")
 	cmd.Flags().StringVar(&devDir, "dir", "", "the silo dev directory (for the catalog)")
 	cmd.Flags().DurationVar(&maxTime, "max-time", 30*time.Minute, "give up after this long")
 	return cmd

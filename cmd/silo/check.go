@@ -64,9 +64,9 @@ func newCheckCmd(g *globals) *cobra.Command {
 			}
 			if n := len(rep.Findings); n > 0 {
 				if repair {
-					return fmt.Errorf("%s left after the repair", plural(int64(n), "finding"))
+					return withExit(exitPartial, fmt.Errorf("%s left after the repair", plural(int64(n), "finding")))
 				}
-				return fmt.Errorf("%s", plural(int64(n), "finding"))
+				return withExit(exitPartial, fmt.Errorf("%s", plural(int64(n), "finding")))
 			}
 			return nil
 		},

@@ -21,6 +21,6 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "silo: "+oneLine(err.Error()))
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

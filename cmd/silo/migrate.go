@@ -46,7 +46,8 @@ func newMigrateCmd(g *globals) *cobra.Command {
 func newMigrateRunCmd(g *globals, direction string) *cobra.Command {
 	var to int64
 	var concurrency, perShard, canary int
-	var continueOnError, wait bool
+	var continueOnError bool
+	var w waitFlags
 	cmd := &cobra.Command{Args: cobra.NoArgs}
 	switch direction {
 	case "up":
@@ -75,6 +76,9 @@ func newMigrateRunCmd(g *globals, direction string) *cobra.Command {
 			"was stopped. Ctrl-C stops the waiting, not the run: `silo migrate stop` does that."
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := w.validate(cmd); err != nil {
+			return err
+		}
 		c, err := g.client()
 		if err != nil {
 			return err
@@ -102,14 +106,16 @@ func newMigrateRunCmd(g *globals, direction string) *cobra.Command {
 			return err
 		}
 		run := *resp.JSON202
-		if !wait {
+		if !w.wait {
 			if err := g.printRun(run); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stderr, "Migration run %s goes on in the background; follow it with: silo migrate status\n", run.Id)
 			return nil
 		}
-		run, err = g.waitRun(cmd.Context(), c, run)
+		wctx, cancel := w.context(cmd.Context())
+		defer cancel()
+		run, err = g.waitRun(wctx, c, run)
 		if err != nil {
 			return err
 		}
@@ -124,7 +130,7 @@ func newMigrateRunCmd(g *globals, direction string) *cobra.Command {
 	f.IntVar(&perShard, "per-shard", migrations.DefaultPerShard, "tenants migrated at once on one shard")
 	f.IntVar(&canary, "canary", 0, "tenants, spread over shards, migrated first; if one fails the run stops before the rest (default: one per shard; 0 for none)")
 	f.BoolVar(&continueOnError, "continue-on-error", false, "go on past failed tenants after the canary wave (default: stop at the first failure)")
-	f.BoolVar(&wait, "wait", false, "show the run's progress until it ends, and fail if it did not succeed")
+	addWaitFlags(cmd, &w, false, "the run has ended (failing if it did not succeed)")
 	if direction == "down" {
 		_ = cmd.MarkFlagRequired("to")
 	}
@@ -136,9 +142,15 @@ func runActive(s api.MigrationRunState) bool {
 	return s == "preparing" || s == "canary" || s == "running"
 }
 
-// runOutcome is the command's error for a run that ended without success.
+// runOutcome is the command's error for a run that ended without success
+// (exit status 1), or that succeeded with failed tenants (status 3, under
+// --continue-on-error).
 func runOutcome(run api.MigrationRun) error {
 	if run.State != "failed" && run.State != "stopped" {
+		if run.Progress.Failed > 0 {
+			return withExit(exitPartial, fmt.Errorf("migration run %s finished with %d of %d tenants failed: silo migrate status lists them",
+				run.Id, run.Progress.Failed, run.Progress.Total))
+		}
 		return nil
 	}
 	why := deref(run.Error)
@@ -163,7 +175,7 @@ func (g *globals) waitRun(ctx context.Context, c *api.ClientWithResponses, run a
 		select {
 		case <-ctx.Done():
 			p.end()
-			return run, fmt.Errorf("stopped waiting; migration run %s goes on in the background: follow it with silo migrate status, or stop it with silo migrate stop %s", id, id)
+			return run, stillRunning(ctx, "migration run "+id, "silo migrate status, or stop it with silo migrate stop "+id)
 		case <-tick.C:
 		}
 		resp, err := c.GetMigrationRunWithResponse(ctx, id)
@@ -318,9 +330,15 @@ func newMigrateStatusCmd(g *globals) *cobra.Command {
 			}
 			st := *resp.JSON200
 			if g.output == "json" {
-				return g.printJSON(st)
+				err = g.printJSON(st)
+			} else {
+				err = g.printStatus(st)
 			}
-			return g.printStatus(st)
+			if err == nil && len(st.Failures) > 0 {
+				// As migrate drift exits 1 on drift: a script can tell.
+				err = withExit(exitPartial, fmt.Errorf("%d tenants failed their latest migration", len(st.Failures)))
+			}
+			return err
 		},
 	}
 }
@@ -428,7 +446,7 @@ func newMigrateDriftCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if n := len(rep.Drifted); n > 0 {
-				return fmt.Errorf("schema drift in %s", plural(int64(n), "tenant"))
+				return withExit(exitPartial, fmt.Errorf("schema drift in %s", plural(int64(n), "tenant")))
 			}
 			return nil
 		},
@@ -475,7 +493,7 @@ func newMigrateCreateCmd(g *globals) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if dir == "" {
-				return fmt.Errorf("no migration directory: pass --dir or set SILO_TENANT_MIGRATIONS")
+				return usageErrorf("no migration directory: pass --tenant-migrations or set SILO_TENANT_MIGRATIONS")
 			}
 			path, err := migrations.CreateFile(dir, args[0])
 			if err != nil {
@@ -488,8 +506,9 @@ func newMigrateCreateCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "directory of the tenant migration files")
-	envNames(cmd, map[string]string{"dir": "SILO_TENANT_MIGRATIONS"})
+	cmd.Flags().StringVar(&dir, "tenant-migrations", "", "directory of the tenant migration files, as silo serve's")
+	envNames(cmd, map[string]string{"tenant-migrations": "SILO_TENANT_MIGRATIONS"})
+	deprecatedAlias(cmd, "dir", "tenant-migrations")
 	return cmd
 }
 

@@ -76,7 +76,7 @@ func newRebalanceCmd(g *globals) *cobra.Command {
 func newRebalanceApplyCmd(g *globals) *cobra.Command {
 	var by string
 	var maxMoves int
-	var wait bool
+	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   "apply",
 		Short: "Start the moves that even out the active shards",
@@ -85,6 +85,9 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 			"ended; Ctrl-C stops waiting, and the moves go on.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := w.validate(cmd); err != nil {
+				return err
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -111,13 +114,19 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 			}
 			lastRunning := -1
 			tty := isTerminal(g.stderr)
-			for wait && cmd.Context().Err() == nil {
+			wctx, cancel := w.context(cmd.Context())
+			defer cancel()
+			var interrupted error
+			for w.wait {
 				running := 0
 				for _, m := range moves {
 					if m.OperationId == nil {
 						continue
 					}
-					op, err := c.GetOperationWithResponse(cmd.Context(), *m.OperationId)
+					op, err := c.GetOperationWithResponse(wctx, *m.OperationId)
+					if wctx.Err() != nil {
+						break
+					}
 					if err := g.check(op, err, op != nil && op.JSON200 != nil); err != nil {
 						return err
 					}
@@ -125,6 +134,13 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 					if op.JSON200.State == api.OperationStateRunning {
 						running++
 					}
+				}
+				if wctx.Err() != nil {
+					if tty {
+						fmt.Fprintln(g.stderr)
+					}
+					interrupted = stillRunning(wctx, "the moves", "silo operation get ID")
+					break
 				}
 				started := len(moves) - failed
 				if tty {
@@ -147,7 +163,7 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 					break
 				}
 				select {
-				case <-cmd.Context().Done():
+				case <-wctx.Done():
 				case <-time.After(time.Second):
 				}
 			}
@@ -178,14 +194,17 @@ func newRebalanceApplyCmd(g *globals) *cobra.Command {
 			if err := g.printTable([]string{"TENANT", "FROM", "TO", "OPERATION", "STATE"}, rows); err != nil {
 				return err
 			}
+			if interrupted != nil {
+				return interrupted
+			}
 			if failed > 0 {
-				return fmt.Errorf("%d of %d moves failed or did not start", failed, len(moves))
+				return withExit(exitPartial, fmt.Errorf("%d of %d moves failed or did not start", failed, len(moves)))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&by, "by", "tenants", "balance tenants or bytes")
 	cmd.Flags().IntVar(&maxMoves, "max-moves", 0, "at most this many moves (0: no limit)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "follow the moves until they end")
+	addWaitFlags(cmd, &w, false, "every move has ended")
 	return cmd
 }

@@ -35,10 +35,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd); err != nil {
-				return err
+				return withExit(exitUsage, err)
 			}
 			if g.output != "table" && g.output != "json" {
-				return fmt.Errorf("--output %q must be table or json", g.output)
+				return usageErrorf("--output %q must be table or json", g.output)
 			}
 			return nil
 		},
@@ -70,7 +70,19 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCmd(g),
 		newPGBinDirCmd(g),
 	)
+	strictUsage(root)
 	return root
+}
+
+// deprecatedAlias registers old, a former name of flag new (bound to the
+// same value), which still works for a release and says what replaced it.
+func deprecatedAlias(cmd *cobra.Command, old, new string) {
+	f := cmd.Flags().Lookup(new)
+	if f == nil {
+		panic("deprecatedAlias: no flag " + new)
+	}
+	cmd.Flags().AddFlag(&pflag.Flag{Name: old, Usage: f.Usage, Value: f.Value, DefValue: f.DefValue, NoOptDefVal: f.NoOptDefVal})
+	_ = cmd.Flags().MarkDeprecated(old, "use --"+new)
 }
 
 // envNames records which environment variable feeds each flag; applyEnv

@@ -120,12 +120,15 @@ func newShardGetCmd(g *globals) *cobra.Command {
 }
 
 func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
-	var wait bool
+	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   verb + " NAME",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := w.validate(cmd); err != nil {
+				return err
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -143,8 +146,10 @@ func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
 			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
 				return err
 			}
-			if wait {
-				if err := g.waitDrained(cmd.Context(), c, args[0]); err != nil {
+			if w.wait {
+				wctx, cancel := w.context(cmd.Context())
+				defer cancel()
+				if err := g.waitDrained(wctx, c, args[0]); err != nil {
 					return err
 				}
 				resp, err = c.GetShardWithResponse(cmd.Context(), args[0]) // as it is now
@@ -158,27 +163,32 @@ func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
 	if verb == "drain" {
 		cmd.Long = "Mark a shard draining: it gets no new tenants, and each of its active tenants starts\n" +
 			"moving, live, to the least loaded active shard of its region. With --wait, wait until\n" +
-			"none is left (Ctrl-C stops waiting; the moves go on). Suspended and deleted tenants\n" +
-			"stay: resume or purge them, then `silo shard remove`."
-		cmd.Flags().BoolVar(&wait, "wait", false, "wait until the shard has no active tenant")
+			"none is left active or moving (Ctrl-C stops waiting; the moves go on). Suspended and\n" +
+			"deleted tenants stay: resume or purge them, then `silo shard remove`."
+		addWaitFlags(cmd, &w, false, "no tenant of the shard is active or moving")
 	}
 	return cmd
 }
 
-// waitDrained waits until a shard has no active tenant, printing how many
-// are left as they go.
+// waitDrained waits until a shard has no tenant that is active or moving
+// (a move is not over until its cutover), printing how many are left as
+// they go.
 func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, shard string) error {
-	active := api.TenantStateActive
-	limit := 1000
 	last := -1
 	for {
-		resp, err := c.ListTenantsWithResponse(ctx, &api.ListTenantsParams{Shard: &shard, State: &active, Limit: &limit})
-		if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
-			return err
+		left := 0
+		for _, state := range []api.TenantState{api.TenantStateActive, api.TenantStateMoving} {
+			n, err := g.countTenants(ctx, c, shard, state)
+			if ctx.Err() != nil {
+				return stillRunning(ctx, "the moves off shard "+shard, "silo shard get "+shard)
+			}
+			if err != nil {
+				return err
+			}
+			left += n
 		}
-		left := len(resp.JSON200.Items)
 		if left != last {
-			fmt.Fprintf(g.stderr, "shard %s: %d active tenants left\n", shard, left)
+			fmt.Fprintf(g.stderr, "shard %s: %d tenants left to move\n", shard, left)
 			last = left
 		}
 		if left == 0 {
@@ -186,8 +196,25 @@ func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, s
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stopped waiting; the moves off shard %s go on", shard)
+			return stillRunning(ctx, "the moves off shard "+shard, "silo shard get "+shard)
 		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// countTenants counts a shard's tenants in one state, page by page.
+func (g *globals) countTenants(ctx context.Context, c *api.ClientWithResponses, shard string, state api.TenantState) (int, error) {
+	limit := 1000
+	var cursor *string
+	n := 0
+	for {
+		resp, err := c.ListTenantsWithResponse(ctx, &api.ListTenantsParams{Shard: &shard, State: &state, Limit: &limit, Cursor: cursor})
+		if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+			return 0, err
+		}
+		n += len(resp.JSON200.Items)
+		if cursor = resp.JSON200.NextCursor; cursor == nil {
+			return n, nil
 		}
 	}
 }

@@ -73,38 +73,20 @@ func newOperationCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// addWaitFlag registers --wait, how long the API waits for the operation.
-func addWaitFlag(cmd *cobra.Command, wait *time.Duration) {
-	cmd.Flags().DurationVar(wait, "wait", api.DefaultWait, "how long to wait for the operation before leaving it running in the background (at most 60s)")
-}
-
-// waitParam returns the wait to send: nil for the API's default.
-func (g *globals) waitParam(cmd *cobra.Command, wait time.Duration) (*string, error) {
-	if !cmd.Flags().Changed("wait") {
-		return nil, nil
-	}
-	if wait >= g.timeout {
-		return nil, fmt.Errorf("--wait %s must be shorter than --timeout %s", wait, g.timeout)
-	}
-	s := wait.String()
-	return &s, nil
-}
-
 func newTenantCreateCmd(g *globals) *cobra.Command {
 	var shard, region, key string
-	var wait time.Duration
+	var w waitFlags
 	var limits silo.TenantLimits
 	cmd := &cobra.Command{
 		Use:   "create ID",
 		Short: "Create a tenant, with its own database and login role on a shard",
 		Long: "Create a tenant. Without --shard, Silo places it on the least loaded active shard\n" +
-			"(of --region, if given). The command waits up to --wait; an operation still running\n" +
-			"then goes on in the background, and `silo operation get` follows it. With\n" +
+			"(of --region, if given). The command waits until the tenant is ready (--wait=false:\n" +
+			"until its creation has started; `silo operation get` follows it). With\n" +
 			"--idempotency-key, running the same command again returns the first outcome.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.waitParam(cmd, wait)
-			if err != nil {
+			if err := w.validate(cmd); err != nil {
 				return err
 			}
 			c, err := g.client()
@@ -121,7 +103,7 @@ func newTenantCreateCmd(g *globals) *cobra.Command {
 			if cmd.Flags().Changed("max-connections") || cmd.Flags().Changed("temp-file-limit-mb") {
 				body.Limits = &api.TenantLimits{Connections: limits.Connections, TempFileMB: limits.TempFileMB}
 			}
-			params := &api.CreateTenantParams{Wait: w}
+			params := &api.CreateTenantParams{Wait: g.apiWait(w)}
 			if cmd.Flags().Changed("idempotency-key") {
 				params.IdempotencyKey = &key
 			}
@@ -129,14 +111,15 @@ func newTenantCreateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return g.requestError(err)
 			}
-			return g.printOutcome(resp.StatusCode(), resp.Body, resp.JSON201, resp.JSON202)
+			_, err = g.outcome(cmd.Context(), c, w, resp.StatusCode(), resp.Body, resp.JSON201, resp.JSON202)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&shard, "shard", "", "the active shard to place the tenant on (default: the least loaded)")
 	cmd.Flags().StringVar(&region, "region", "", "place the tenant in this region, which it never leaves")
 	cmd.Flags().StringVar(&key, "idempotency-key", "", "makes a retried create return the first outcome (1 to 128 characters)")
 	addLimitFlags(cmd, &limits)
-	addWaitFlag(cmd, &wait)
+	addWaitFlags(cmd, &w, true, "the tenant is ready")
 	return cmd
 }
 
@@ -254,14 +237,13 @@ func newTenantGetCmd(g *globals) *cobra.Command {
 }
 
 func newTenantStateCmd(g *globals, verb, short string) *cobra.Command {
-	var wait time.Duration
+	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   verb + " ID",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.waitParam(cmd, wait)
-			if err != nil {
+			if err := w.validate(cmd); err != nil {
 				return err
 			}
 			c, err := g.client()
@@ -274,62 +256,63 @@ func newTenantStateCmd(g *globals, verb, short string) *cobra.Command {
 			var op *api.Operation
 			switch verb {
 			case "suspend":
-				resp, err := c.SuspendTenantWithResponse(cmd.Context(), args[0], &api.SuspendTenantParams{Wait: w})
+				resp, err := c.SuspendTenantWithResponse(cmd.Context(), args[0], &api.SuspendTenantParams{Wait: g.apiWait(w)})
 				if err != nil {
 					return g.requestError(err)
 				}
 				status, body, tenant, op = resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202
 			case "resume":
-				resp, err := c.ResumeTenantWithResponse(cmd.Context(), args[0], &api.ResumeTenantParams{Wait: w})
+				resp, err := c.ResumeTenantWithResponse(cmd.Context(), args[0], &api.ResumeTenantParams{Wait: g.apiWait(w)})
 				if err != nil {
 					return g.requestError(err)
 				}
 				status, body, tenant, op = resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202
 			}
-			return g.printOutcome(status, body, tenant, op)
+			_, err = g.outcome(cmd.Context(), c, w, status, body, tenant, op)
+			return err
 		},
 	}
-	addWaitFlag(cmd, &wait)
+	addWaitFlags(cmd, &w, true, "the tenant is "+verb[:len(verb)-1]+"ed")
 	return cmd
 }
 
 func newTenantMoveCmd(g *globals) *cobra.Command {
 	var to string
-	var wait time.Duration
+	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   "move ID --to SHARD",
 		Short: "Move a live tenant to another shard of its region",
 		Long: "Move a tenant to another active shard of its region while it keeps serving: its\n" +
-			"database is copied by logical replication, then a cutover of about a second holds its\n" +
-			"requests, lets the new shard catch up, checks row counts, and switches. A failure before\n" +
-			"the switch leaves the tenant where it was. The command waits up to --wait; a move still\n" +
-			"copying goes on in the background, and `silo operation get` follows it.",
+			"database is copied by logical replication, then a short cutover holds its requests, lets\n" +
+			"the new shard catch up, checks the copy, and switches (`silo operation get` shows the\n" +
+			"pause). A failure before the switch leaves the tenant where it was. The command returns\n" +
+			"once the move has started; with --wait it follows the move to its end.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.waitParam(cmd, wait)
-			if err != nil {
+			if err := w.validate(cmd); err != nil {
 				return err
 			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			resp, err := c.MoveTenantWithResponse(cmd.Context(), args[0], &api.MoveTenantParams{Wait: w}, api.TenantMove{Shard: to})
+			resp, err := c.MoveTenantWithResponse(cmd.Context(), args[0], &api.MoveTenantParams{Wait: g.apiWait(w)}, api.TenantMove{Shard: to})
 			if err != nil {
 				return g.requestError(err)
 			}
-			return g.printOutcome(resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202)
+			_, err = g.outcome(cmd.Context(), c, w, resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the shard to move to")
 	_ = cmd.MarkFlagRequired("to")
-	addWaitFlag(cmd, &wait)
+	addWaitFlags(cmd, &w, false, "the move has ended")
 	return cmd
 }
 
 func newTenantDeleteCmd(g *globals) *cobra.Command {
 	var purge, yes bool
-	var wait time.Duration
+	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   "delete ID [--purge --yes]",
 		Short: "Delete a tenant: softly, or for good with --purge",
@@ -338,18 +321,21 @@ func newTenantDeleteCmd(g *globals) *cobra.Command {
 			"role now, irreversibly, and needs --yes.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if purge && !yes {
-				return fmt.Errorf("--purge drops the database of tenant %q irreversibly: add --yes to confirm", args[0])
+			switch {
+			case purge && !yes:
+				return usageErrorf("--purge drops the database of tenant %q irreversibly: add --yes to confirm", args[0])
+			case yes && !purge:
+				// Meant as "for good", it would have been a soft delete.
+				return usageErrorf("--yes confirms --purge, which is missing: a delete without --purge is soft (the database is kept for the grace period) and needs no --yes")
 			}
-			w, err := g.waitParam(cmd, wait)
-			if err != nil {
+			if err := w.validate(cmd); err != nil {
 				return err
 			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			params := &api.DeleteTenantParams{Wait: w}
+			params := &api.DeleteTenantParams{Wait: g.apiWait(w)}
 			if purge {
 				params.Purge = &purge
 			}
@@ -357,10 +343,11 @@ func newTenantDeleteCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return g.requestError(err)
 			}
-			if err := g.printOutcome(resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202); err != nil {
+			t, err := g.outcome(cmd.Context(), c, w, resp.StatusCode(), resp.Body, resp.JSON200, resp.JSON202)
+			if err != nil {
 				return err
 			}
-			if t := resp.JSON200; t != nil && t.PurgeAfter != nil && !purge {
+			if t != nil && t.PurgeAfter != nil && !purge {
 				fmt.Fprintf(g.stderr, "Tenant %s is deleted; its database is kept until %s, then purged.\n",
 					t.Id, t.PurgeAfter.Local().Format(time.DateTime))
 			}
@@ -369,7 +356,7 @@ func newTenantDeleteCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&purge, "purge", false, "drop the database and role now, irreversibly")
 	cmd.Flags().BoolVar(&yes, "yes", false, "confirm --purge")
-	addWaitFlag(cmd, &wait)
+	addWaitFlags(cmd, &w, true, "the tenant is deleted")
 	return cmd
 }
 
@@ -384,8 +371,11 @@ func newTenantExportCmd(g *globals) *cobra.Command {
 			"--timeout bounds the wait for the export to start, not the download.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if file == "" {
-				return fmt.Errorf("-f FILE is required (-f - writes to standard output)")
+			switch {
+			case file == "":
+				return usageErrorf("-f FILE is required (-f - writes to standard output)")
+			case file == "-" && g.output == "json":
+				return usageErrorf("-o json needs -f FILE: with -f -, standard output is the archive")
 			}
 			return g.exportTenant(cmd.Context(), args[0], file)
 		},
@@ -437,6 +427,9 @@ func (g *globals) exportTenant(ctx context.Context, id, file string) error {
 	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("export of tenant %s broke off after %s, and %s was not written: %v", id, size(n), file, err)
+	}
+	if g.output == "json" {
+		return g.printJSON(map[string]any{"tenant": id, "file": file, "bytes": n})
 	}
 	fmt.Fprintf(g.stderr, "Exported tenant %s to %s: %s\n", id, file, size(n))
 	return nil
@@ -508,26 +501,22 @@ func size(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// printOutcome prints what a lifecycle request answered: the tenant when its
-// operation finished, the operation and how to follow it while it runs, or
-// the error.
-func (g *globals) printOutcome(status int, body []byte, tenant *api.Tenant, op *api.Operation) error {
+// outcome prints what a lifecycle request answered: the tenant when its
+// operation finished within the request; else, the operation, followed to
+// its end with --wait (see finishOperation); else the API's problem. It
+// returns the tenant as printed, if it was.
+func (g *globals) outcome(ctx context.Context, c *api.ClientWithResponses, w waitFlags, status int, body []byte, tenant *api.Tenant, op *api.Operation) (*api.Tenant, error) {
 	switch {
 	case tenant != nil:
-		return g.printTenants([]api.Tenant{*tenant}, false)
+		return tenant, g.printTenants([]api.Tenant{*tenant}, false)
 	case op != nil:
-		if err := g.printOperation(*op); err != nil {
-			return err
-		}
-		fmt.Fprintf(g.stderr, "The %s of tenant %s is still running in the background; follow it with: silo operation get %s\n",
-			op.Kind, op.TenantId, op.Id)
-		return nil
+		return g.finishOperation(ctx, c, w, *op)
 	}
 	err := apiError(status, body)
 	if p := problemOf(body); p != nil && p.OperationId != nil {
 		err = fmt.Errorf("%v; see silo operation get %s", err, *p.OperationId)
 	}
-	return err
+	return nil, err
 }
 
 // printTenants prints tenants as a table, or as JSON: an array for lists
