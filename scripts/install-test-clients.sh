@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the clients the wire-protocol endpoint's tests run (proxy/*_test.go):
+# Installs the clients the wire-protocol endpoint's tests (proxy/*_test.go) and
+# the README tour's test (cmd/silo/tour_test.go, which also needs curl) run:
 # psql, pg_dump and pg_restore (postgresql-client), pgbench (Debian ships it
 # with the server, postgresql), psycopg2 for /usr/bin/python3
 # (python3-psycopg2), and node with npm (npm, only when there is no npm, as
@@ -17,6 +18,7 @@ missing() {
 	local pkgs=()
 	{ works psql --version && works pg_dump --version && works pg_restore --version; } || pkgs+=(postgresql-client)
 	works pgbench --version || pkgs+=(postgresql)
+	works curl --version || pkgs+=(curl)
 	works /usr/bin/python3 -c 'import psycopg2' || pkgs+=(python3-psycopg2)
 	{ works npm --version && works node --version; } || pkgs+=(npm)
 	echo "${pkgs[@]}"

@@ -142,14 +142,16 @@ func runActive(s api.MigrationRunState) bool {
 	return s == "preparing" || s == "canary" || s == "running"
 }
 
-// runOutcome is the command's error for a run that ended without success
-// (exit status 1), or that succeeded with failed tenants (status 3, under
-// --continue-on-error).
+// runOutcome is the command's error for a run that ended without success:
+// exit status 3 when it went through every tenant and some failed (the
+// others are done), 1 when it failed or was stopped before that (a
+// canary that failed, stop at the first failure, migrate stop).
 func runOutcome(run api.MigrationRun) error {
+	pr := run.Progress
 	if run.State != "failed" && run.State != "stopped" {
-		if run.Progress.Failed > 0 {
+		if pr.Failed > 0 {
 			return withExit(exitPartial, fmt.Errorf("migration run %s finished with %d of %d tenants failed: silo migrate status lists them",
-				run.Id, run.Progress.Failed, run.Progress.Total))
+				run.Id, pr.Failed, pr.Total))
 		}
 		return nil
 	}
@@ -157,7 +159,11 @@ func runOutcome(run api.MigrationRun) error {
 	if why == "" {
 		why = "no reason given"
 	}
-	return fmt.Errorf("migration run %s %s: %s", run.Id, run.State, oneLine(why))
+	err := fmt.Errorf("migration run %s %s: %s", run.Id, run.State, oneLine(why))
+	if run.State == "failed" && pr.Pending == 0 && pr.Running == 0 && pr.Done > 0 && pr.Failed > 0 {
+		return withExit(exitPartial, err)
+	}
+	return err
 }
 
 // waitRun polls a run every 500ms until it is no longer in progress,
@@ -336,7 +342,7 @@ func newMigrateStatusCmd(g *globals) *cobra.Command {
 			}
 			if err == nil && len(st.Failures) > 0 {
 				// As migrate drift exits 1 on drift: a script can tell.
-				err = withExit(exitPartial, fmt.Errorf("%d tenants failed their latest migration", len(st.Failures)))
+				err = withExit(exitPartial, fmt.Errorf("%s failed a migration (see above)", plural(int64(len(st.Failures)), "tenant")))
 			}
 			return err
 		},

@@ -188,7 +188,7 @@ func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, s
 			left += n
 		}
 		if left != last {
-			fmt.Fprintf(g.stderr, "shard %s: %d tenants left to move\n", shard, left)
+			fmt.Fprintf(g.stderr, "shard %s: %s left to move\n", shard, plural(int64(left), "tenant"))
 			last = left
 		}
 		if left == 0 {
