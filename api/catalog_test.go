@@ -67,8 +67,12 @@ func (o *ownCatalog) serve(t *testing.T, keyCacheTTL time.Duration, reg *prometh
 	require.NoError(t, err)
 	require.NoError(t, rt.Start(o.ctx))
 	t.Cleanup(rt.Stop)
-	return serve(t, o.ctx, o.fleet, o.Store, api.Config{Catalog: o.Store, Provisioner: o.prov, Router: rt,
-		CatalogHealth: o.health, KeyCacheTTL: keyCacheTTL, AdminToken: token, Logger: o.log, Registry: reg})
+	acfg := api.Config{Catalog: o.Store, Provisioner: o.prov, Router: rt,
+		CatalogHealth: o.health, KeyCacheTTL: keyCacheTTL, AdminToken: token, Logger: o.log}
+	if reg != nil {
+		acfg.Registry = reg
+	}
+	return serve(t, o.ctx, o.fleet, o.Store, acfg)
 }
 
 // requireUnavailable checks a 503 EUNAVAILABLE problem with Retry-After.

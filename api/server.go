@@ -70,6 +70,13 @@ const (
 	MaxKeyCacheTTL     = 10 * time.Minute
 )
 
+// Registry is where the server's metrics are registered and gathered
+// from for /metrics: a *prometheus.Registry, or one that wraps it.
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
 // Config configures a Server.
 type Config struct {
 	Catalog     Catalog
@@ -77,8 +84,8 @@ type Config struct {
 	AdminToken  string      // required; compared in constant time
 	Logger      *slog.Logger
 	// Registry receives the API's metrics and the Go runtime's, and is
-	// served at /metrics. Default: a new registry.
-	Registry *prometheus.Registry
+	// served at /metrics. Default: a new prometheus.Registry.
+	Registry Registry
 	// MetricsToken, when set, is the bearer token /metrics asks for
 	// (compared in constant time); at least 16 characters. Unset, /metrics
 	// is open to anyone who can reach the server.
@@ -200,7 +207,7 @@ type Server struct {
 	tokenHash      [32]byte
 	metricsHash    *[32]byte // of the metrics token; nil when /metrics is open
 	requestTimeout time.Duration
-	registry       *prometheus.Registry
+	registry       prometheus.Gatherer
 	public         map[string]bool
 	dataRoutes     map[string]bool // "POST /v1/tenants/:id/query": the routes keys may call
 	metricsRoutes  map[string]bool // "GET /metrics": the routes the metrics token guards

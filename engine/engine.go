@@ -174,6 +174,7 @@ func (e *Engine) Register(kind silo.OperationKind, k Kind) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.kinds[kind] = k
+	e.metrics.running.WithLabelValues(string(kind)) // reads 0, not absent, while none runs
 }
 
 // AddJobs adds a service's jobs to the engine's River client. Call it

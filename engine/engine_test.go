@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -447,4 +448,47 @@ func TestCancelForwardOnly(t *testing.T) {
 	id := w.newOperation(t, eng)
 	_, err := eng.Cancel(w.ctx, id)
 	require.Equal(t, silo.ECONFLICT, silo.ErrorCode(err), "%v", err)
+}
+
+// silo_operations_running counts the operations this server runs, by
+// kind: 0 before, 1 while a step runs, 0 once the operation has ended.
+func TestOperationsRunningMetric(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	reg := prometheus.NewRegistry()
+	eng := w.engineFor(t, &behaviour{block: "one"}, engine.Config{RecoveryDelay: time.Hour, Registry: reg})
+	require.NoError(t, eng.Start(w.ctx))
+	// running reads the gauge of suspend operations; -1 when it is absent.
+	// It fails no test: require.Eventually calls it on a goroutine of its
+	// own.
+	running := func() float64 {
+		families, err := reg.Gather()
+		if err != nil {
+			return -1
+		}
+		for _, f := range families {
+			if f.GetName() != "silo_operations_running" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				if l := m.GetLabel(); len(l) == 1 && l[0].GetName() == "kind" && l[0].GetValue() == string(silo.OpSuspend) {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		return -1
+	}
+	require.Zero(t, running(), "registered kinds read 0 before any runs")
+
+	id := w.newOperation(t, eng)
+	done := eng.Launch(w.ctx, id)
+	require.Eventually(t, func() bool { return len(w.steps()) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1.0, running())
+	_, err := eng.Cancel(w.ctx, id)
+	require.NoError(t, err)
+	op, err := eng.Await(w.ctx, id, done, time.Minute)
+	require.Error(t, err)
+	require.Equal(t, silo.OpFailed, op.State)
+	require.Eventually(t, func() bool { return running() == 0 }, 10*time.Second, 10*time.Millisecond,
+		"the ended operation is no longer counted")
 }

@@ -133,6 +133,9 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	if err != nil || op.Done() {
 		return op, err
 	}
+	running := e.metrics.running.WithLabelValues(string(op.Kind))
+	running.Inc()
+	defer running.Dec()
 	// The lease is taken: the sweep measures a lost server from here, and
 	// the token fences off any earlier run that lost it.
 	token := newToken()

@@ -8,6 +8,7 @@ type metrics struct {
 	forwardRetries *prometheus.CounterVec
 	recovered      prometheus.Counter
 	rescued        *prometheus.CounterVec
+	running        *prometheus.GaugeVec
 }
 
 func newMetrics() metrics {
@@ -32,11 +33,15 @@ func newMetrics() metrics {
 			Name: "silo_jobs_rescued_total",
 			Help: "River jobs left running by a server that is gone (its lease free), made available again, by kind.",
 		}, []string{"kind"}),
+		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "silo_operations_running",
+			Help: "Operations this server is running now (their steps or undo under way), by kind.",
+		}, []string{"kind"}),
 	}
 }
 
 func (m metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.operations, m.steps, m.forwardRetries, m.recovered, m.rescued} {
+	for _, c := range []prometheus.Collector{m.operations, m.steps, m.forwardRetries, m.recovered, m.rescued, m.running} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

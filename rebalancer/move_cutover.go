@@ -130,6 +130,7 @@ func (m *move) liveCutover(ctx context.Context) error {
 func (m *move) awaitFence(ctx context.Context, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	token := uuid.NewString()
+	defer m.r.metrics.catchUps.start()() // the lag gauge: how long the target has yet to show the fence
 	err := m.onAdmin(ctx, m.from, func(c *pgx.Conn) error {
 		tag, err := c.Exec(ctx, "UPDATE "+ident(fenceSchema)+".fence SET token = $1 WHERE id = 1", token)
 		if err == nil && tag.RowsAffected() != 1 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
@@ -235,4 +236,60 @@ func TestHungShardLetsGo(t *testing.T) {
 		return conn.QueryRow(ctx, "SELECT count(*) FROM notes WHERE title = 'cut off'").Scan(&cutOff)
 	}))
 	require.Zero(t, cutOff, "the open transaction was rolled back")
+}
+
+// silo_shard_breaker_open reads 1 while a shard's breaker is open and 0
+// once the shard answers again; the other shard's stays 0 throughout.
+func TestBreakerOpenMetric(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	shard := b.ownShard(t, "flaky")
+	fragile, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: newID("flaky"), Shard: "flaky"}, time.Minute)
+	require.NoError(t, err)
+	res, err := b.prov.Create(b.ctx, provisioner.CreateRequest{ID: newID("steady"), Shard: "s1"}, time.Minute)
+	require.NoError(t, err)
+	steady := res.Tenant
+	reg := prometheus.NewRegistry()
+	r := b.router(t, router.Config{Registry: reg, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,
+		BreakerCooldown: time.Second})
+	for _, id := range []string{fragile.Tenant.ID, steady.ID} {
+		require.NoError(t, r.WithTenant(b.ctx, id, func(*pgx.Conn) error { return nil }))
+	}
+	require.Equal(t, map[string]float64{"flaky": 0, "s1": 0}, shardGauge(reg, "silo_shard_breaker_open"))
+
+	require.NoError(t, shard.Pause())
+	require.Eventually(t, func() bool { return shardGauge(reg, "silo_shard_breaker_open")["flaky"] == 1 },
+		10*time.Second, 50*time.Millisecond, "the breaker opens")
+	require.Equal(t, 0.0, shardGauge(reg, "silo_shard_breaker_open")["s1"], "the other shard's stays closed")
+
+	require.NoError(t, shard.Resume())
+	require.Eventually(t, func() bool {
+		v, ok := shardGauge(reg, "silo_shard_breaker_open")["flaky"]
+		return ok && v == 0
+	}, 15*time.Second, 50*time.Millisecond, "the breaker closes once the shard answers")
+	require.NoError(t, r.WithTenant(b.ctx, fragile.Tenant.ID, func(*pgx.Conn) error { return nil }))
+}
+
+// shardGauge returns the values of gauge name by shard, gathered from reg;
+// nil when the registry fails. It fails no test: require.Eventually calls
+// it on a goroutine of its own.
+func shardGauge(reg *prometheus.Registry, name string) map[string]float64 {
+	families, err := reg.Gather()
+	if err != nil {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "shard" {
+					out[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

@@ -75,15 +75,23 @@ func (m *metrics) register(reg prometheus.Registerer, r *Router) error {
 	return nil
 }
 
-// poolCollector reports each shard's connections in use and idle.
+// poolCollector reports each shard's connections in use and idle, and
+// whether its breaker is open, for the shards this router has served.
 type poolCollector struct{ r *Router }
 
 var (
-	inUseDesc = prometheus.NewDesc("silo_pool_connections_in_use", "Connections to the shard lent out, all tenants.", []string{"shard"}, nil)
-	idleDesc  = prometheus.NewDesc("silo_pool_connections_idle", "Idle connections to the shard, all tenants.", []string{"shard"}, nil)
+	inUseDesc   = prometheus.NewDesc("silo_pool_connections_in_use", "Connections to the shard lent out, all tenants.", []string{"shard"}, nil)
+	idleDesc    = prometheus.NewDesc("silo_pool_connections_idle", "Idle connections to the shard, all tenants.", []string{"shard"}, nil)
+	breakerDesc = prometheus.NewDesc("silo_shard_breaker_open",
+		"1 while the shard's breaker is open (its tenants' requests refused at once, but a trial one), 0 while it is closed; shards this server has served.",
+		[]string{"shard"}, nil)
 )
 
-func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- inUseDesc; ch <- idleDesc }
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- inUseDesc
+	ch <- idleDesc
+	ch <- breakerDesc
+}
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	c.r.mu.Lock()
@@ -96,5 +104,10 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		open, idle := s.stats()
 		ch <- prometheus.MustNewConstMetric(inUseDesc, prometheus.GaugeValue, float64(open-idle), s.name)
 		ch <- prometheus.MustNewConstMetric(idleDesc, prometheus.GaugeValue, float64(idle), s.name)
+		breakerOpen := 0.0
+		if s.breaker.isOpen() {
+			breakerOpen = 1
+		}
+		ch <- prometheus.MustNewConstMetric(breakerDesc, prometheus.GaugeValue, breakerOpen, s.name)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/silo-db/silo"
 )
@@ -30,6 +31,12 @@ type Config struct {
 	// they are read. Without it, shards can be neither registered nor read
 	// (EINTERNAL); the rest of the Store works.
 	Sealer *Sealer
+	// Registry gets the silo_tenants gauge (tenants by shard and state),
+	// read from the catalog when it is scraped; nil registers none.
+	Registry prometheus.Registerer
+	// TenantGaugeMaxAge is how old the gauge's counts may be before a scrape
+	// reads the catalog again. Default DefaultTenantGaugeMaxAge.
+	TenantGaugeMaxAge time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -38,6 +45,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.TenantGaugeMaxAge <= 0 {
+		c.TenantGaugeMaxAge = DefaultTenantGaugeMaxAge
 	}
 	return c
 }
@@ -56,7 +66,13 @@ func New(cfg Config) (*Store, error) {
 		return nil, errors.New("shardmap: Config.Pool is required")
 	}
 	cfg = cfg.withDefaults()
-	return &Store{pool: cfg.Pool, probeTimeout: cfg.ProbeTimeout, log: cfg.Logger, sealer: cfg.Sealer}, nil
+	s := &Store{pool: cfg.Pool, probeTimeout: cfg.ProbeTimeout, log: cfg.Logger, sealer: cfg.Sealer}
+	if cfg.Registry != nil {
+		if err := cfg.Registry.Register(&tenantCollector{store: s, maxAge: cfg.TenantGaugeMaxAge}); err != nil {
+			return nil, fmt.Errorf("shardmap: register metrics: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Ping checks that the catalog answers a query. It returns EUNAVAILABLE

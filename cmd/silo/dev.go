@@ -190,7 +190,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger) 
 		}
 		return nil
 	}
-	ready := func(addr net.Addr, pg *pgEndpoint) {
+	ready := func(addr net.Addr, pg *pgEndpoint, _ *metricsRegistry) {
 		url := "http://" + addr.String()
 		envFile := filepath.Join(dir, "env")
 		env := fmt.Sprintf("export SILO_URL=%s SILO_TOKEN=%s SILO_TENANT_MIGRATIONS=%s\n", url, so.adminToken, shellQuote(so.tenantMigrations))

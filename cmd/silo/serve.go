@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/spf13/cobra"
 
 	"github.com/silo-db/silo"
@@ -144,7 +142,7 @@ func newServeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runServer(cmd.Context(), o, log, nil, func(addr net.Addr, pg *pgEndpoint) {
+			return runServer(cmd.Context(), o, log, nil, func(addr net.Addr, pg *pgEndpoint, _ *metricsRegistry) {
 				if pg != nil {
 					log.Info("silo serving", "version", version, "addr", addr.String(), "pg_addr", pg.addr, "pg_tls", pg.tls)
 					return
@@ -168,10 +166,11 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 }
 
 // runServer opens and migrates the catalog, runs setup (if any) on the
-// store, listens, calls ready with the bound address, and serves until ctx
-// is done.
+// store, listens, calls ready with the bound address, the wire-protocol
+// endpoint (nil without --pg-listen) and the metrics registry, and serves
+// until ctx is done.
 func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
-	setup func(context.Context, *shardmap.Store) error, ready func(net.Addr, *pgEndpoint)) error {
+	setup func(context.Context, *shardmap.Store) error, ready func(net.Addr, *pgEndpoint, *metricsRegistry)) error {
 	if len(o.adminToken) < 16 {
 		return fmt.Errorf("--admin-token (or SILO_ADMIN_TOKEN) must be at least 16 characters")
 	}
@@ -204,7 +203,8 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		return err
 	}
 	log.Info("catalog ready", "version", v)
-	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: o.connectTimeout, Sealer: sealer})
+	registry := newMetricsRegistry()
+	store, err := shardmap.New(shardmap.Config{Pool: pool, Logger: log, ProbeTimeout: o.connectTimeout, Sealer: sealer, Registry: registry})
 	if err != nil {
 		return err
 	}
@@ -225,7 +225,6 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 			return err
 		}
 	}
-	registry := prometheus.NewRegistry()
 	warm := o.warmPoolSize
 	if warm == 0 {
 		warm = -1 // off; the provisioner reads 0 as "the default"
@@ -334,7 +333,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if err != nil {
 		return fmt.Errorf("listen on %s: %v", o.listen, err)
 	}
-	ready(ln.Addr(), pg)
+	ready(ln.Addr(), pg, registry)
 	err = srv.Serve(ctx, ln, o.shutdownTimeout)
 	log.Info("silo stopped")
 	return err
