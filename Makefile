@@ -28,6 +28,7 @@ test: build
 test-hostile: build
 	$(WITH_PG) $(GO) test -race -count=1 -timeout 9m -run 'Hostile' ./...
 
+# DEV_ARGS: flags for silo dev, e.g. make dev DEV_ARGS="--shards 3 --listen 127.0.0.1:9090".
 dev: build
 	./bin/silo dev $(DEV_ARGS)
 

@@ -220,7 +220,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	client, err := river.NewClient(riverpgxv5.New(e.catalog), &river.Config{
 		ID:           e.id,
-		Logger:       e.log.With("component", "river"),
+		Logger:       riverLogger(e.log),
 		Workers:      workers,
 		Queues:       queues,
 		PeriodicJobs: periodic,

@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 silo=./bin/silo
 n=${BENCH_TENANTS:-100}
 
-run() { # run NAME POOL: start silo dev, wait for it, run the benches, stop it
+# run NAME POOL: start silo dev, wait for it, run the benches, stop it. A
+# subshell: the dev's env it sources (SILO_URL, SILO_TENANT_MIGRATIONS in its
+# directory) must not reach the next run's silo dev, whose directory differs.
+run() (
 	local name=$1 pool=$2 dir pid
 	dir=$(mktemp -d /tmp/silo-bench-XXXXXX)
 	chmod 755 "$dir"
@@ -32,7 +35,7 @@ run() { # run NAME POOL: start silo dev, wait for it, run the benches, stop it
 	kill -INT "$pid"
 	wait "$pid" || true
 	rm -rf "$dir"
-}
+)
 
 # baseline CLUSTERS: the same number of plain CREATE DATABASE ... TEMPLATE
 # silo_template on the same shards with the same concurrency: PostgreSQL's
