@@ -32,9 +32,11 @@ test-hostile: build
 dev: build
 	./bin/silo dev $(DEV_ARGS)
 
+# gofmt, go vet, and the OpenAPI contract through Redocly's CLI (npm).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	./scripts/lint-openapi.sh
 
 # Go benchmarks (ratios within one run), then provisioning against local
 # control planes; docs/benchmarks.md records the figures.

@@ -15,6 +15,15 @@ const (
 	OpMove    OperationKind = "move"
 )
 
+// Valid reports whether k is a known operation kind.
+func (k OperationKind) Valid() bool {
+	switch k {
+	case OpCreate, OpSuspend, OpResume, OpDelete, OpPurge, OpMove:
+		return true
+	}
+	return false
+}
+
 // OperationState is where an operation stands.
 type OperationState string
 
@@ -25,6 +34,15 @@ const (
 	OpSucceeded OperationState = "succeeded"
 	OpFailed    OperationState = "failed"
 )
+
+// Valid reports whether s is a known operation state.
+func (s OperationState) Valid() bool {
+	switch s {
+	case OpRunning, OpSucceeded, OpFailed:
+		return true
+	}
+	return false
+}
 
 // Operation is a durable, resumable change to a tenant, made of idempotent
 // steps, recorded in the catalog as it runs.

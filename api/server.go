@@ -39,6 +39,7 @@ type Catalog interface {
 	GetTenant(ctx context.Context, id string) (*silo.Tenant, error)
 	ListTenants(ctx context.Context, f shardmap.TenantFilter, p silo.Page) (silo.List[silo.Tenant], error)
 	ListAudit(ctx context.Context, f shardmap.AuditFilter, p silo.Page) (silo.List[silo.AuditEntry], error)
+	ListOperations(ctx context.Context, f shardmap.OperationFilter, p silo.Page) (silo.List[silo.Operation], error)
 	CreateTenantKey(ctx context.Context, tenantID, name string) (*shardmap.TenantKey, string, error)
 	ListTenantKeys(ctx context.Context, tenantID string, p silo.Page) (silo.List[shardmap.TenantKey], error)
 	RevokeTenantKey(ctx context.Context, tenantID, keyID string) error

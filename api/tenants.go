@@ -306,6 +306,40 @@ func (s *Server) GetOperation(c echo.Context, id OperationID) error {
 	return c.JSON(http.StatusOK, toOperation(op))
 }
 
+// ListOperations answers one page of operations, newest first, filtered.
+// The store refuses bad filters, limits and cursors with EMALFORMED.
+func (s *Server) ListOperations(c echo.Context, params ListOperationsParams) error {
+	var f shardmap.OperationFilter
+	if params.Tenant != nil {
+		if f.TenantID = *params.Tenant; f.TenantID == "" {
+			return silo.Errorf(silo.EMALFORMED, "tenant must not be empty: omit it for every tenant's operations")
+		}
+	}
+	if params.State != nil {
+		if f.State = silo.OperationState(*params.State); f.State == "" {
+			return silo.Errorf(silo.EMALFORMED, "state must not be empty: omit it for operations in any state")
+		}
+	}
+	if params.Kind != nil {
+		if f.Kind = silo.OperationKind(*params.Kind); f.Kind == "" {
+			return silo.Errorf(silo.EMALFORMED, "kind must not be empty: omit it for operations of every kind")
+		}
+	}
+	if params.Limit != nil && *params.Limit == 0 {
+		// pageOf would make it -1, which the message would show.
+		return silo.Errorf(silo.EMALFORMED, "limit 0 must be between 1 and %d", shardmap.MaxOperationPageLimit)
+	}
+	list, err := s.catalog.ListOperations(c.Request().Context(), f, pageOf(params.Limit, params.Cursor))
+	if err != nil {
+		return err
+	}
+	out := OperationList{Items: make([]Operation, 0, len(list.Items)), NextCursor: nextCursor(list.NextCursor)}
+	for i := range list.Items {
+		out.Items = append(out.Items, toOperation(&list.Items[i]))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
 // CancelOperation asks a running operation to stop and be undone.
 func (s *Server) CancelOperation(c echo.Context, id OperationID) error {
 	op, err := s.provisioner.CancelOperation(c.Request().Context(), id)

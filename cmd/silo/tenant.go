@@ -34,6 +34,7 @@ func newOperationCmd(g *globals) *cobra.Command {
 		Use:   "operation",
 		Short: "Follow and cancel tenant operations (create, suspend, resume, delete, purge, move)",
 	}
+	cmd.AddCommand(newOperationListCmd(g))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "get ID",
 		Short: "Show an operation and its steps",
