@@ -1835,9 +1835,9 @@ type ClientInterface interface {
 	// MoveTenantWithBody Move a live tenant to another shard of its region.
 	//
 	// Its database is copied to the target with logical replication while
-	// it keeps serving; then, in a cutover of about a second, its requests
-	// are held, the target catches up, row counts are compared, and the
-	// tenant switches. Any failure before the switch leaves it on its
+	// it keeps serving; then, in a cutover that pauses its writes for
+	// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+	// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 	// shard, working. Its old database is kept for a grace period. A move
 	// to its own shard, to a shard that is not active, or out of its
 	// region gets 409; an unknown shard 404.
@@ -1850,9 +1850,9 @@ type ClientInterface interface {
 	// MoveTenant Move a live tenant to another shard of its region.
 	//
 	// Its database is copied to the target with logical replication while
-	// it keeps serving; then, in a cutover of about a second, its requests
-	// are held, the target catches up, row counts are compared, and the
-	// tenant switches. Any failure before the switch leaves it on its
+	// it keeps serving; then, in a cutover that pauses its writes for
+	// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+	// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 	// shard, working. Its old database is kept for a grace period. A move
 	// to its own shard, to a shard that is not active, or out of its
 	// region gets 409; an unknown shard 404.
@@ -2860,9 +2860,9 @@ func (c *Client) RevokeTenantKey(ctx context.Context, id TenantID, keyId string,
 // MoveTenantWithBody Move a live tenant to another shard of its region.
 //
 // Its database is copied to the target with logical replication while
-// it keeps serving; then, in a cutover of about a second, its requests
-// are held, the target catches up, row counts are compared, and the
-// tenant switches. Any failure before the switch leaves it on its
+// it keeps serving; then, in a cutover that pauses its writes for
+// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 // shard, working. Its old database is kept for a grace period. A move
 // to its own shard, to a shard that is not active, or out of its
 // region gets 409; an unknown shard 404.
@@ -2885,9 +2885,9 @@ func (c *Client) MoveTenantWithBody(ctx context.Context, id TenantID, params *Mo
 // MoveTenant Move a live tenant to another shard of its region.
 //
 // Its database is copied to the target with logical replication while
-// it keeps serving; then, in a cutover of about a second, its requests
-// are held, the target catches up, row counts are compared, and the
-// tenant switches. Any failure before the switch leaves it on its
+// it keeps serving; then, in a cutover that pauses its writes for
+// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 // shard, working. Its old database is kept for a grace period. A move
 // to its own shard, to a shard that is not active, or out of its
 // region gets 409; an unknown shard 404.
@@ -5546,9 +5546,9 @@ type ClientWithResponsesInterface interface {
 	// MoveTenantWithBodyWithResponse Move a live tenant to another shard of its region.
 	//
 	// Its database is copied to the target with logical replication while
-	// it keeps serving; then, in a cutover of about a second, its requests
-	// are held, the target catches up, row counts are compared, and the
-	// tenant switches. Any failure before the switch leaves it on its
+	// it keeps serving; then, in a cutover that pauses its writes for
+	// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+	// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 	// shard, working. Its old database is kept for a grace period. A move
 	// to its own shard, to a shard that is not active, or out of its
 	// region gets 409; an unknown shard 404.
@@ -5561,9 +5561,9 @@ type ClientWithResponsesInterface interface {
 	// MoveTenantWithResponse Move a live tenant to another shard of its region.
 	//
 	// Its database is copied to the target with logical replication while
-	// it keeps serving; then, in a cutover of about a second, its requests
-	// are held, the target catches up, row counts are compared, and the
-	// tenant switches. Any failure before the switch leaves it on its
+	// it keeps serving; then, in a cutover that pauses its writes for
+	// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+	// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 	// shard, working. Its old database is kept for a grace period. A move
 	// to its own shard, to a shard that is not active, or out of its
 	// region gets 409; an unknown shard 404.
@@ -9636,9 +9636,9 @@ func (c *ClientWithResponses) RevokeTenantKeyWithResponse(ctx context.Context, i
 // MoveTenantWithBodyWithResponse Move a live tenant to another shard of its region.
 //
 // Its database is copied to the target with logical replication while
-// it keeps serving; then, in a cutover of about a second, its requests
-// are held, the target catches up, row counts are compared, and the
-// tenant switches. Any failure before the switch leaves it on its
+// it keeps serving; then, in a cutover that pauses its writes for
+// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 // shard, working. Its old database is kept for a grace period. A move
 // to its own shard, to a shard that is not active, or out of its
 // region gets 409; an unknown shard 404.
@@ -9657,9 +9657,9 @@ func (c *ClientWithResponses) MoveTenantWithBodyWithResponse(ctx context.Context
 // MoveTenantWithResponse Move a live tenant to another shard of its region.
 //
 // Its database is copied to the target with logical replication while
-// it keeps serving; then, in a cutover of about a second, its requests
-// are held, the target catches up, row counts are compared, and the
-// tenant switches. Any failure before the switch leaves it on its
+// it keeps serving; then, in a cutover that pauses its writes for
+// 150-200 ms (docs/benchmarks.md), its requests are held, the target
+// catches up, the copy is checked, and the tenant switches. Any failure before the switch leaves it on its
 // shard, working. Its old database is kept for a grace period. A move
 // to its own shard, to a shard that is not active, or out of its
 // region gets 409; an unknown shard 404.
