@@ -13,12 +13,15 @@ const (
 	OpDelete  OperationKind = "delete"
 	OpPurge   OperationKind = "purge"
 	OpMove    OperationKind = "move"
+	// OpImport is a restore of an archive into a tenant (Import): it runs
+	// within its request, and is recorded once it has ended.
+	OpImport OperationKind = "import"
 )
 
 // Valid reports whether k is a known operation kind.
 func (k OperationKind) Valid() bool {
 	switch k {
-	case OpCreate, OpSuspend, OpResume, OpDelete, OpPurge, OpMove:
+	case OpCreate, OpSuspend, OpResume, OpDelete, OpPurge, OpMove, OpImport:
 		return true
 	}
 	return false

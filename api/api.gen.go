@@ -181,6 +181,7 @@ func (e MoveOutcomePath) Valid() bool {
 const (
 	Create  OperationKind = "create"
 	Delete  OperationKind = "delete"
+	Import  OperationKind = "import"
 	Move    OperationKind = "move"
 	Purge   OperationKind = "purge"
 	Resume  OperationKind = "resume"
@@ -193,6 +194,8 @@ func (e OperationKind) Valid() bool {
 	case Create:
 		return true
 	case Delete:
+		return true
+	case Import:
 		return true
 	case Move:
 		return true
@@ -1792,6 +1795,25 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/tenants/{id}/export (the `ExportTenant` operationId).
 	ExportTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ImportTenantWithBody Restore an archive of a tenant into this tenant's database.
+	//
+	// Restores the body, a `pg_dump --format=custom` archive of a Silo
+	// tenant (what the export answers), into the tenant's database as the
+	// tenant's own role: its objects of the same names are replaced, in
+	// one transaction, so a failure changes nothing. The archive's schema
+	// version must not be ahead of the tenant's; the tenant takes the
+	// archive's version, and a migration run brings it up to the fleet's.
+	// The body may be up to 16 GiB and is not bound by the request
+	// timeout. A body that is no archive, has no version table, is ahead,
+	// or does not restore gets 422; a tenant that is not active, or has an
+	// operation in progress, 409; an unknown, deleted or purged one 404.
+	// It is recorded as an operation of kind `import`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tenants/{id}/import (the `ImportTenant` operationId).
+	ImportTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListTenantKeys List the tenant's API keys, revoked ones included, ordered by id.
 	//
 	// Neither tokens nor their hashes are ever shown. An unknown tenant gets 404.
@@ -2767,6 +2789,35 @@ func (c *Client) ConnectTenant(ctx context.Context, id TenantID, body ConnectTen
 // Corresponds with GET /v1/tenants/{id}/export (the `ExportTenant` operationId).
 func (c *Client) ExportTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewExportTenantRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ImportTenantWithBody Restore an archive of a tenant into this tenant's database.
+//
+// Restores the body, a `pg_dump --format=custom` archive of a Silo
+// tenant (what the export answers), into the tenant's database as the
+// tenant's own role: its objects of the same names are replaced, in
+// one transaction, so a failure changes nothing. The archive's schema
+// version must not be ahead of the tenant's; the tenant takes the
+// archive's version, and a migration run brings it up to the fleet's.
+// The body may be up to 16 GiB and is not bound by the request
+// timeout. A body that is no archive, has no version table, is ahead,
+// or does not restore gets 422; a tenant that is not active, or has an
+// operation in progress, 409; an unknown, deleted or purged one 404.
+// It is recorded as an operation of kind `import`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tenants/{id}/import (the `ImportTenant` operationId).
+func (c *Client) ImportTenantWithBody(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewImportTenantRequestWithBody(c.Server, id, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -4566,6 +4617,42 @@ func NewExportTenantRequest(server string, id TenantID) (*http.Request, error) {
 	return req, nil
 }
 
+// NewImportTenantRequestWithBody constructs an http.Request for the ImportTenant method, with any body, and a specified content type
+func NewImportTenantRequestWithBody(server string, id TenantID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tenants/%s/import", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListTenantKeysRequest constructs an http.Request for the ListTenantKeys method
 func NewListTenantKeysRequest(server string, id TenantID, params *ListTenantKeysParams) (*http.Request, error) {
 	var err error
@@ -5498,6 +5585,25 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/tenants/{id}/export (the `ExportTenant` operationId).
 	ExportTenantWithResponse(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*ExportTenantResponse, error)
+
+	// ImportTenantWithBodyWithResponse Restore an archive of a tenant into this tenant's database.
+	//
+	// Restores the body, a `pg_dump --format=custom` archive of a Silo
+	// tenant (what the export answers), into the tenant's database as the
+	// tenant's own role: its objects of the same names are replaced, in
+	// one transaction, so a failure changes nothing. The archive's schema
+	// version must not be ahead of the tenant's; the tenant takes the
+	// archive's version, and a migration run brings it up to the fleet's.
+	// The body may be up to 16 GiB and is not bound by the request
+	// timeout. A body that is no archive, has no version table, is ahead,
+	// or does not restore gets 422; a tenant that is not active, or has an
+	// operation in progress, 409; an unknown, deleted or purged one 404.
+	// It is recorded as an operation of kind `import`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tenants/{id}/import (the `ImportTenant` operationId).
+	ImportTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ImportTenantResponse, error)
 
 	// ListTenantKeysWithResponse List the tenant's API keys, revoked ones included, ordered by id.
 	//
@@ -8081,6 +8187,96 @@ func (r ExportTenantResponse) ContentType() string {
 	return ""
 }
 
+// ImportTenantResponse401Headers the declared response headers of an HTTP 401 response for ImportTenant
+type ImportTenantResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type ImportTenantResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Tenant
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Conflict
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *TooLarge
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Unprocessable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ImportTenantResponse401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ImportTenantResponse) GetJSON200() *Tenant {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSON409() *Conflict {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSON413() *TooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSON422() *Unprocessable {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ImportTenantResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ImportTenantResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ImportTenantResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ImportTenantResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ImportTenantResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ListTenantKeysResponse401Headers the declared response headers of an HTTP 401 response for ListTenantKeys
 type ListTenantKeysResponse401Headers struct {
 	WWWAuthenticate *string
@@ -9563,6 +9759,31 @@ func (c *ClientWithResponses) ExportTenantWithResponse(ctx context.Context, id T
 		return nil, err
 	}
 	return ParseExportTenantResponse(rsp)
+}
+
+// ImportTenantWithBodyWithResponse Restore an archive of a tenant into this tenant's database.
+//
+// Restores the body, a `pg_dump --format=custom` archive of a Silo
+// tenant (what the export answers), into the tenant's database as the
+// tenant's own role: its objects of the same names are replaced, in
+// one transaction, so a failure changes nothing. The archive's schema
+// version must not be ahead of the tenant's; the tenant takes the
+// archive's version, and a migration run brings it up to the fleet's.
+// The body may be up to 16 GiB and is not bound by the request
+// timeout. A body that is no archive, has no version table, is ahead,
+// or does not restore gets 422; a tenant that is not active, or has an
+// operation in progress, 409; an unknown, deleted or purged one 404.
+// It is recorded as an operation of kind `import`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tenants/{id}/import (the `ImportTenant` operationId).
+func (c *ClientWithResponses) ImportTenantWithBodyWithResponse(ctx context.Context, id TenantID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ImportTenantResponse, error) {
+	rsp, err := c.ImportTenantWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseImportTenantResponse(rsp)
 }
 
 // ListTenantKeysWithResponse List the tenant's API keys, revoked ones included, ordered by id.
@@ -11933,6 +12154,87 @@ func ParseExportTenantResponse(rsp *http.Response) (*ExportTenantResponse, error
 	return response, nil
 }
 
+// ParseImportTenantResponse parses an HTTP response from a ImportTenantWithResponse call
+func ParseImportTenantResponse(rsp *http.Response) (*ImportTenantResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ImportTenantResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Tenant
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ImportTenantResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseListTenantKeysResponse parses an HTTP response from a ListTenantKeysWithResponse call
 func ParseListTenantKeysResponse(rsp *http.Response) (*ListTenantKeysResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -12798,6 +13100,9 @@ type ServerInterface interface {
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	// (GET /v1/tenants/{id}/export)
 	ExportTenant(ctx echo.Context, id TenantID) error
+	// ImportTenant Restore an archive of a tenant into this tenant's database.
+	// (POST /v1/tenants/{id}/import)
+	ImportTenant(ctx echo.Context, id TenantID) error
 	// ListTenantKeys List the tenant's API keys, revoked ones included, ordered by id.
 	// (GET /v1/tenants/{id}/keys)
 	ListTenantKeys(ctx echo.Context, id TenantID, params ListTenantKeysParams) error
@@ -13409,6 +13714,22 @@ func (w *ServerInterfaceWrapper) ExportTenant(ctx echo.Context) error {
 	return err
 }
 
+// ImportTenant converts echo context to params.
+func (w *ServerInterfaceWrapper) ImportTenant(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "id" -------------
+	var id TenantID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", ctx.Param("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ImportTenant(ctx, id)
+	return err
+}
+
 // ListTenantKeys converts echo context to params.
 func (w *ServerInterfaceWrapper) ListTenantKeys(ctx echo.Context) error {
 	var err error
@@ -13655,6 +13976,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/v1/tenants/:id/move", wrapper.MoveTenant, options.OperationMiddlewares["moveTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/resume", wrapper.ResumeTenant, options.OperationMiddlewares["resumeTenant"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id/export", wrapper.ExportTenant, options.OperationMiddlewares["exportTenant"]...)
+	router.POST(options.BaseURL+"/v1/tenants/:id/import", wrapper.ImportTenant, options.OperationMiddlewares["importTenant"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/query", wrapper.RunQuery, options.OperationMiddlewares["runQuery"]...)
 	router.POST(options.BaseURL+"/v1/tenants/:id/transaction", wrapper.RunTransaction, options.OperationMiddlewares["runTransaction"]...)
 	router.GET(options.BaseURL+"/v1/tenants/:id/keys", wrapper.ListTenantKeys, options.OperationMiddlewares["listTenantKeys"]...)

@@ -250,9 +250,11 @@ const (
 )
 
 // untimedRoutes are exempt from the request timeout: the export streams for
-// as long as its data takes and bounds each write instead. The data API's
+// as long as its data takes and bounds each write instead, and the import
+// reads for as long as its archive takes (and is exempt from the body
+// limit: ImportTenant bounds it) and bounds each read. The data API's
 // routes are exempt too; they run under the query timeout.
-var untimedRoutes = map[string]bool{"/v1/tenants/:id/export": true}
+var untimedRoutes = map[string]bool{"/v1/tenants/:id/export": true, "/v1/tenants/:id/import": true}
 
 // New builds a Server from cfg. It returns an error for an invalid Config.
 func New(cfg Config) (*Server, error) {
@@ -442,6 +444,9 @@ func (s *Server) observeMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 func (s *Server) bodyLimitMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
+		if untimedRoutes[c.Path()] {
+			return next(c) // an import: ImportTenant bounds its archive
+		}
 		if req.ContentLength > s.bodyLimit {
 			return silo.Errorf(silo.ETOOLARGE, "the request body is over the limit of %d bytes", s.bodyLimit)
 		}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,7 @@ type Provisioner interface {
 	Resume(ctx context.Context, id string, wait time.Duration) (provisioner.Result, error)
 	Delete(ctx context.Context, id string, purge bool, wait time.Duration) (provisioner.Result, error)
 	Export(ctx context.Context, id string, w io.Writer) error
+	Import(ctx context.Context, id string, archive io.Reader) (*silo.Tenant, error)
 	SetLimits(ctx context.Context, id string, limits silo.TenantLimits) (*silo.Tenant, error)
 	Operation(ctx context.Context, id string) (*silo.Operation, error)
 	CancelOperation(ctx context.Context, id string) (*silo.Operation, error)
@@ -379,6 +381,44 @@ func (s *Server) ExportTenant(c echo.Context, id TenantID) error {
 		_ = conn.Close()
 	}
 	return nil
+}
+
+// MaxImportBytes bounds an import's archive.
+const MaxImportBytes = 16 << 30
+
+// ImportTenant restores an archive, the request's body, into the tenant's
+// database. Like the export it is exempt from the request timeout and the
+// body limit (an archive is as big as its database); instead each read of
+// the body must come within the idle limit, and the archive is bounded by
+// MaxImportBytes.
+func (s *Server) ImportTenant(c echo.Context, id TenantID) error {
+	req := c.Request()
+	if req.ContentLength > MaxImportBytes {
+		return silo.Errorf(silo.ETOOLARGE, "the archive is over the limit of %d bytes", int64(MaxImportBytes))
+	}
+	rc := http.NewResponseController(c.Response())
+	body := &idleReader{r: http.MaxBytesReader(c.Response(), req.Body, MaxImportBytes), rc: rc, idle: s.requestTimeout + 10*time.Second}
+	t, err := s.provisioner.Import(req.Context(), id, body)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return silo.Errorf(silo.ETOOLARGE, "the archive is over the limit of %d bytes", int64(MaxImportBytes))
+		}
+		return err
+	}
+	return c.JSON(http.StatusOK, toTenant(t))
+}
+
+// idleReader moves the connection's read deadline on at each read: a
+// body that keeps coming is read however long it is.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	_ = r.rc.SetReadDeadline(time.Now().Add(r.idle))
+	return r.r.Read(p)
 }
 
 // exportWriter commits the 200 and its headers on the first byte, so that

@@ -25,7 +25,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newTenantCreateCmd(g), newTenantListCmd(g), newTenantGetCmd(g), newTenantConnectCmd(g),
 		newTenantStateCmd(g, "suspend", "Stop a tenant's role from logging in, and end its sessions"),
 		newTenantStateCmd(g, "resume", "Let a suspended tenant's role log in again"),
-		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantMoveCmd(g), newTenantLimitsCmd(g))
+		newTenantDeleteCmd(g), newTenantExportCmd(g), newTenantImportCmd(g), newTenantMoveCmd(g), newTenantLimitsCmd(g))
 	return cmd
 }
 
@@ -434,6 +434,58 @@ func (g *globals) exportTenant(ctx context.Context, id, file string) error {
 	}
 	fmt.Fprintf(g.stderr, "Exported tenant %s to %s: %s\n", id, file, size(n))
 	return nil
+}
+
+func newTenantImportCmd(g *globals) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "import ID -f FILE",
+		Short: "Restore a tenant's pg_dump archive into a tenant's database",
+		Long: "Restore FILE (or standard input with -f -), an archive that `silo tenant export`\n" +
+			"wrote, into the database of tenant ID, as the tenant's own role: its objects of the\n" +
+			"same names are replaced, in one transaction, so a failure changes nothing. The archive\n" +
+			"must not be at a newer schema version than the tenant; the tenant takes the archive's\n" +
+			"version, and `silo migrate up` brings it up to the fleet's. --timeout bounds the wait\n" +
+			"for the server's answer once the archive is sent, not the upload.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if file == "" {
+				return usageErrorf("-f FILE is required (-f - reads standard input)")
+			}
+			var in io.Reader = cmd.InOrStdin()
+			if file != "-" {
+				f, err := os.Open(file)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
+			}
+			c, err := g.streamClient()
+			if err != nil {
+				return err
+			}
+			resp, err := c.ImportTenantWithBody(cmd.Context(), args[0], "application/octet-stream", in)
+			if err != nil {
+				return g.requestError(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return apiError(resp.StatusCode, body)
+			}
+			var t api.Tenant
+			if err := json.Unmarshal(body, &t); err != nil {
+				return fmt.Errorf("the API answered what is not a tenant: %v", err)
+			}
+			return g.printTenants([]api.Tenant{t}, false)
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "the archive, - for standard input")
+	return cmd
 }
 
 // streamClient is a client of the API for downloads: --timeout bounds the
