@@ -83,6 +83,10 @@ func deprecatedAlias(cmd *cobra.Command, old, new string) {
 	}
 	cmd.Flags().AddFlag(&pflag.Flag{Name: old, Usage: f.Usage, Value: f.Value, DefValue: f.DefValue, NoOptDefVal: f.NoOptDefVal})
 	_ = cmd.Flags().MarkDeprecated(old, "use --"+new)
+	if f.Annotations == nil {
+		f.Annotations = map[string][]string{}
+	}
+	f.Annotations["aliases"] = append(f.Annotations["aliases"], old)
 }
 
 // envNames records which environment variable feeds each flag; applyEnv
@@ -112,6 +116,11 @@ func applyEnv(cmd *cobra.Command) error {
 		env := f.Annotations["env"]
 		if err != nil || len(env) == 0 || f.Changed {
 			return
+		}
+		for _, alias := range f.Annotations["aliases"] {
+			if cmd.Flags().Changed(alias) {
+				return // given under its former name
+			}
 		}
 		if v, ok := os.LookupEnv(env[0]); ok {
 			if serr := f.Value.Set(v); serr != nil {
