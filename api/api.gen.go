@@ -1785,8 +1785,9 @@ type ClientInterface interface {
 
 	// ExportTenant Download a pg_dump archive of the tenant's database.
 	//
-	// Streams `pg_dump --format=custom` of the tenant's database; restore it
-	// with `pg_restore`. The download is not bound by the server's request
+	// Streams `pg_dump --format=custom --no-privileges` of the tenant's
+	// database, with no owners in the archive: a plain `pg_restore -d DB`
+	// restores it into any empty database. The download is not bound by the server's request
 	// timeout. An error found before the first byte is a problem (404 for
 	// an unknown or purged tenant, 503 for an unreachable shard); one found
 	// later cuts the stream short, so a download that does not end cleanly
@@ -2779,8 +2780,9 @@ func (c *Client) ConnectTenant(ctx context.Context, id TenantID, body ConnectTen
 
 // ExportTenant Download a pg_dump archive of the tenant's database.
 //
-// Streams `pg_dump --format=custom` of the tenant's database; restore it
-// with `pg_restore`. The download is not bound by the server's request
+// Streams `pg_dump --format=custom --no-privileges` of the tenant's
+// database, with no owners in the archive: a plain `pg_restore -d DB`
+// restores it into any empty database. The download is not bound by the server's request
 // timeout. An error found before the first byte is a problem (404 for
 // an unknown or purged tenant, 503 for an unreachable shard); one found
 // later cuts the stream short, so a download that does not end cleanly
@@ -5574,8 +5576,9 @@ type ClientWithResponsesInterface interface {
 
 	// ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
 	//
-	// Streams `pg_dump --format=custom` of the tenant's database; restore it
-	// with `pg_restore`. The download is not bound by the server's request
+	// Streams `pg_dump --format=custom --no-privileges` of the tenant's
+	// database, with no owners in the archive: a plain `pg_restore -d DB`
+	// restores it into any empty database. The download is not bound by the server's request
 	// timeout. An error found before the first byte is a problem (404 for
 	// an unknown or purged tenant, 503 for an unreachable shard); one found
 	// later cuts the stream short, so a download that does not end cleanly
@@ -9743,8 +9746,9 @@ func (c *ClientWithResponses) ConnectTenantWithResponse(ctx context.Context, id 
 
 // ExportTenantWithResponse Download a pg_dump archive of the tenant's database.
 //
-// Streams `pg_dump --format=custom` of the tenant's database; restore it
-// with `pg_restore`. The download is not bound by the server's request
+// Streams `pg_dump --format=custom --no-privileges` of the tenant's
+// database, with no owners in the archive: a plain `pg_restore -d DB`
+// restores it into any empty database. The download is not bound by the server's request
 // timeout. An error found before the first byte is a problem (404 for
 // an unknown or purged tenant, 503 for an unreachable shard); one found
 // later cuts the stream short, so a download that does not end cleanly

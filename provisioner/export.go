@@ -3,6 +3,7 @@ package provisioner
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/internal/pgarchive"
 	"github.com/silo-db/silo/shardmap"
 )
 
@@ -41,6 +43,11 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 // table swapped for a view between pg_dump's look and its read runs the
 // view as the superuser). A suspended or deleted tenant's role may not log
 // in: pg_dump connects within a login window (loginWindow).
+//
+// The archive restores with a plain pg_restore on a server that lacks the
+// tenant's role: pg_dump leaves out grants (--no-privileges), and the
+// archive's owners are blanked as it streams (pgarchive.DropOwners), since
+// pg_dump ignores --no-owner for an archive.
 func (p *Provisioner) dump(ctx context.Context, id string, w io.Writer) error {
 	t, err := p.store.GetTenant(ctx, id)
 	if err != nil {
@@ -57,16 +64,18 @@ func (p *Provisioner) dump(ctx context.Context, id string, w io.Writer) error {
 		return err
 	}
 	// The password travels in the environment, never on the command line.
-	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--dbname="+shardmap.Conninfo(cfg))
+	cmd := exec.CommandContext(ctx, p.cfg.PgDump, "--format=custom", "--no-privileges",
+		"--dbname="+shardmap.Conninfo(cfg))
 	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
-	var stderr bytes.Buffer
-	started := &firstWrite{w: w, wrote: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = started, &stderr
 	if t.State == silo.TenantActive {
 		if err := p.repairIfRefused(ctx, t); err != nil {
 			return err
 		}
 	}
+	var stderr bytes.Buffer
+	rw := startDropOwners(w)
+	started := &firstWrite{w: rw.pw, wrote: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = started, &stderr
 	var exited chan error
 	start := func() error {
 		if err := cmd.Start(); err != nil {
@@ -96,17 +105,55 @@ func (p *Provisioner) dump(ctx context.Context, id string, w io.Writer) error {
 			return nil
 		})
 	}
+	what := fmt.Sprintf("export of tenant %q", id)
 	if werr != nil {
 		if exited != nil {
 			_ = cmd.Process.Kill()
 			<-exited
 		}
-		return p.pgDumpError(werr, "", fmt.Sprintf("export of tenant %q", id))
+		_ = rw.finish()
+		return p.pgDumpError(werr, "", what)
 	}
-	if err := <-exited; err != nil {
-		return p.pgDumpError(err, stderr.String(), fmt.Sprintf("export of tenant %q", id))
+	err = <-exited
+	rerr := rw.finish()
+	if errors.Is(rerr, pgarchive.ErrUnsupported) {
+		// pg_dump was stopped by the pipe closing: its error says nothing.
+		return silo.WrapError(rerr, silo.EINTERNAL, "%s: the archive of %s cannot be rewritten without owners: %v",
+			what, p.cfg.PgDump, rerr)
+	}
+	if err != nil {
+		return p.pgDumpError(err, stderr.String(), what)
+	}
+	if rerr != nil {
+		return silo.WrapError(rerr, silo.EUNAVAILABLE, "%s: %v", what, rerr)
 	}
 	return nil
+}
+
+// dropOwners runs pgarchive.DropOwners from pw to w in a goroutine of its
+// own, which finish ends.
+type dropOwners struct {
+	pw   *io.PipeWriter
+	done chan error
+}
+
+func startDropOwners(w io.Writer) *dropOwners {
+	pr, pw := io.Pipe()
+	d := &dropOwners{pw: pw, done: make(chan error, 1)}
+	go func() {
+		err := pgarchive.DropOwners(w, pr)
+		// A refused archive or a failed write stops pg_dump's output.
+		pr.CloseWithError(err)
+		d.done <- err
+	}()
+	return d
+}
+
+// finish closes the pipe once pg_dump's output has all been written to it
+// (cmd.Wait has returned) and returns DropOwners' error.
+func (d *dropOwners) finish() error {
+	_ = d.pw.Close()
+	return <-d.done
 }
 
 // repairIfRefused checks that the tenant's role logs in, repairing its

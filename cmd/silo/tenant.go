@@ -367,7 +367,8 @@ func newTenantExportCmd(g *globals) *cobra.Command {
 		Use:   "export ID -f FILE",
 		Short: "Download a pg_dump archive of a tenant's database",
 		Long: "Download a pg_dump custom-format archive of the tenant's database into FILE, or to\n" +
-			"standard output with -f -. Restore it with pg_restore. The archive is written to\n" +
+			"standard output with -f -. The archive has no owners or grants: a plain\n" +
+			"pg_restore -d DB FILE restores it into any empty database. It is written to\n" +
 			"FILE.tmp and renamed when complete, so a failed export never leaves a partial FILE.\n" +
 			"--timeout bounds the wait for the export to start, not the download.",
 		Args: cobra.ExactArgs(1),
