@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"strings"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -54,8 +56,10 @@ type Provider struct {
 // service.version. Start returns an error for settings it cannot honour: a
 // protocol other than http/protobuf, an exporter other than otlp, an
 // endpoint that is no URL. ctx bounds the start only; nothing is sent
-// until spans end.
-func Start(ctx context.Context, version string) (*Provider, error) {
+// until spans end. Export errors (a collector down) go to log as warnings:
+// that handler is the OpenTelemetry SDK's one global, so in a process with
+// several servers the last one started logs them all.
+func Start(ctx context.Context, version string, log *slog.Logger) (*Provider, error) {
 	endpoint, off, err := endpointFromEnv()
 	if err != nil {
 		return nil, err
@@ -79,6 +83,9 @@ func Start(ctx context.Context, version string) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("traces: the resource: %w", err)
 	}
+	// Else the SDK prints its errors with the standard library's logger,
+	// outside the JSON log.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("traces: export failed", "err", err) }))
 	sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return &Provider{sdk: sdk, endpoint: endpoint}, nil
 }

@@ -48,7 +48,7 @@ func TestTraceStart(t *testing.T) {
 			for _, name := range otelVars {
 				t.Setenv(name, tc.env[name])
 			}
-			p, err := tracing.Start(context.Background(), "v1.2.3")
+			p, err := tracing.Start(context.Background(), "v1.2.3", slog.Default())
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
 				require.NotContains(t, err.Error(), "hunter2")

@@ -193,7 +193,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if o.warmPoolSize < 0 {
 		return fmt.Errorf("--warm-pool-size %d must not be negative", o.warmPoolSize)
 	}
-	traces, err := tracing.Start(ctx, version)
+	traces, err := tracing.Start(ctx, version, log)
 	if err != nil {
 		return err
 	}
