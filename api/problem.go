@@ -69,7 +69,7 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		detail = silo.ErrorMessage(err)
 	}
 	if status >= 500 {
-		s.log.Error("request failed", "request_id", requestID(c), "route", c.Path(), "code", code, "err", err)
+		s.log.ErrorContext(c.Request().Context(), "request failed", "request_id", requestID(c), "route", c.Path(), "code", code, "err", err)
 	}
 	if code == silo.EUNAUTHORIZED {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="silo"`)
@@ -111,7 +111,7 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		err = c.JSON(status, p)
 	}
 	if err != nil {
-		s.log.Warn("write problem", "request_id", requestID(c), "err", err)
+		s.log.WarnContext(c.Request().Context(), "write problem", "request_id", requestID(c), "err", err)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
@@ -145,6 +146,11 @@ type Config struct {
 	// all statements together, in bytes, as MaxRows does rows. Default
 	// 10 MiB.
 	MaxResultBytes int
+	// TracerProvider, when set, gets a span for each request (see
+	// traceMiddleware), which the work of the request (operations,
+	// tenant connections) carries on. Nil makes no spans and reads no
+	// traceparent header.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -213,6 +219,7 @@ type Server struct {
 	dataRoutes     map[string]bool // "POST /v1/tenants/:id/query": the routes keys may call
 	metricsRoutes  map[string]bool // "GET /metrics": the routes the metrics token guards
 	routes         map[string]bool // registered patterns, the only route labels
+	tracer         trace.Tracer    // nil: no spans
 	bodyLimit      int64
 	echo           *echo.Echo
 
@@ -298,6 +305,9 @@ func New(cfg Config) (*Server, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms to 16 s
 		}, []string{"route", "method", "status"}),
 	}
+	if cfg.TracerProvider != nil {
+		s.tracer = cfg.TracerProvider.Tracer("github.com/silo-db/silo/api")
+	}
 	if cfg.MetricsToken != "" {
 		h := sha256.Sum256([]byte(cfg.MetricsToken))
 		s.metricsHash = &h
@@ -335,6 +345,11 @@ func New(cfg Config) (*Server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.errorHandler
 	e.Pre(s.requestIDMiddleware)
+	if s.tracer != nil {
+		// First, so the request's log line and everything after carry
+		// its span.
+		e.Use(s.traceMiddleware)
+	}
 	e.Use(s.observeMiddleware, s.bodyLimitMiddleware, s.authMiddleware, s.timeoutMiddleware, s.catalogMiddleware)
 	RegisterHandlers(e, s)
 	s.routes = map[string]bool{}
@@ -434,7 +449,7 @@ func (s *Server) observeMiddleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if code, ok := c.Get(ctxErrorCode).(string); ok {
 			attrs = append(attrs, "code", code)
 		}
-		s.log.Info("http request", attrs...)
+		s.log.InfoContext(c.Request().Context(), "http request", attrs...)
 		return nil
 	}
 }

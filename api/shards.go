@@ -137,7 +137,7 @@ func (s *Server) DrainShard(c echo.Context, name ShardName) error {
 		}
 		for _, m := range started {
 			if m.Error != "" {
-				s.log.Warn("drain: a tenant did not start moving", "shard", name, "tenant", m.Tenant, "err", m.Error)
+				s.log.WarnContext(ctx, "drain: a tenant did not start moving", "shard", name, "tenant", m.Tenant, "err", m.Error)
 			}
 		}
 	}

@@ -373,7 +373,7 @@ func (s *Server) ExportTenant(c echo.Context, id TenantID) error {
 		// the client sees a short read, not a complete-looking download.
 		code := silo.ErrorCode(err)
 		c.Set(ctxErrorCode, code)
-		s.log.Error("export cut short", "request_id", requestID(c), "tenant", id, "bytes", w.n, "code", code, "err", err)
+		s.log.ErrorContext(c.Request().Context(), "export cut short", "request_id", requestID(c), "tenant", id, "bytes", w.n, "code", code, "err", err)
 		conn, _, herr := c.Response().Hijack()
 		if herr != nil {
 			panic(http.ErrAbortHandler) // HTTP/2: net/http resets the stream

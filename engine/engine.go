@@ -14,10 +14,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
+	"github.com/silo-db/silo/tracing"
 )
+
+// TraceParam is the operation parameter that holds the W3C traceparent of
+// the request that started the operation: its runs' spans are children of
+// that request's.
+const TraceParam = "traceparent"
 
 // Defaults of Config.
 const (
@@ -53,6 +60,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry gets the engine's metrics; nil registers none.
 	Registry prometheus.Registerer
+	// TracerProvider gets a span for each run of an operation and one for
+	// each of its steps, in the trace of the request that started the
+	// operation (see Insert), on whichever server runs it. Nil makes no
+	// spans.
+	TracerProvider trace.TracerProvider
 }
 
 // JobSource is a service with River jobs of its own, run by the engine's
@@ -91,6 +103,7 @@ type Engine struct {
 	log     *slog.Logger
 	fp      *Failpoints
 	metrics metrics
+	tracer  trace.Tracer
 
 	mu      sync.Mutex
 	kinds   map[silo.OperationKind]Kind
@@ -153,7 +166,7 @@ func New(cfg Config) (*Engine, error) {
 	base, cancel := context.WithCancel(context.Background())
 	e := &Engine{
 		cfg: cfg, store: cfg.Store, catalog: cfg.Catalog, log: cfg.Logger, fp: cfg.Failpoints,
-		metrics: newMetrics(), kinds: map[silo.OperationKind]Kind{}, cancels: map[string]context.CancelCauseFunc{},
+		metrics: newMetrics(), tracer: tracing.Tracer(cfg.TracerProvider, "github.com/silo-db/silo/engine"), kinds: map[silo.OperationKind]Kind{}, cancels: map[string]context.CancelCauseFunc{},
 		slots: make(chan struct{}, cfg.MaxConcurrentOps), stopping: make(chan struct{}),
 		base: base, cancelBase: cancel,
 	}
@@ -304,10 +317,19 @@ func (e *Engine) isStopping() bool {
 
 // Insert records a new operation within tx, the transaction that changes
 // the catalog for it (and audits it). Run it with Launch once tx commits;
-// if this server dies first, the recovery sweep finds it.
+// if this server dies first, the recovery sweep finds it. The trace of
+// ctx's span, if any, is recorded with the operation (as its TraceParam),
+// so every run of it, here or on another server, is part of that trace.
 func (e *Engine) Insert(ctx context.Context, tx pgx.Tx, n shardmap.NewOperation) error {
 	if _, ok := e.kind(n.Kind); !ok {
 		return silo.Errorf(silo.EINTERNAL, "engine: no plan registered for %q operations", n.Kind)
+	}
+	if tp := tracing.Traceparent(ctx); tp != "" {
+		n.Params = maps.Clone(n.Params)
+		if n.Params == nil {
+			n.Params = map[string]any{}
+		}
+		n.Params[TraceParam] = tp
 	}
 	_, err := e.store.InsertOperation(ctx, tx, n)
 	return err
@@ -345,7 +367,7 @@ func (e *Engine) Launch(ctx context.Context, opID string) <-chan struct{} {
 			return
 		}
 		if _, err := e.execute(silo.WithActor(e.base, actor), opID); err != nil && !errors.Is(err, errLocked) {
-			e.log.Error("operation did not run; it will be resumed", "operation", opID, "err", err)
+			e.log.ErrorContext(ctx, "operation did not run; it will be resumed", "operation", opID, "err", err)
 		}
 	}()
 	return done

@@ -120,15 +120,20 @@ func (w *world) engineFor(t *testing.T, b *behaviour, cfg engine.Config) *engine
 // newOperation records a suspend operation, as a request would.
 func (w *world) newOperation(t *testing.T, eng *engine.Engine) string {
 	t.Helper()
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
-	id := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	id := newOperationID()
 	tenant := fmt.Sprintf("engine-%d", seq.Add(1))
 	require.NoError(t, w.store.Mutate(w.ctx, "tenant.suspend", "tenant/"+tenant, nil, func(tx pgx.Tx) error {
 		return eng.Insert(w.ctx, tx, shardmap.NewOperation{ID: id, Kind: silo.OpSuspend, TenantID: tenant})
 	}))
 	return id
+}
+
+// newOperationID returns a random UUID, an operation's id.
+func newOperationID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 func stepStates(op *silo.Operation) map[string]silo.OperationState {

@@ -108,7 +108,7 @@ func (e *Engine) runState(ctx context.Context, opID string) (runState, error) {
 // pivot, the start of the undo, the steps' record and the end are written
 // only while the token is this run's, so a run that lost its lease while
 // it went on cannot undo what another run pivoted, or finish it.
-func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, error) {
+func (e *Engine) execute(ctx context.Context, opID string) (res *silo.Operation, err error) {
 	conn, err := e.catalog.Acquire(ctx)
 	if err != nil {
 		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "the catalog is unavailable")
@@ -146,6 +146,8 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := e.startRun(ctx, op, st)
+	defer func() { endRun(span, res, err) }()
 	kind, ok := e.kind(op.Kind)
 	if !ok {
 		return nil, silo.Errorf(silo.EINTERNAL, "engine: no plan registered for %q operations", op.Kind)
@@ -154,7 +156,7 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	pl, err := kind.Plan(op, st.params)
 	if err != nil {
 		if st.pivoted {
-			e.log.Error("operation past its pivot cannot be planned; it will be retried", "operation", op.ID, "err", err)
+			e.log.ErrorContext(ctx, "operation past its pivot cannot be planned; it will be retried", "operation", op.ID, "err", err)
 			return op, nil
 		}
 		return e.finish(ctx, op, kind, st.params, err)
@@ -194,16 +196,16 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 			WHERE id = $1::uuid AND run_token = $2::uuid AND pivoted_at IS NULL
 			RETURNING true`, opID, token).Scan(&begun)
 		if errors.Is(err, pgx.ErrNoRows) {
-			e.log.Warn("operation not undone: its pivot committed, or another run holds it", "operation", op.ID, "kind", op.Kind, "err", cause)
+			e.log.WarnContext(hard, "operation not undone: its pivot committed, or another run holds it", "operation", op.ID, "kind", op.Kind, "err", cause)
 			return op, nil
 		}
 		if err != nil {
-			e.log.Warn("operation's undo could not begin; it will be retried", "operation", op.ID, "kind", op.Kind, "err", err)
+			e.log.WarnContext(hard, "operation's undo could not begin; it will be retried", "operation", op.ID, "kind", op.Kind, "err", err)
 			return op, nil
 		}
 		r.undoing = true
 		if uerr := r.run(hard, pl.Undo, ""); uerr != nil {
-			e.log.Warn("operation's undo did not finish; it will be retried",
+			e.log.WarnContext(hard, "operation's undo did not finish; it will be retried",
 				"operation", op.ID, "kind", op.Kind, "tenant", op.TenantID, "err", cause, "undo_err", uerr)
 			return op, nil
 		}
@@ -227,7 +229,7 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	case ferr == nil:
 		return e.finish(hard, op, kind, st.params, nil)
 	case errors.Is(ferr, errInterrupted):
-		e.log.Info("operation interrupted at a step boundary; it will be resumed", "operation", op.ID, "kind", op.Kind,
+		e.log.InfoContext(hard, "operation interrupted at a step boundary; it will be resumed", "operation", op.ID, "kind", op.Kind,
 			"cause", fmt.Sprint(context.Cause(hard)))
 		return op, nil
 	}
@@ -241,7 +243,7 @@ func (e *Engine) execute(ctx context.Context, opID string) (*silo.Operation, err
 	}
 	if pivoted || errors.Is(ferr, errPivotUnknown) || len(pl.Undo) == 0 {
 		e.metrics.forwardRetries.WithLabelValues(string(op.Kind)).Inc()
-		e.log.Warn("operation step failed; it will be retried forward", "operation", op.ID, "kind", op.Kind,
+		e.log.WarnContext(hard, "operation step failed; it will be retried forward", "operation", op.ID, "kind", op.Kind,
 			"tenant", op.TenantID, "pivoted", pivoted, "err", ferr)
 		return op, nil
 	}
@@ -349,7 +351,7 @@ func (e *Engine) finish(ctx context.Context, op *silo.Operation, kind Kind, para
 	defer cancel()
 	done, err := e.store.FinishOperation(ctx, nil, op.ID, runOf(ctx).token, op.Steps, cause)
 	if silo.ErrorCode(err) == silo.ECONFLICT {
-		e.log.Warn("operation not finished by this run: done already, or held by another", "operation", op.ID)
+		e.log.WarnContext(ctx, "operation not finished by this run: done already, or held by another", "operation", op.ID)
 		return e.Get(ctx, op.ID)
 	}
 	if err != nil {
@@ -375,7 +377,7 @@ func (e *Engine) finish(ctx context.Context, op *silo.Operation, kind Kind, para
 			cancel()
 		}
 	}
-	e.log.Info("operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
+	e.log.InfoContext(ctx, "operation finished", "operation", op.ID, "kind", op.Kind, "tenant", op.TenantID,
 		"outcome", outcome, "duration_ms", time.Since(op.CreatedAt).Milliseconds(), "code", silo.ErrorCode(cause))
 	if err := e.describe(ctx, &done.Operation); err != nil {
 		return nil, err
@@ -413,9 +415,10 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 		// write before each would double the catalog round trips of a create.
 		st.State, st.Attempts, st.StartedAt, st.FinishedAt, st.Error = silo.OpRunning, st.Attempts+1, time.Now().UTC(), nil, ""
 		timeout := cmpDuration(s.Timeout, e.stepTimeout())
-		err := e.Failpoint(ctx, string(r.op.Kind)+"/before-"+s.Name)
+		stepCtx, span := r.startStep(ctx, s.Name, st.Attempts)
+		err := e.Failpoint(stepCtx, string(r.op.Kind)+"/before-"+s.Name)
 		if err == nil {
-			sctx, cancel := context.WithTimeout(ctx, timeout)
+			sctx, cancel := context.WithTimeout(stepCtx, timeout)
 			err = s.Run(sctx)
 			if err != nil && sctx.Err() == nil && staleConnection(err) {
 				// A pooled connection a restarted shard had ended: steps are
@@ -425,18 +428,19 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 			cancel()
 		}
 		if err == nil && s.Name == pivot {
-			if err = r.markPivot(ctx); err != nil {
+			if err = r.markPivot(stepCtx); err != nil {
 				err = errors.Join(err, errPivotUnknown)
 			}
 		}
 		if err == nil {
-			err = e.Failpoint(ctx, string(r.op.Kind)+"/after-"+s.Name)
+			err = e.Failpoint(stepCtx, string(r.op.Kind)+"/after-"+s.Name)
 		}
 		if err != nil && (e.isStopping() || errors.Is(context.Cause(ctx), errLeaseLost) ||
 			(ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCancelled))) {
 			// Cut short by this server's end, not failed: the step runs
 			// again when the operation is resumed.
 			st.State, st.FinishedAt = silo.OpRunning, nil
+			endStep(span, err, true)
 			r.save(ctx, s.Name)
 			return errInterrupted
 		}
@@ -445,11 +449,12 @@ func (r *recorder) run(ctx context.Context, steps []Step, pivot string) error {
 		if err != nil {
 			st.State, st.Error = silo.OpFailed, silo.ErrorMessage(err)
 			if silo.ErrorCode(err) == silo.EINTERNAL {
-				e.log.Error("operation step failed", "operation", r.op.ID, "step", s.Name, "err", err)
+				e.log.ErrorContext(stepCtx, "operation step failed", "operation", r.op.ID, "step", s.Name, "err", err)
 			}
 		} else {
 			st.State = silo.OpSucceeded
 		}
+		endStep(span, err, false)
 		e.metrics.steps.WithLabelValues(string(r.op.Kind), s.Name, stepOutcome(err)).Inc()
 		// Each save is a commit, and a commit an fsync: a fast operation's
 		// steps are written once, when it finishes; a slow or failing one's
@@ -471,7 +476,7 @@ func (r *recorder) save(ctx context.Context, step string) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := r.e.store.SaveSteps(sctx, r.op.ID, r.token, r.op.Steps); err != nil {
-		r.e.log.Warn("operation progress not recorded", "operation", r.op.ID, "step", step, "err", err)
+		r.e.log.WarnContext(ctx, "operation progress not recorded", "operation", r.op.ID, "step", step, "err", err)
 	}
 }
 

@@ -120,7 +120,7 @@ func (f *Failpoints) Eval(ctx context.Context, log *slog.Logger, name string) er
 	}
 	action, sleep := fp.action, fp.sleep
 	f.mu.Unlock()
-	log.Warn("failpoint fired", "failpoint", name, "action", action)
+	log.WarnContext(ctx, "failpoint fired", "failpoint", name, "action", action)
 	switch action {
 	case "kill":
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)

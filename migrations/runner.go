@@ -18,10 +18,12 @@ import (
 	"github.com/pressly/goose/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/shardmap"
+	"github.com/silo-db/silo/tracing"
 )
 
 // Defaults of RunOptions and Config.
@@ -94,6 +96,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry gets the runner's metrics; nil registers none.
 	Registry prometheus.Registerer
+	// TracerProvider gets a span for a run's preparation
+	// ("migration.prepare") and one for each tenant's migration
+	// ("migration.tenant"), all in the trace of the request that started
+	// the run. Nil makes no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Runner applies tenant schema migrations across the fleet: runs of one
@@ -105,6 +112,7 @@ type Runner struct {
 	log     *slog.Logger
 	eng     *engine.Engine
 	metrics runnerMetrics
+	tracer  trace.Tracer
 
 	mu   sync.Mutex
 	down map[string]shardDown // by run and shard: shards that just refused a connection
@@ -141,7 +149,8 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Workers < 1 || cfg.ConnectTimeout < 0 || cfg.TenantTimeout < time.Second {
 		return nil, errors.New("migrations: Config.Workers must be positive and TenantTimeout at least 1s")
 	}
-	r := &Runner{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, metrics: newRunnerMetrics(), down: map[string]shardDown{}}
+	r := &Runner{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, metrics: newRunnerMetrics(), down: map[string]shardDown{},
+		tracer: tracing.Tracer(cfg.TracerProvider, "github.com/silo-db/silo/migrations")}
 	if cfg.Registry != nil {
 		if err := r.metrics.register(cfg.Registry); err != nil {
 			return nil, err
@@ -297,13 +306,13 @@ func (r *Runner) StartRun(ctx context.Context, o RunOptions) (*silo.MigrationRun
 			ON CONFLICT (singleton) DO UPDATE SET version = $1, run_id = $2, updated_at = now()`, target, id); err != nil {
 			return shardmap.CatalogError(err, "tenant migrations")
 		}
-		_, err = client.InsertTx(ctx, tx, prepareArgs{RunID: id}, &river.InsertOpts{Queue: queue, MaxAttempts: 5})
+		_, err = client.InsertTx(ctx, tx, prepareArgs{RunID: id, Traceparent: tracing.Traceparent(ctx)}, &river.InsertOpts{Queue: queue, MaxAttempts: 5})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.log.Info("migration run started", "run", id, "direction", o.Direction, "target", target,
+	r.log.InfoContext(ctx, "migration run started", "run", id, "direction", o.Direction, "target", target,
 		"concurrency", o.Concurrency, "perShard", o.PerShard, "canary", canary)
 	return r.Run(ctx, id)
 }

@@ -15,15 +15,30 @@ import (
 	"github.com/pressly/goose/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
+	"github.com/silo-db/silo/tracing"
+)
+
+// Span attributes of the runner's own.
+const (
+	attrAttempt = attribute.Key("silo.migration.attempt")
+	attrTarget  = attribute.Key("silo.migration.target_version")
+	attrFrom    = attribute.Key("silo.migration.from_version")
+	attrTo      = attribute.Key("silo.migration.to_version")
 )
 
 // prepareArgs is a run's first job: migrate the templates, list the
 // tenants, queue the first wave.
 type prepareArgs struct {
 	RunID string `json:"run_id"`
+	// Traceparent is the trace of the request that started the run, if
+	// traces are on: the run's spans are in it.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 func (prepareArgs) Kind() string { return "silo_migrate_prepare" }
@@ -59,10 +74,14 @@ func (w *prepareWorker) Work(ctx context.Context, job *river.Job[prepareArgs]) e
 			_ = conn.Conn().Close(context.WithoutCancel(ctx))
 		}
 	}()
+	ctx, span := w.r.tracer.Start(tracing.WithTraceparent(ctx, job.Args.Traceparent), "migration.prepare",
+		trace.WithAttributes(tracing.MigrationRun.String(job.Args.RunID), attrAttempt.Int(job.Attempt)))
+	defer span.End()
 	err = w.r.prepare(silo.WithActor(ctx, silo.Actor{Name: "system"}), job.Args.RunID)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
+	span.SetStatus(codes.Error, truncate(err.Error(), 1000))
 	bctx := context.WithoutCancel(ctx)
 	if job.Attempt >= job.MaxAttempts {
 		return w.r.fail(bctx, job.Args.RunID, "preparing the run failed: "+truncate(err.Error(), 1000))
@@ -70,7 +89,7 @@ func (w *prepareWorker) Work(ctx context.Context, job *river.Job[prepareArgs]) e
 	if _, uerr := w.r.cfg.Catalog.Exec(bctx, `
 		UPDATE migration_runs SET error = $2, updated_at = now() WHERE id = $1 AND state = 'preparing'`,
 		job.Args.RunID, fmt.Sprintf("preparing, attempt %d of %d failed (retrying): %s", job.Attempt, job.MaxAttempts, truncate(err.Error(), 1000))); uerr != nil {
-		w.r.log.Warn("migration run error not recorded", "run", job.Args.RunID, "err", uerr)
+		w.r.log.WarnContext(ctx, "migration run error not recorded", "run", job.Args.RunID, "err", uerr)
 	}
 	return err
 }
@@ -79,6 +98,9 @@ func (w *prepareWorker) Work(ctx context.Context, job *river.Job[prepareArgs]) e
 type tenantArgs struct {
 	RunID    string `json:"run_id"`
 	TenantID string `json:"tenant_id"`
+	// Traceparent is the run's preparation span: every tenant's span is
+	// its child.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 func (tenantArgs) Kind() string { return "silo_migrate_tenant" }
@@ -89,7 +111,21 @@ type tenantWorker struct {
 }
 
 func (w *tenantWorker) Work(ctx context.Context, job *river.Job[tenantArgs]) error {
-	return w.r.migrateOne(ctx, job.Args.RunID, job.Args.TenantID)
+	ctx = context.WithValue(ctx, runTraceKey{}, job.Args.Traceparent)
+	return w.r.migrateOne(tracing.WithTraceparent(ctx, job.Args.Traceparent), job.Args.RunID, job.Args.TenantID)
+}
+
+// runTraceKey holds, in a tenant job's context, the traceparent the run's
+// tenants share, for the next wave that the job may queue.
+type runTraceKey struct{}
+
+// runTraceparent returns the traceparent for a wave of tenant jobs: the
+// one the run's tenants share, or, in the run's preparation, its span.
+func runTraceparent(ctx context.Context) string {
+	if tp, ok := ctx.Value(runTraceKey{}).(string); ok {
+		return tp
+	}
+	return tracing.Traceparent(ctx)
 }
 
 func (w *tenantWorker) Timeout(*river.Job[tenantArgs]) time.Duration {
@@ -126,7 +162,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 		case silo.ErrorCode(err) == silo.EUNAVAILABLE:
 			// Its tenants will fail fast and be retried by the next run;
 			// its template catches up when the shard is back.
-			r.log.Warn("migration run: shard template not migrated; shard unavailable", "run", id, "shard", shard, "err", err)
+			r.log.WarnContext(ctx, "migration run: shard template not migrated; shard unavailable", "run", id, "shard", shard, "err", err)
 		case transient(err):
 			return err // River tries the job again
 		default:
@@ -202,7 +238,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 		wave := ids
 		switch {
 		case len(ids) == 0:
-			r.log.Info("migration run: every tenant is at the target already", "run", id, "target", run.TargetVersion)
+			r.log.InfoContext(ctx, "migration run: every tenant is at the target already", "run", id, "target", run.TargetVersion)
 			_, err := tx.Exec(ctx, `
 				UPDATE migration_runs SET state = 'succeeded', updated_at = now(), finished_at = now() WHERE id = $1`, id)
 			r.metrics.runs.WithLabelValues(silo.RunSucceeded).Inc()
@@ -214,7 +250,7 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 			UPDATE migration_runs SET state = $2, total = $3, updated_at = now() WHERE id = $1`, id, next, len(ids)); err != nil {
 			return shardmap.CatalogError(err, "tenant migrations")
 		}
-		r.log.Info("migration run prepared", "run", id, "tenants", len(ids), "canary", canary, "shards", len(order))
+		r.log.InfoContext(ctx, "migration run prepared", "run", id, "tenants", len(ids), "canary", canary, "shards", len(order))
 		return r.queue(ctx, tx, id, wave)
 	})
 }
@@ -222,8 +258,9 @@ func (r *Runner) prepare(ctx context.Context, id string) error {
 // queue inserts the jobs of a wave of tenants, in order.
 func (r *Runner) queue(ctx context.Context, tx pgx.Tx, runID string, ids []string) error {
 	params := make([]river.InsertManyParams, len(ids))
+	tp := runTraceparent(ctx)
 	for i, t := range ids {
-		params[i] = river.InsertManyParams{Args: tenantArgs{RunID: runID, TenantID: t},
+		params[i] = river.InsertManyParams{Args: tenantArgs{RunID: runID, TenantID: t, Traceparent: tp},
 			InsertOpts: &river.InsertOpts{Queue: queue, MaxAttempts: 5}}
 	}
 	if len(params) == 0 {
@@ -239,7 +276,7 @@ func (r *Runner) queue(ctx context.Context, tx pgx.Tx, runID string, ids []strin
 
 // fail ends a run as failed, with why.
 func (r *Runner) fail(ctx context.Context, id, msg string) error {
-	r.log.Warn("migration run failed", "run", id, "err", msg)
+	r.log.WarnContext(ctx, "migration run failed", "run", id, "err", msg)
 	r.metrics.runs.WithLabelValues(silo.RunFailed).Inc()
 	return pgx.BeginFunc(ctx, r.cfg.Catalog, func(tx pgx.Tx) error {
 		return finishRun(ctx, tx, id, silo.RunFailed, msg)
@@ -293,6 +330,11 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 		}
 		return err
 	}
+	// The span of the tenant's migration: from the slots taken, so that a
+	// job snoozed while the run is at its limits makes none.
+	ctx, span := r.tracer.Start(ctx, "migration.tenant", trace.WithAttributes(tracing.MigrationRun.String(runID),
+		tracing.TenantID.String(tenantID), tracing.Shard.String(shard), attrTarget.Int64(run.TargetVersion)))
+	defer span.End()
 
 	if err := pgx.BeginFunc(ctx, r.cfg.Catalog, func(tx pgx.Tx) error {
 		if err := asyncCommit(ctx, tx); err != nil {
@@ -309,6 +351,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 	from, to, skip, err := r.migrateTenant(ctx, &run, tenantID)
 	if err != nil && ctx.Err() != nil {
 		// Cut short: not the tenant's fault. Pending again, retried.
+		span.SetAttributes(tracing.Outcome.String("interrupted"))
 		_, _ = r.cfg.Catalog.Exec(context.WithoutCancel(ctx), `
 			UPDATE migration_tenants SET state = 'pending' WHERE run_id = $1 AND tenant_id = $2`, runID, tenantID)
 		return err
@@ -319,6 +362,14 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 		outcome = "skipped"
 	case err != nil:
 		outcome = "failed"
+	}
+	span.SetAttributes(tracing.Outcome.String(outcome), attrFrom.Int64(from))
+	switch {
+	case err != nil:
+		// The error is logged and kept in the run as it is here.
+		span.SetStatus(codes.Error, truncate(tenantError(err), 1000))
+	case skip == "":
+		span.SetAttributes(attrTo.Int64(to))
 	}
 	r.metrics.tenants.WithLabelValues(outcome).Inc()
 	r.metrics.duration.WithLabelValues(shard).Observe(time.Since(start).Seconds())
@@ -336,7 +387,7 @@ func (r *Runner) migrateOne(ctx context.Context, runID, tenantID string) error {
 				UPDATE migration_tenants SET state = 'skipped', error = $3, finished_at = now()
 				WHERE run_id = $1 AND tenant_id = $2`, runID, tenantID, skip)
 		case err != nil:
-			r.log.Warn("tenant migration failed", "run", runID, "tenant", tenantID, "shard", shard, "err", err)
+			r.log.WarnContext(ctx, "tenant migration failed", "run", runID, "tenant", tenantID, "shard", shard, "err", err)
 			_, werr = tx.Exec(bctx, `
 				UPDATE migration_tenants SET state = 'failed', from_version = $3, error = $4, sqlstate = $5, finished_at = now()
 				WHERE run_id = $1 AND tenant_id = $2`, runID, tenantID, from, truncate(tenantError(err), 2000), sqlState(err))
@@ -522,7 +573,7 @@ func (r *Runner) advance(ctx context.Context, tx pgx.Tx, id string) error {
 	switch {
 	case run.State == silo.RunCanary && failed > 0:
 		r.metrics.runs.WithLabelValues(silo.RunFailed).Inc()
-		r.log.Warn("migration run stopped: a canary failed", "run", id, "err", firstFailure)
+		r.log.WarnContext(ctx, "migration run stopped: a canary failed", "run", id, "err", firstFailure)
 		return finishRun(ctx, tx, id, silo.RunFailed,
 			"a canary tenant failed, so the others were not touched: "+truncate(firstFailure, 1000))
 	case run.State == silo.RunCanary && canaryOpen == 0:
@@ -538,14 +589,14 @@ func (r *Runner) advance(ctx context.Context, tx pgx.Tx, id string) error {
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'running', updated_at = now() WHERE id = $1`, id); err != nil {
 			return shardmap.CatalogError(err, "tenant migrations")
 		}
-		r.log.Info("migration run: canaries passed", "run", id, "rest", len(rest))
+		r.log.InfoContext(ctx, "migration run: canaries passed", "run", id, "rest", len(rest))
 		if len(rest) > 0 {
 			return r.queue(ctx, tx, id, rest)
 		}
 		return r.finishIfDone(ctx, tx, run, 0, 0, "")
 	case failed > 0 && !run.ContinueOnError:
 		r.metrics.runs.WithLabelValues(silo.RunFailed).Inc()
-		r.log.Warn("migration run stopped at a failure", "run", id, "err", firstFailure)
+		r.log.WarnContext(ctx, "migration run stopped at a failure", "run", id, "err", firstFailure)
 		return finishRun(ctx, tx, id, silo.RunFailed, "stopped at the first failure: "+truncate(firstFailure, 1000))
 	}
 	return r.finishIfDone(ctx, tx, run, open, failed, firstFailure)
@@ -565,7 +616,7 @@ func (r *Runner) finishIfDone(ctx context.Context, tx pgx.Tx, run *silo.Migratio
 		return finishRun(ctx, tx, run.ID, silo.RunFailed, what+": "+truncate(firstFailure, 1000))
 	}
 	r.metrics.runs.WithLabelValues(silo.RunSucceeded).Inc()
-	r.log.Info("migration run succeeded", "run", run.ID, "target", run.TargetVersion)
+	r.log.InfoContext(ctx, "migration run succeeded", "run", run.ID, "target", run.TargetVersion)
 	_, err := tx.Exec(ctx, `
 		UPDATE migration_runs SET state = 'succeeded', updated_at = now(), finished_at = now() WHERE id = $1`, run.ID)
 	return shardmap.CatalogError(err, "tenant migrations")

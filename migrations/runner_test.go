@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
 	"github.com/silo-db/silo"
@@ -59,6 +60,13 @@ type runnerBundle struct {
 
 func setupRunner(t *testing.T) (*server, *runnerBundle) {
 	t.Helper()
+	return setupTracedRunner(t, nil)
+}
+
+// setupTracedRunner is setupRunner with servers whose engine and runner
+// make spans with tp (none when nil).
+func setupTracedRunner(t *testing.T, tp trace.TracerProvider) (*server, *runnerBundle) {
+	t.Helper()
 	fleet := pgtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
@@ -79,7 +87,7 @@ func setupRunner(t *testing.T) (*server, *runnerBundle) {
 	b.start = func(t *testing.T) *server {
 		s := &server{}
 		var err error
-		eng, err := engine.New(engine.Config{Catalog: pool, Store: store, Logger: log, RecoveryDelay: time.Second})
+		eng, err := engine.New(engine.Config{Catalog: pool, Store: store, Logger: log, RecoveryDelay: time.Second, TracerProvider: tp})
 		require.NoError(t, err)
 		s.eng = eng
 		s.prov, err = provisioner.New(provisioner.Config{
@@ -89,7 +97,7 @@ func setupRunner(t *testing.T) (*server, *runnerBundle) {
 		require.NoError(t, err)
 		s.runner, err = migrations.NewRunner(migrations.Config{
 			Catalog: pool, Store: store, Engine: eng, Dialer: newDialer(t, store), Files: files, Workers: 4,
-			ConnectTimeout: 2 * time.Second, Logger: log, Templates: s.prov,
+			ConnectTimeout: 2 * time.Second, Logger: log, Templates: s.prov, TracerProvider: tp,
 		})
 		require.NoError(t, err)
 		require.NoError(t, eng.Start(ctx))

@@ -390,7 +390,7 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, sc *ShardAdmin, t *sil
 		if shardmap.SQLState(err) != "3D000" { // invalid_catalog_name: the warm database is gone
 			return 0, false, shardmap.ShardError(err, shard)
 		}
-		p.log.Warn("claimed warm database is missing; cloning the template", "shard", shard, "database", warm)
+		p.log.WarnContext(ctx, "claimed warm database is missing; cloning the template", "shard", shard, "database", warm)
 	}
 	return version, true, p.cloneTemplate(ctx, sc, shard, name)
 }
@@ -532,7 +532,7 @@ func (p *Provisioner) migrateWarm(ctx context.Context, shard string, version int
 		}
 		v, err := p.migrateSiloDB(ctx, shard, w.Name, w.Name, version)
 		if err != nil {
-			p.log.Warn("warm database not migrated; dropping it", "shard", shard, "database", w.Name, "err", err)
+			p.log.WarnContext(ctx, "warm database not migrated; dropping it", "shard", shard, "database", w.Name, "err", err)
 			if err := p.dropDatabaseAndRole(ctx, sc, shard, w.Name); err != nil {
 				return err
 			}

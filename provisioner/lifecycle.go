@@ -331,7 +331,7 @@ func (p *Provisioner) dropRetiredCopies(ctx context.Context, op *silo.Operation)
 			return err
 		}
 		destroyed = append(destroyed, map[string]any{"shard": c.Shard, "database": c.Name})
-		p.log.Info("purge: retired copy destroyed", "tenant", op.TenantID, "shard", c.Shard, "database", c.Name)
+		p.log.InfoContext(ctx, "purge: retired copy destroyed", "tenant", op.TenantID, "shard", c.Shard, "database", c.Name)
 	}
 	return p.store.Mutate(ctx, "tenant.purge-copies", "tenant/"+op.TenantID,
 		map[string]any{"operation": op.ID, "copies": destroyed}, func(pgx.Tx) error { return nil })

@@ -241,7 +241,7 @@ func (m *move) checkSource(ctx context.Context) error {
 		return shardmap.ShardError(err, m.from)
 	}
 	if level != "logical" && !m.dump {
-		m.r.log.Warn("shard has no logical replication: the tenant is moved by a copy, paused meanwhile",
+		m.r.log.WarnContext(ctx, "shard has no logical replication: the tenant is moved by a copy, paused meanwhile",
 			"shard", m.from, "wal_level", level, "tenant", m.id)
 		if err := m.choosePath(ctx, "dump", fmt.Sprintf("shard %q has wal_level %s, not logical", m.from, level)); err != nil {
 			return err

@@ -258,7 +258,7 @@ func (m *move) flip(ctx context.Context, ph *phases, dconn *pgx.Conn) error {
 	pause := time.Since(ph.start)
 	m.r.metrics.movePause.Observe(pause.Seconds())
 	m.r.countMovedBytes(ctx, dconn)
-	m.r.log.Info("tenant moved", append([]any{"tenant", m.id, "from", m.from, "to", m.to, "dump", m.dump, "pause_ms", pause.Milliseconds()}, ph.marks...)...)
+	m.r.log.InfoContext(ctx, "tenant moved", append([]any{"tenant", m.id, "from", m.from, "to", m.to, "dump", m.dump, "pause_ms", pause.Milliseconds()}, ph.marks...)...)
 	return m.setParams(ctx, map[string]any{"pauseMs": pause.Milliseconds()})
 }
 

@@ -7,6 +7,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/tracing"
 )
 
 // Lease is a connection to a tenant's database, as the tenant's role, lent
@@ -24,6 +31,7 @@ type Lease struct {
 	conn   *pgx.Conn
 	start  time.Time
 	done   bool
+	span   trace.Span // router.query: from Acquire to Release or Discard
 }
 
 // Acquire lends a connection of the tenant's, within the shard's budget
@@ -42,13 +50,42 @@ func (r *Router) Acquire(ctx context.Context, tenantID string) (*Lease, error) {
 // than a library call, as PgBouncer's do (query_wait_timeout), and ctx
 // stays the lease's, which a deadline would cut short.
 func (r *Router) AcquireWithin(ctx context.Context, tenantID string, wait time.Duration) (*Lease, error) {
+	// The span is a sibling of the lease's, not its parent: the lease
+	// keeps ctx, and router.query outlives the wait.
+	_, span := r.tracer.Start(ctx, "router.acquire", trace.WithAttributes(tracing.TenantID.String(tenantID)))
 	for attempt := 0; ; attempt++ {
 		l, err := r.acquireLease(ctx, tenantID, wait, attempt == 3)
 		if errors.Is(err, errPoolClosed) {
 			continue // the route changed under us: resolve it again
 		}
-		return l, err
+		if err != nil {
+			endSpan(span, err)
+			return nil, err
+		}
+		shard := tracing.Shard.String(l.tp.shard.name)
+		span.SetAttributes(shard)
+		span.End()
+		_, l.span = r.tracer.Start(ctx, "router.query", trace.WithAttributes(
+			tracing.TenantID.String(tenantID), shard, semconv.DBSystemNamePostgreSQL))
+		return l, nil
 	}
+}
+
+// endSpan ends a span of the router's with err's codes: Silo's, and the
+// SQLSTATE of an error the server sent. Never its message, which may
+// quote the tenant's data.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		code := silo.ErrorCode(err)
+		attrs := []attribute.KeyValue{tracing.ErrorCode.String(code)}
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+			attrs = append(attrs, semconv.DBResponseStatusCode(pgErr.Code))
+			code = pgErr.Code
+		}
+		span.SetAttributes(attrs...)
+		span.SetStatus(codes.Error, code)
+	}
+	span.End()
 }
 
 // acquireLease is one attempt of Acquire. It returns errPoolClosed when
@@ -143,6 +180,7 @@ func (l *Lease) Release(err error) error {
 	}
 	l.done = true
 	defer l.cancel(nil)
+	defer func() { endSpan(l.span, err) }()
 	r, tp, s := l.r, l.tp, l.tp.shard
 	l.unrelay()
 	if s.end(l.l) {
@@ -183,6 +221,7 @@ func (l *Lease) Discard() {
 	}
 	l.done = true
 	defer l.cancel(nil)
+	defer endSpan(l.span, nil)
 	l.tp.shard.end(l.l)
 	l.r.metrics.observeQuery(l.tp.shard, time.Since(l.start), nil)
 	l.tp.discard(l.conn)

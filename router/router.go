@@ -16,9 +16,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/shardmap"
+	"github.com/silo-db/silo/tracing"
 )
 
 // Defaults of Config.
@@ -105,6 +107,11 @@ type Config struct {
 	Logger          *slog.Logger
 	// Registry gets the router's metrics; nil registers none.
 	Registry prometheus.Registerer
+	// TracerProvider gets a span for each wait for a connection
+	// ("router.acquire") and one for the time the connection is lent
+	// ("router.query"), children of the caller's span. They name the
+	// tenant and the shard, never the SQL. Nil makes no spans.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -177,6 +184,7 @@ type Router struct {
 	log       *slog.Logger
 	resolver  *resolver
 	metrics   *metrics
+	tracer    trace.Tracer
 	health    *shardmap.CatalogHealth
 	ownHealth bool // started and stopped with the router
 
@@ -205,7 +213,8 @@ func New(cfg Config) (*Router, error) {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{})}
+	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), shards: map[string]*shardPool{}, stop: make(chan struct{}),
+		tracer: tracing.Tracer(cfg.TracerProvider, "github.com/silo-db/silo/router")}
 	r.health = cfg.CatalogHealth
 	if r.health == nil {
 		var err error
@@ -370,13 +379,13 @@ func (r *Router) dial(tp *tenantPool) func(context.Context, *pgx.ConnConfig) (*p
 				r.metrics.loginRepairs.Inc()
 				t := &silo.Tenant{ID: tp.route.TenantID, Shard: tp.route.Shard, Database: tp.route.Database}
 				if rerr := r.cfg.Dialer.RepairLogin(ctx, t, ""); rerr != nil {
-					r.log.Warn("router: a tenant's login was refused and could not be repaired", "tenant", t.ID, "err", rerr)
+					r.log.WarnContext(ctx, "router: a tenant's login was refused and could not be repaired", "tenant", t.ID, "err", rerr)
 					return nil, err
 				}
 				continue
 			case isConnFailure(err):
 				if s.breaker.failure() {
-					r.log.Warn("router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
+					r.log.WarnContext(ctx, "router: shard unavailable; refusing its tenants' requests", "shard", s.name, "err", err)
 				}
 			case isTimeout(err) && !s.breaker.isOpen():
 				// Timed out, with time left and the shard not known to be

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,7 @@ import (
 	"github.com/silo-db/silo/reconcile"
 	"github.com/silo-db/silo/router"
 	"github.com/silo-db/silo/shardmap"
+	"github.com/silo-db/silo/tracing"
 )
 
 // serveOptions are the settings of a control-plane server, shared by
@@ -162,7 +164,8 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q must be debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+	// Lines logged with a context that carries a span name its trace.
+	return slog.New(tracing.LogHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))), nil
 }
 
 // runServer opens and migrates the catalog, runs setup (if any) on the
@@ -190,6 +193,17 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	if o.warmPoolSize < 0 {
 		return fmt.Errorf("--warm-pool-size %d must not be negative", o.warmPoolSize)
 	}
+	traces, err := tracing.Start(ctx, version, log)
+	if err != nil {
+		return err
+	}
+	defer flushTraces(ctx, traces, o.shutdownTimeout, log)()
+	if traces.Enabled() {
+		log.Info("traces exported over OTLP", "endpoint", traces.Endpoint())
+	} else {
+		log.Info("traces off", "reason", traces.Off())
+	}
+	tp := traces.TracerProvider()
 	pool, err := shardmap.OpenCatalog(ctx, o.catalogDSN, o.catalogMaxConns, o.connectTimeout, o.statementTimeout)
 	if err != nil {
 		return err
@@ -234,7 +248,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	// starts.
 	eng, err := engine.New(engine.Config{
 		Catalog: pool, Store: store, StepTimeout: o.stepTimeout, RecoveryDelay: o.recoveryDelay,
-		MaxConcurrentOps: o.maxOperations, Logger: log, Registry: registry,
+		MaxConcurrentOps: o.maxOperations, Logger: log, Registry: registry, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
@@ -255,7 +269,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	}
 	runner, err := migrations.NewRunner(migrations.Config{
 		Catalog: pool, Store: store, Engine: eng, Dialer: dialer, Files: tenantFS, Templates: prov,
-		Workers: o.migrateWorkers, ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
+		Workers: o.migrateWorkers, ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
@@ -297,7 +311,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	rt, err := router.New(router.Config{
 		Catalog: pool, Store: store, Dialer: dialer, SecretKey: key, CatalogHealth: health, ShardBudget: o.shardBudget,
 		TenantMaxConns: o.tenantMaxConns, AcquireTimeout: o.acquireTimeout, MaxMessageBytes: o.maxMessageBytes,
-		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry,
+		ConnectTimeout: o.connectTimeout, Logger: log, Registry: registry, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
@@ -324,7 +338,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		Catalog: store, Provisioner: prov, Router: rt, Migrations: runner, Rebalancer: reb, Checker: checker, CatalogHealth: health,
 		AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
-		KeyCacheTTL: o.keyCacheTTL, PgEndpoint: pg.advertised(), PgTLS: pg != nil && pg.tls,
+		KeyCacheTTL: o.keyCacheTTL, PgEndpoint: pg.advertised(), PgTLS: pg != nil && pg.tls, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
@@ -337,6 +351,31 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 	err = srv.Serve(ctx, ln, o.shutdownTimeout)
 	log.Info("silo stopped")
 	return err
+}
+
+// flushTraces returns the function that shuts traces down when the server
+// returns: it runs last, once the HTTP server, the engine and the router
+// have stopped and their spans have ended, and exports what is buffered
+// within what is left of the shutdown timeout, counted from the moment
+// ctx ended (or from the return, when the server stops on an error).
+func flushTraces(ctx context.Context, traces *tracing.Provider, timeout time.Duration, log *slog.Logger) func() {
+	var began atomic.Pointer[time.Time]
+	stopWatch := context.AfterFunc(ctx, func() {
+		now := time.Now()
+		began.Store(&now)
+	})
+	return func() {
+		stopWatch()
+		deadline := time.Now().Add(timeout)
+		if t := began.Load(); t != nil {
+			deadline = t.Add(timeout)
+		}
+		sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+		if err := traces.Shutdown(sctx); err != nil {
+			log.Warn("traces not flushed", "err", err)
+		}
+	}
 }
 
 // startupMigrations reports tenants behind the latest migration file and,
