@@ -65,12 +65,14 @@ func TestClientWaitsPastTheRoutersAcquireTimeout(t *testing.T) {
 	_, err = tx.Exec(ctx, "SELECT 1")
 	require.NoError(t, err)
 	const held = time.Second // five times the router's AcquireTimeout
-	time.AfterFunc(held, func() { _ = tx.Commit(ctx) })
+	committed := make(chan error, 1)
+	time.AfterFunc(held, func() { committed <- tx.Commit(ctx) })
 	start := time.Now()
 	var n int
 	require.NoError(t, waiter.QueryRow(ctx, "SELECT 2").Scan(&n))
 	require.Equal(t, 2, n)
 	require.GreaterOrEqual(t, time.Since(start), held-50*time.Millisecond, "served only once the holder committed")
+	require.NoError(t, <-committed) // and the holder's connection is the test's again
 	require.LessOrEqual(t, metricValue(t, b.reg, "silo_pool_connections_in_use")+metricValue(t, b.reg, "silo_pool_connections_idle"),
 		1.0, "one server connection at most, the tenant's cap")
 }
