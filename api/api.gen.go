@@ -826,6 +826,13 @@ type Shard struct {
 	// Name Example: eu-1
 	Name string `json:"name"`
 
+	// Pool The answering server's connections to the shard for tenant queries
+	// (the data API and the wire-protocol endpoint) and its circuit
+	// breaker, as its /metrics reports them. Each server has its own; absent
+	// until this server has served a tenant of the shard, and on a server
+	// without the data API.
+	Pool *ShardPool `json:"pool,omitempty"`
+
 	// Region Example: eu
 	Region string     `json:"region"`
 	State  ShardState `json:"state"`
@@ -865,6 +872,22 @@ type ShardCreate struct {
 type ShardList struct {
 	Items      []Shard `json:"items"`
 	NextCursor *string `json:"nextCursor,omitempty"`
+}
+
+// ShardPool The answering server's connections to the shard for tenant queries
+// (the data API and the wire-protocol endpoint) and its circuit
+// breaker, as its /metrics reports them. Each server has its own; absent
+// until this server has served a tenant of the shard, and on a server
+// without the data API.
+type ShardPool struct {
+	// BreakerOpen True while the shard's tenants' requests are refused at once (but a trial one), after it stopped answering.
+	BreakerOpen bool `json:"breakerOpen"`
+
+	// ConnectionsIdle Connections open and idle, all tenants together.
+	ConnectionsIdle int `json:"connectionsIdle"`
+
+	// ConnectionsInUse Connections lent out, all tenants together.
+	ConnectionsInUse int `json:"connectionsInUse"`
 }
 
 // ShardState defines model for ShardState.
