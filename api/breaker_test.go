@@ -52,10 +52,14 @@ func TestDataAPIShardDown(t *testing.T) {
 	require.Equal(t, 200, b.query(t, "steady-one", "SELECT 1").status, "other shards are served")
 
 	// The shard endpoints say whose breaker is open, once the prober has
-	// found the shard down too.
+	// found the shard down too; a size cannot be read.
 	b.awaitPool(t, "down", func(p *api.ShardPool) bool { return p != nil && p.BreakerOpen }, "the breaker opens")
 	r = b.do(t, "GET", "/v1/shards/s1", "")
 	require.False(t, decode[api.Shard](t, r).Pool.BreakerOpen)
+	r = b.do(t, "GET", "/v1/tenants/doomed?size=true", "")
+	require.Equal(t, 503, r.status, "body: %s", r.body)
+	require.Equal(t, "EUNAVAILABLE", string(r.problem(t).Code))
+	require.Contains(t, *r.problem(t).Detail, `shard "down" is unavailable`)
 }
 
 // A shard that hangs lets go of the data API's calls in flight on it: when

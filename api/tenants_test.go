@@ -481,3 +481,43 @@ func TestMoveTenantRefused(t *testing.T) {
 	require.Equal(t, "s1", tn.Shard)
 	require.Equal(t, api.TenantStateActive, tn.State)
 }
+
+// size=true adds the size of the tenant's database, read on its shard;
+// without it, or for a purged tenant, there is none.
+func TestTenantSize(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "weighed")
+	require.Equal(t, 200, b.query(t, "weighed", "INSERT INTO notes (title, body) SELECT 'n', repeat('x', 1000) FROM generate_series(1, 2000)").status)
+
+	r := b.do(t, "GET", "/v1/tenants/weighed?size=true", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	got := decode[api.Tenant](t, r)
+	require.NotNil(t, got.SizeBytes)
+	conn, err := pgx.Connect(b.ctx, b.fleet.Shards[0].DSN("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(b.ctx))
+	var want int64
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT pg_database_size($1)`, b.database(t, "weighed")).Scan(&want))
+	require.InDelta(t, want, *got.SizeBytes, 256<<10, "the database's size on its shard")
+	require.Greater(t, *got.SizeBytes, int64(2<<20), "the notes are in it")
+
+	for _, path := range []string{"/v1/tenants/weighed", "/v1/tenants/weighed?size=false"} {
+		r = b.do(t, "GET", path, "")
+		require.Equal(t, 200, r.status)
+		require.Nil(t, decode[api.Tenant](t, r).SizeBytes, path)
+	}
+
+	r = b.do(t, "DELETE", "/v1/tenants/weighed?purge=true&wait=30s", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	r = b.do(t, "GET", "/v1/tenants/weighed?size=true", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	require.Nil(t, decode[api.Tenant](t, r).SizeBytes, "a purged tenant has no database")
+
+	r = b.do(t, "GET", "/v1/tenants/weighed?size=heavy", "")
+	require.Equal(t, 400, r.status, "body: %s", r.body)
+	require.Equal(t, api.ProblemCode(silo.EMALFORMED), r.problem(t).Code)
+	r = b.do(t, "GET", "/v1/tenants/nope?size=true", "")
+	require.Equal(t, 404, r.status, "body: %s", r.body)
+}
