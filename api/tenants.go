@@ -219,6 +219,9 @@ func (s *Server) ListTenants(c echo.Context, params ListTenantsParams) error {
 	if params.Region != nil {
 		f.Region = *params.Region
 	}
+	if params.Prefix != nil {
+		f.Prefix = *params.Prefix
+	}
 	if params.State != nil {
 		f.State = silo.TenantState(*params.State)
 		if !f.State.Valid() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -520,4 +521,59 @@ func TestTenantSize(t *testing.T) {
 	require.Equal(t, api.ProblemCode(silo.EMALFORMED), r.problem(t).Code)
 	r = b.do(t, "GET", "/v1/tenants/nope?size=true", "")
 	require.Equal(t, 404, r.status, "body: %s", r.body)
+}
+
+// prefix narrows the list to ids that start with it, with the other
+// filters and across pages; it is text, not a pattern.
+func TestTenantListPrefix(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	for _, tn := range []silo.Tenant{
+		{ID: "alpha", Shard: "s1", Region: "eu", State: silo.TenantActive},
+		{ID: "alpine", Shard: "s2", Region: "us", State: silo.TenantActive},
+		{ID: "alps", Shard: "s1", Region: "eu", State: silo.TenantSuspended},
+		{ID: "beta", Shard: "s1", Region: "eu", State: silo.TenantActive},
+		{ID: "balpha", Shard: "s1", Region: "eu", State: silo.TenantActive},
+	} {
+		tn.Database = "t_" + tn.ID
+		_, err := b.store.CreateTenant(b.ctx, tn)
+		require.NoError(t, err)
+	}
+	ids := func(query string) []string {
+		t.Helper()
+		r := b.do(t, "GET", "/v1/tenants?"+query, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		out := []string{}
+		for _, tn := range decode[api.TenantList](t, r).Items {
+			out = append(out, tn.Id)
+		}
+		return out
+	}
+	require.Equal(t, []string{"alpha", "alpine", "alps"}, ids("prefix=alp"))
+	require.Equal(t, []string{"alpha", "alps"}, ids("prefix=alp&shard=s1"))
+	require.Equal(t, []string{"alps"}, ids("prefix=al&state=suspended"))
+	require.Equal(t, []string{"alpine"}, ids("prefix=a&region=us"))
+	require.Equal(t, []string{"alpha", "alpine", "alps", "balpha", "beta"}, ids("prefix="))
+	for _, pattern := range []string{"%25", "_", "al%25", "a_p", ".*"} {
+		require.Empty(t, ids("prefix="+pattern), "prefix %s", pattern)
+	}
+
+	var pages [][]string
+	query := "prefix=alp&limit=2"
+	for {
+		r := b.do(t, "GET", "/v1/tenants?"+query, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		list := decode[api.TenantList](t, r)
+		page := []string{}
+		for _, tn := range list.Items {
+			page = append(page, tn.Id)
+		}
+		pages = append(pages, page)
+		if list.NextCursor == nil {
+			break
+		}
+		query = "prefix=alp&limit=2&cursor=" + url.QueryEscape(*list.NextCursor)
+	}
+	require.Equal(t, [][]string{{"alpha", "alpine"}, {"alps"}}, pages)
 }
