@@ -835,6 +835,13 @@ type Shard struct {
 	// Name Example: eu-1
 	Name string `json:"name"`
 
+	// Pool The answering server's connections to the shard for tenant queries
+	// (the data API and the wire-protocol endpoint) and its circuit
+	// breaker, as its /metrics reports them. Each server has its own; absent
+	// until this server has served a tenant of the shard, and on a server
+	// without the data API.
+	Pool *ShardPool `json:"pool,omitempty"`
+
 	// Region Example: eu
 	Region string     `json:"region"`
 	State  ShardState `json:"state"`
@@ -874,6 +881,22 @@ type ShardCreate struct {
 type ShardList struct {
 	Items      []Shard `json:"items"`
 	NextCursor *string `json:"nextCursor,omitempty"`
+}
+
+// ShardPool The answering server's connections to the shard for tenant queries
+// (the data API and the wire-protocol endpoint) and its circuit
+// breaker, as its /metrics reports them. Each server has its own; absent
+// until this server has served a tenant of the shard, and on a server
+// without the data API.
+type ShardPool struct {
+	// BreakerOpen True while the shard's tenants' requests are refused at once (but a trial one), after it stopped answering.
+	BreakerOpen bool `json:"breakerOpen"`
+
+	// ConnectionsIdle Connections open and idle, all tenants together.
+	ConnectionsIdle int `json:"connectionsIdle"`
+
+	// ConnectionsInUse Connections lent out, all tenants together.
+	ConnectionsInUse int `json:"connectionsInUse"`
 }
 
 // ShardState defines model for ShardState.
@@ -932,6 +955,9 @@ type Tenant struct {
 	//
 	// Example: eu-1
 	Shard string `json:"shard"`
+
+	// SizeBytes The size of its database on its shard, when asked for with `size=true`: 0 while it has none yet, absent for a purged tenant.
+	SizeBytes *int64 `json:"sizeBytes,omitempty"`
 
 	// State `provisioning` while its database is made; `active`; `suspended` (its
 	// role cannot log in); `deleted` (soft-deleted, purged after the grace
@@ -1238,6 +1264,9 @@ type ListTenantsParams struct {
 
 	// Region Only tenants in this region.
 	Region *string `form:"region,omitempty" json:"region,omitempty"`
+
+	// Prefix Only tenants whose id starts with this.
+	Prefix *string `form:"prefix,omitempty" json:"prefix,omitempty"`
 }
 
 // CreateTenantParams defines parameters for CreateTenant.
@@ -1264,6 +1293,12 @@ type DeleteTenantParams struct {
 	// A value that is not a duration is refused with 400 EMALFORMED, one out
 	// of range with 422 EINVALID.
 	Wait *Wait `form:"wait,omitempty" json:"wait,omitempty"`
+}
+
+// GetTenantParams defines parameters for GetTenant.
+type GetTenantParams struct {
+	// Size Read the size of its database on its shard (`sizeBytes`).
+	Size *bool `form:"size,omitempty" json:"size,omitempty"`
 }
 
 // ListTenantKeysParams defines parameters for ListTenantKeys.
@@ -1719,9 +1754,11 @@ type ClientInterface interface {
 	// GetTenant Get a tenant.
 	//
 	// Deleted and purged tenants are found too; their `state` says so.
+	// With `size=true`, the answer has the size of the tenant's database,
+	// read on its shard (a shard that cannot be reached answers 503).
 	//
 	// Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
-	GetTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	GetTenant(ctx context.Context, id TenantID, params *GetTenantParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// UpdateTenantWithBody Change a tenant's resource bounds.
 	//
@@ -2664,10 +2701,12 @@ func (c *Client) DeleteTenant(ctx context.Context, id TenantID, params *DeleteTe
 // GetTenant Get a tenant.
 //
 // Deleted and purged tenants are found too; their `state` says so.
+// With `size=true`, the answer has the size of the tenant's database,
+// read on its shard (a shard that cannot be reached answers 503).
 //
 // Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
-func (c *Client) GetTenant(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewGetTenantRequest(c.Server, id)
+func (c *Client) GetTenant(ctx context.Context, id TenantID, params *GetTenantParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetTenantRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -4288,6 +4327,18 @@ func NewListTenantsRequest(server string, params *ListTenantsParams) (*http.Requ
 
 		}
 
+		if params.Prefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "prefix", *params.Prefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if encoded := queryValues.Encode(); encoded != "" {
 			rawQueryFragments = append(rawQueryFragments, encoded)
 		}
@@ -4458,7 +4509,7 @@ func NewDeleteTenantRequest(server string, id TenantID, params *DeleteTenantPara
 }
 
 // NewGetTenantRequest constructs an http.Request for the GetTenant method
-func NewGetTenantRequest(server string, id TenantID) (*http.Request, error) {
+func NewGetTenantRequest(server string, id TenantID, params *GetTenantParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4481,6 +4532,33 @@ func NewGetTenantRequest(server string, id TenantID) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Size != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "size", *params.Size, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -5508,11 +5586,13 @@ type ClientWithResponsesInterface interface {
 	// GetTenantWithResponse Get a tenant.
 	//
 	// Deleted and purged tenants are found too; their `state` says so.
+	// With `size=true`, the answer has the size of the tenant's database,
+	// read on its shard (a shard that cannot be reached answers 503).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
-	GetTenantWithResponse(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*GetTenantResponse, error)
+	GetTenantWithResponse(ctx context.Context, id TenantID, params *GetTenantParams, reqEditors ...RequestEditorFn) (*GetTenantResponse, error)
 
 	// UpdateTenantWithBodyWithResponse Change a tenant's resource bounds.
 	//
@@ -9648,12 +9728,14 @@ func (c *ClientWithResponses) DeleteTenantWithResponse(ctx context.Context, id T
 // GetTenantWithResponse Get a tenant.
 //
 // Deleted and purged tenants are found too; their `state` says so.
+// With `size=true`, the answer has the size of the tenant's database,
+// read on its shard (a shard that cannot be reached answers 503).
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/tenants/{id} (the `GetTenant` operationId).
-func (c *ClientWithResponses) GetTenantWithResponse(ctx context.Context, id TenantID, reqEditors ...RequestEditorFn) (*GetTenantResponse, error) {
-	rsp, err := c.GetTenant(ctx, id, reqEditors...)
+func (c *ClientWithResponses) GetTenantWithResponse(ctx context.Context, id TenantID, params *GetTenantParams, reqEditors ...RequestEditorFn) (*GetTenantResponse, error) {
+	rsp, err := c.GetTenant(ctx, id, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -13094,7 +13176,7 @@ type ServerInterface interface {
 	DeleteTenant(ctx echo.Context, id TenantID, params DeleteTenantParams) error
 	// GetTenant Get a tenant.
 	// (GET /v1/tenants/{id})
-	GetTenant(ctx echo.Context, id TenantID) error
+	GetTenant(ctx echo.Context, id TenantID, params GetTenantParams) error
 	// UpdateTenant Change a tenant's resource bounds.
 	// (PATCH /v1/tenants/{id})
 	UpdateTenant(ctx echo.Context, id TenantID) error
@@ -13582,6 +13664,13 @@ func (w *ServerInterfaceWrapper) ListTenants(ctx echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter region: %s", err))
 	}
 
+	// ------------- Optional query parameter "prefix" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "prefix", ctx.QueryParams(), &params.Prefix, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter prefix: %s", err))
+	}
+
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.ListTenants(ctx, params)
 	return err
@@ -13665,8 +13754,17 @@ func (w *ServerInterfaceWrapper) GetTenant(ctx echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter id: %s", err))
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetTenantParams
+	// ------------- Optional query parameter "size" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "size", ctx.QueryParams(), &params.Size, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter size: %s", err))
+	}
+
 	// Invoke the callback with all the unmarshaled arguments
-	err = w.Handler.GetTenant(ctx, id)
+	err = w.Handler.GetTenant(ctx, id, params)
 	return err
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/silo-db/silo"
+	"github.com/silo-db/silo/api"
 	"github.com/silo-db/silo/pgcluster"
 	"github.com/silo-db/silo/router"
 )
@@ -49,6 +50,16 @@ func TestDataAPIShardDown(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, secs, 1)
 	require.Equal(t, 200, b.query(t, "steady-one", "SELECT 1").status, "other shards are served")
+
+	// The shard endpoints say whose breaker is open, once the prober has
+	// found the shard down too; a size cannot be read.
+	b.awaitPool(t, "down", func(p *api.ShardPool) bool { return p != nil && p.BreakerOpen }, "the breaker opens")
+	r = b.do(t, "GET", "/v1/shards/s1", "")
+	require.False(t, decode[api.Shard](t, r).Pool.BreakerOpen)
+	r = b.do(t, "GET", "/v1/tenants/doomed?size=true", "")
+	require.Equal(t, 503, r.status, "body: %s", r.body)
+	require.Equal(t, "EUNAVAILABLE", string(r.problem(t).Code))
+	require.Contains(t, *r.problem(t).Detail, `shard "down" is unavailable`)
 }
 
 // A shard that hangs lets go of the data API's calls in flight on it: when
@@ -131,4 +142,61 @@ func TestDataAPIHungShardLetsGo(t *testing.T) {
 	got := b.query(t, "held", "SELECT count(*) AS n FROM notes WHERE title = 'cut off'")
 	require.Equal(t, 200, got.status, "body: %s", got.body)
 	require.JSONEq(t, `{"columns":["n"],"rows":[[0]],"rowsAffected":1,"truncated":false}`, string(got.body), "the transaction was rolled back")
+}
+
+// A shard's pool in GET /v1/shards: absent until this server serves one of
+// its tenants, then its connections in use while a query runs and idle
+// after, as /metrics counts them.
+func TestShardPool(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "pooled")
+	shard := func(name string) api.Shard {
+		t.Helper()
+		r := b.do(t, "GET", "/v1/shards/"+name, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		return decode[api.Shard](t, r)
+	}
+	require.Nil(t, shard("s1").Pool, "no tenant of s1 served yet")
+
+	done := make(chan response, 1)
+	go func() {
+		r, _ := b.send("Bearer "+token, "POST", "/v1/tenants/pooled/query", `{"sql":"SELECT pg_sleep(3)"}`)
+		done <- r
+	}()
+	b.awaitPool(t, "s1", func(p *api.ShardPool) bool { return p != nil && p.ConnectionsInUse == 1 }, "the query's connection is in use")
+	require.False(t, shard("s1").Pool.BreakerOpen)
+	r := b.do(t, "GET", "/v1/shards", "")
+	for _, sh := range decode[api.ShardList](t, r).Items {
+		if sh.Name == "s1" {
+			require.Equal(t, &api.ShardPool{ConnectionsInUse: 1}, sh.Pool)
+		} else {
+			require.Nil(t, sh.Pool, "shard %s", sh.Name)
+		}
+	}
+	select {
+	case r := <-done:
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the query did not end")
+	}
+	require.Equal(t, &api.ShardPool{ConnectionsIdle: 1}, shard("s1").Pool, "the connection went back idle")
+}
+
+// awaitPool polls a shard until its pool is as cond wants, for 10 s at most.
+func (b *bundle) awaitPool(t *testing.T, shard string, cond func(*api.ShardPool) bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := b.do(t, "GET", "/v1/shards/"+shard, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		if cond(decode[api.Shard](t, r).Pool) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shard %s: not within 10s: %s; last: %s", shard, what, r.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -38,6 +38,9 @@ import (
 // session it used before it lets the connection go (see session).
 type Router interface {
 	WithTenant(ctx context.Context, tenantID string, fn func(*pgx.Conn) error) error
+	// ShardStats is the router's connections to a shard and its breaker,
+	// for the shard endpoints' pool.
+	ShardStats(shard string) (router.ShardStats, bool)
 }
 
 // MaxStatements is the most statements one transaction call may hold.

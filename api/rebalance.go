@@ -19,6 +19,8 @@ type Rebalancer interface {
 	Plan(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, error)
 	Apply(ctx context.Context, o rebalancer.Options) (*rebalancer.Report, []rebalancer.Started, error)
 	Drain(ctx context.Context, shard string) ([]rebalancer.Started, error)
+	// Size is a tenant's database's size as plans weigh it.
+	Size(ctx context.Context, t *silo.Tenant) (int64, error)
 }
 
 type startedMove struct {

@@ -133,6 +133,10 @@ type Config struct {
 	// Checker compares the catalog with the shards. Without it, /v1/check
 	// answers 503.
 	Checker Checker
+	// Console, when set, is served at /console and under it, without a
+	// token: console.Handler, whose page calls this API with the token the
+	// operator gives it.
+	Console http.Handler
 	// QueryTimeout bounds each call of the data API: a query, or a
 	// transaction with all its statements, the wait for a connection
 	// included. PostgreSQL gets it as statement_timeout too, so it stops a
@@ -352,6 +356,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	e.Use(s.observeMiddleware, s.bodyLimitMiddleware, s.authMiddleware, s.timeoutMiddleware, s.catalogMiddleware)
 	RegisterHandlers(e, s)
+	if cfg.Console != nil {
+		// Not in the spec: a page, not the API. It holds no data, so it is
+		// public; every call it makes needs the token.
+		h := echo.WrapHandler(cfg.Console)
+		for _, path := range []string{"/console", "/console/*"} {
+			e.GET(path, h)
+			s.public[http.MethodGet+" "+path] = true
+		}
+	}
 	s.routes = map[string]bool{}
 	for _, r := range e.Routes() {
 		s.routes[r.Path] = true

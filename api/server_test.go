@@ -26,6 +26,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/console"
 	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/internal/catalogtest"
 	"github.com/silo-db/silo/internal/pgtest"
@@ -71,6 +72,8 @@ type serverOpts struct {
 	migrationFiles fs.FS
 	// check turns on the fleet checker, whose metrics /metrics serves.
 	check bool
+	// console serves the web console at /console.
+	console bool
 }
 
 // secretKey seals tenant passwords for the provisioner, and opens them for
@@ -140,6 +143,9 @@ func setup(t *testing.T, opts ...serverOpts) *bundle {
 		}
 		if o.noRouter {
 			cfg.Router = nil
+		}
+		if o.console {
+			cfg.Console = console.Handler()
 		}
 		cfg.RequestTimeout, cfg.QueryTimeout = o.requestTimeout, o.queryTimeout
 		cfg.MaxRows, cfg.MaxResultBytes = o.maxRows, o.maxResultBytes
@@ -497,4 +503,36 @@ func TestMetrics(t *testing.T) {
 	require.Contains(t, body, `silo_http_request_duration_seconds_bucket{method="GET",route="/v1/shards",status="200",le=`)
 	require.Contains(t, body, "go_goroutines")
 	require.NotContains(t, body, "secret", "paths never become label values")
+}
+
+// The console's page is public and its headers strict; the API it calls
+// still wants the token; a server without a console has no public /console.
+func TestConsoleRoute(t *testing.T) {
+	t.Parallel()
+	b := setup(t, serverOpts{console: true})
+	for _, path := range []string{"/console", "/console/", "/console/app.js"} {
+		r, err := b.send("", "GET", path, "")
+		require.NoError(t, err)
+		require.Equal(t, 200, r.status, "%s: %s", path, r.body)
+		require.Equal(t, console.Policy, r.header.Get("Content-Security-Policy"), path)
+		require.Equal(t, "DENY", r.header.Get("X-Frame-Options"), path)
+		require.NotEmpty(t, r.header.Get("X-Request-Id"), "the API's middleware sees it")
+	}
+	r, err := b.send("", "GET", "/console/nothing", "")
+	require.NoError(t, err)
+	require.Equal(t, 404, r.status)
+	r, err = b.send("", "POST", "/console", "")
+	require.NoError(t, err)
+	require.Equal(t, 401, r.status, "only GET is public: %s", r.body)
+	require.Equal(t, 401, b.doAuth(t, "", "GET", "/v1/shards", "").status, "the API still wants the token")
+
+	r = b.doAuth(t, "", "GET", "/metrics", "")
+	require.Contains(t, string(r.body), `silo_http_requests_total{method="GET",route="/console",status="200"} 1`)
+	require.Contains(t, string(r.body), `silo_http_requests_total{method="GET",route="/console/*",status="200"} 2`)
+
+	// Without a console, /console is a path like any unknown one.
+	plain := setup(t)
+	r, err = plain.send("", "GET", "/console", "")
+	require.NoError(t, err)
+	require.Equal(t, 401, r.status, "body: %s", r.body)
 }

@@ -32,6 +32,19 @@ func decodeJSON(c echo.Context, v any) error {
 	return nil
 }
 
+// shard answers sh with this server's pool of connections to it, when it
+// has one.
+func (s *Server) shard(sh *silo.Shard) Shard {
+	out := toShard(sh)
+	if s.router == nil {
+		return out
+	}
+	if st, ok := s.router.ShardStats(sh.Name); ok {
+		out.Pool = &ShardPool{ConnectionsInUse: st.InUse, ConnectionsIdle: st.Idle, BreakerOpen: st.BreakerOpen}
+	}
+	return out
+}
+
 func toShard(sh *silo.Shard) Shard {
 	return Shard{
 		Name:        sh.Name,
@@ -74,7 +87,7 @@ func (s *Server) ListShards(c echo.Context, params ListShardsParams) error {
 	}
 	out := ShardList{Items: make([]Shard, 0, len(list.Items)), NextCursor: nextCursor(list.NextCursor)}
 	for i := range list.Items {
-		out.Items = append(out.Items, toShard(&list.Items[i]))
+		out.Items = append(out.Items, s.shard(&list.Items[i]))
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -112,7 +125,7 @@ func (s *Server) GetShard(c echo.Context, name ShardName) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, toShard(sh))
+	return c.JSON(http.StatusOK, s.shard(sh))
 }
 
 // DeleteShard removes a shard that holds no tenants.
@@ -141,7 +154,7 @@ func (s *Server) DrainShard(c echo.Context, name ShardName) error {
 			}
 		}
 	}
-	return c.JSON(http.StatusOK, toShard(sh))
+	return c.JSON(http.StatusOK, s.shard(sh))
 }
 
 // ActivateShard returns a shard to service.
@@ -159,7 +172,7 @@ func (s *Server) setShardState(c echo.Context, name string, state silo.ShardStat
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, toShard(sh))
+	return c.JSON(http.StatusOK, s.shard(sh))
 }
 
 // ListAudit answers one page of audit entries, newest first.

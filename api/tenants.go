@@ -221,6 +221,9 @@ func (s *Server) ListTenants(c echo.Context, params ListTenantsParams) error {
 	if params.Region != nil {
 		f.Region = *params.Region
 	}
+	if params.Prefix != nil {
+		f.Prefix = *params.Prefix
+	}
 	if params.State != nil {
 		f.State = silo.TenantState(*params.State)
 		if !f.State.Valid() {
@@ -238,13 +241,26 @@ func (s *Server) ListTenants(c echo.Context, params ListTenantsParams) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-// GetTenant answers one tenant, deleted and purged ones included.
-func (s *Server) GetTenant(c echo.Context, id TenantID) error {
-	t, err := s.catalog.GetTenant(c.Request().Context(), id)
+// GetTenant answers one tenant, deleted and purged ones included, and with
+// size=true the size of its database.
+func (s *Server) GetTenant(c echo.Context, id TenantID, params GetTenantParams) error {
+	ctx := c.Request().Context()
+	t, err := s.catalog.GetTenant(ctx, id)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, toTenant(t))
+	out := toTenant(t)
+	if params.Size != nil && *params.Size && t.State != silo.TenantPurged {
+		if s.rebalancer == nil {
+			return silo.Errorf(silo.EUNAVAILABLE, "this server does not read database sizes")
+		}
+		size, err := s.rebalancer.Size(ctx, t)
+		if err != nil {
+			return err
+		}
+		out.SizeBytes = &size
+	}
+	return c.JSON(http.StatusOK, out)
 }
 
 // DeleteTenant soft-deletes a tenant, or purges it with purge=true.

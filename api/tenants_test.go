@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -480,4 +481,99 @@ func TestMoveTenantRefused(t *testing.T) {
 	tn := decode[api.Tenant](t, b.do(t, "GET", "/v1/tenants/stayer", ""))
 	require.Equal(t, "s1", tn.Shard)
 	require.Equal(t, api.TenantStateActive, tn.State)
+}
+
+// size=true adds the size of the tenant's database, read on its shard;
+// without it, or for a purged tenant, there is none.
+func TestTenantSize(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	b.createTenant(t, "weighed")
+	require.Equal(t, 200, b.query(t, "weighed", "INSERT INTO notes (title, body) SELECT 'n', repeat('x', 1000) FROM generate_series(1, 2000)").status)
+
+	r := b.do(t, "GET", "/v1/tenants/weighed?size=true", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	got := decode[api.Tenant](t, r)
+	require.NotNil(t, got.SizeBytes)
+	conn, err := pgx.Connect(b.ctx, b.fleet.Shards[0].DSN("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(b.ctx))
+	var want int64
+	require.NoError(t, conn.QueryRow(b.ctx, `SELECT pg_database_size($1)`, b.database(t, "weighed")).Scan(&want))
+	require.InDelta(t, want, *got.SizeBytes, 256<<10, "the database's size on its shard")
+	require.Greater(t, *got.SizeBytes, int64(2<<20), "the notes are in it")
+
+	for _, path := range []string{"/v1/tenants/weighed", "/v1/tenants/weighed?size=false"} {
+		r = b.do(t, "GET", path, "")
+		require.Equal(t, 200, r.status)
+		require.Nil(t, decode[api.Tenant](t, r).SizeBytes, path)
+	}
+
+	r = b.do(t, "DELETE", "/v1/tenants/weighed?purge=true&wait=30s", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	r = b.do(t, "GET", "/v1/tenants/weighed?size=true", "")
+	require.Equal(t, 200, r.status, "body: %s", r.body)
+	require.Nil(t, decode[api.Tenant](t, r).SizeBytes, "a purged tenant has no database")
+
+	r = b.do(t, "GET", "/v1/tenants/weighed?size=heavy", "")
+	require.Equal(t, 400, r.status, "body: %s", r.body)
+	require.Equal(t, api.ProblemCode(silo.EMALFORMED), r.problem(t).Code)
+	r = b.do(t, "GET", "/v1/tenants/nope?size=true", "")
+	require.Equal(t, 404, r.status, "body: %s", r.body)
+}
+
+// prefix narrows the list to ids that start with it, with the other
+// filters and across pages; it is text, not a pattern.
+func TestTenantListPrefix(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addShards(t)
+	for _, tn := range []silo.Tenant{
+		{ID: "alpha", Shard: "s1", Region: "eu", State: silo.TenantActive},
+		{ID: "alpine", Shard: "s2", Region: "us", State: silo.TenantActive},
+		{ID: "alps", Shard: "s1", Region: "eu", State: silo.TenantSuspended},
+		{ID: "beta", Shard: "s1", Region: "eu", State: silo.TenantActive},
+		{ID: "balpha", Shard: "s1", Region: "eu", State: silo.TenantActive},
+	} {
+		tn.Database = "t_" + tn.ID
+		_, err := b.store.CreateTenant(b.ctx, tn)
+		require.NoError(t, err)
+	}
+	ids := func(query string) []string {
+		t.Helper()
+		r := b.do(t, "GET", "/v1/tenants?"+query, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		out := []string{}
+		for _, tn := range decode[api.TenantList](t, r).Items {
+			out = append(out, tn.Id)
+		}
+		return out
+	}
+	require.Equal(t, []string{"alpha", "alpine", "alps"}, ids("prefix=alp"))
+	require.Equal(t, []string{"alpha", "alps"}, ids("prefix=alp&shard=s1"))
+	require.Equal(t, []string{"alps"}, ids("prefix=al&state=suspended"))
+	require.Equal(t, []string{"alpine"}, ids("prefix=a&region=us"))
+	require.Equal(t, []string{"alpha", "alpine", "alps", "balpha", "beta"}, ids("prefix="))
+	for _, pattern := range []string{"%25", "_", "al%25", "a_p", ".*"} {
+		require.Empty(t, ids("prefix="+pattern), "prefix %s", pattern)
+	}
+
+	var pages [][]string
+	query := "prefix=alp&limit=2"
+	for {
+		r := b.do(t, "GET", "/v1/tenants?"+query, "")
+		require.Equal(t, 200, r.status, "body: %s", r.body)
+		list := decode[api.TenantList](t, r)
+		page := []string{}
+		for _, tn := range list.Items {
+			page = append(page, tn.Id)
+		}
+		pages = append(pages, page)
+		if list.NextCursor == nil {
+			break
+		}
+		query = "prefix=alp&limit=2&cursor=" + url.QueryEscape(*list.NextCursor)
+	}
+	require.Equal(t, [][]string{{"alpha", "alpine"}, {"alps"}}, pages)
 }

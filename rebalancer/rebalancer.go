@@ -191,6 +191,18 @@ func (r *Rebalancer) Plan(ctx context.Context, o Options) (*Report, error) {
 	return rep, nil
 }
 
+// Size returns the size of a tenant's database on its shard in bytes, as
+// plans weigh it: 0 when the database is not there (a tenant being
+// created). It reads pg_catalog as the shard's admin; EUNAVAILABLE when the
+// shard cannot be reached.
+func (r *Rebalancer) Size(ctx context.Context, t *silo.Tenant) (int64, error) {
+	sizes, err := r.sizes(ctx, t.Shard, []string{t.Database})
+	if err != nil {
+		return 0, err
+	}
+	return sizes[0], nil
+}
+
 // sizes returns the sizes of databases on a shard, in order.
 func (r *Rebalancer) sizes(ctx context.Context, shard string, dbs []string) ([]int64, error) {
 	if len(dbs) == 0 {
@@ -198,7 +210,7 @@ func (r *Rebalancer) sizes(ctx context.Context, shard string, dbs []string) ([]i
 	}
 	conn, err := r.dialer.ConnectAdmin(ctx, shard, "")
 	if err != nil {
-		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable: its databases' sizes are needed for a plan", shard)
+		return nil, silo.WrapError(err, silo.EUNAVAILABLE, "shard %q is unavailable: its databases' sizes cannot be read", shard)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rows, err := conn.Query(ctx, `

@@ -101,13 +101,40 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.r.mu.Unlock()
 	for _, s := range shards {
-		open, idle := s.stats()
-		ch <- prometheus.MustNewConstMetric(inUseDesc, prometheus.GaugeValue, float64(open-idle), s.name)
-		ch <- prometheus.MustNewConstMetric(idleDesc, prometheus.GaugeValue, float64(idle), s.name)
+		st := s.shardStats()
+		ch <- prometheus.MustNewConstMetric(inUseDesc, prometheus.GaugeValue, float64(st.InUse), s.name)
+		ch <- prometheus.MustNewConstMetric(idleDesc, prometheus.GaugeValue, float64(st.Idle), s.name)
 		breakerOpen := 0.0
-		if s.breaker.isOpen() {
+		if st.BreakerOpen {
 			breakerOpen = 1
 		}
 		ch <- prometheus.MustNewConstMetric(breakerDesc, prometheus.GaugeValue, breakerOpen, s.name)
 	}
+}
+
+// ShardStats is this router's view of one shard: what /metrics reports as
+// silo_pool_connections_in_use, silo_pool_connections_idle and
+// silo_shard_breaker_open.
+type ShardStats struct {
+	InUse       int  // connections lent out, all tenants
+	Idle        int  // connections open and idle, all tenants
+	BreakerOpen bool // its tenants' requests refused at once, but a trial one
+}
+
+// ShardStats returns the router's connections to shard and the state of
+// its breaker; ok is false when the router has not served a tenant of the
+// shard since it started. It is safe for concurrent use.
+func (r *Router) ShardStats(shard string) (st ShardStats, ok bool) {
+	r.mu.Lock()
+	s, ok := r.shards[shard]
+	r.mu.Unlock()
+	if !ok {
+		return ShardStats{}, false
+	}
+	return s.shardStats(), true
+}
+
+func (s *shardPool) shardStats() ShardStats {
+	open, idle := s.stats()
+	return ShardStats{InUse: open - idle, Idle: idle, BreakerOpen: s.breaker.isOpen()}
 }

@@ -5,7 +5,9 @@
 # with the server, postgresql), psycopg2 for /usr/bin/python3
 # (python3-psycopg2), and node with npm (npm, only when there is no npm, as
 # pgcluster.EnsureBinDir does: a node from elsewhere, such as NodeSource's,
-# brings its own). The tests install node-postgres themselves, with npm.
+# brings its own). The tests install node-postgres themselves, with npm. The
+# console's test (cmd/silo/console_test.go) drives a headless Chromium
+# (chromium, unless a chromium-browser or google-chrome is there).
 #
 # Debian or Ubuntu, as root, with apt-get; what is there already is left
 # alone. Elsewhere it says what is missing and fails. .ci/run calls it: under
@@ -21,6 +23,7 @@ missing() {
 	works curl --version || pkgs+=(curl)
 	works /usr/bin/python3 -c 'import psycopg2' || pkgs+=(python3-psycopg2)
 	{ works npm --version && works node --version; } || pkgs+=(npm)
+	{ works chromium --version || works chromium-browser --version || works google-chrome --version; } || pkgs+=(chromium)
 	echo "${pkgs[@]}"
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/silo-db/silo"
 	"github.com/silo-db/silo/api"
+	"github.com/silo-db/silo/console"
 	"github.com/silo-db/silo/engine"
 	"github.com/silo-db/silo/migrations"
 	"github.com/silo-db/silo/pgcluster"
@@ -339,6 +340,7 @@ func runServer(ctx context.Context, o serveOptions, log *slog.Logger,
 		AdminToken: o.adminToken, Logger: log,
 		Registry: registry, BodyLimit: o.bodyLimit, RequestTimeout: o.requestTimeout, MetricsToken: o.metricsToken,
 		KeyCacheTTL: o.keyCacheTTL, PgEndpoint: pg.advertised(), PgTLS: pg != nil && pg.tls, TracerProvider: tp,
+		Console: console.Handler(),
 	})
 	if err != nil {
 		return err

@@ -146,7 +146,7 @@ func newTenantLimitsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			got, err := c.GetTenantWithResponse(cmd.Context(), args[0])
+			got, err := c.GetTenantWithResponse(cmd.Context(), args[0], nil)
 			if err := g.check(got, err, got != nil && got.JSON200 != nil); err != nil {
 				return err
 			}
@@ -228,7 +228,7 @@ func newTenantGetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			resp, err := c.GetTenantWithResponse(cmd.Context(), args[0])
+			resp, err := c.GetTenantWithResponse(cmd.Context(), args[0], nil)
 			if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
 				return err
 			}

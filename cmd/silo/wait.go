@@ -190,7 +190,7 @@ func (g *globals) finishOperation(ctx context.Context, c *api.ClientWithResponse
 		}
 		return nil, fmt.Errorf("the %s of tenant %s %s: %s", op.Kind, op.TenantId, op.State, strings.TrimSpace(why))
 	}
-	resp, err := c.GetTenantWithResponse(ctx, op.TenantId)
+	resp, err := c.GetTenantWithResponse(ctx, op.TenantId, nil)
 	if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
 		return nil, err
 	}
