@@ -170,22 +170,47 @@ func newShardStateCmd(g *globals, verb, short string) *cobra.Command {
 	return cmd
 }
 
-// waitDrained waits until a shard has no tenant that is active or moving
-// (a move is not over until its cutover), printing how many are left as
-// they go.
+// waitDrained waits until a shard has no tenant that is active or moving,
+// and the moves of those it had have ended (a move's cleanup runs after
+// its flip, while the tenant is already active elsewhere: a delete or a
+// move of it then is refused until the cleanup is done), printing how many
+// are left as they go.
 func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, shard string) error {
+	var moved []string // the tenants the drain moves off the shard
+	for _, state := range []api.TenantState{api.TenantStateActive, api.TenantStateMoving} {
+		ids, err := g.shardTenants(ctx, c, shard, state)
+		if err != nil {
+			return err
+		}
+		moved = append(moved, ids...)
+	}
 	last := -1
 	for {
 		left := 0
 		for _, state := range []api.TenantState{api.TenantStateActive, api.TenantStateMoving} {
-			n, err := g.countTenants(ctx, c, shard, state)
+			ids, err := g.shardTenants(ctx, c, shard, state)
 			if ctx.Err() != nil {
 				return stillRunning(ctx, "the moves off shard "+shard, "silo shard get "+shard)
 			}
 			if err != nil {
 				return err
 			}
-			left += n
+			left += len(ids)
+		}
+		if left == 0 {
+			// Off the shard: each move's cleanup, after its flip, too.
+			for _, id := range moved {
+				running, err := g.runningOperation(ctx, c, id)
+				if ctx.Err() != nil {
+					return stillRunning(ctx, "the moves off shard "+shard, "silo shard get "+shard)
+				}
+				if err != nil {
+					return err
+				}
+				if running {
+					left++
+				}
+			}
 		}
 		if left != last {
 			fmt.Fprintf(g.stderr, "shard %s: %s left to move\n", shard, plural(int64(left), "tenant"))
@@ -202,19 +227,32 @@ func (g *globals) waitDrained(ctx context.Context, c *api.ClientWithResponses, s
 	}
 }
 
-// countTenants counts a shard's tenants in one state, page by page.
-func (g *globals) countTenants(ctx context.Context, c *api.ClientWithResponses, shard string, state api.TenantState) (int, error) {
+// runningOperation reports whether a tenant has an operation running.
+func (g *globals) runningOperation(ctx context.Context, c *api.ClientWithResponses, tenant string) (bool, error) {
+	running, limit := api.OperationStateRunning, 1
+	resp, err := c.ListOperationsWithResponse(ctx, &api.ListOperationsParams{Tenant: &tenant, State: &running, Limit: &limit})
+	if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
+		return false, err
+	}
+	return len(resp.JSON200.Items) > 0, nil
+}
+
+// shardTenants lists the ids of a shard's tenants in one state, page by
+// page.
+func (g *globals) shardTenants(ctx context.Context, c *api.ClientWithResponses, shard string, state api.TenantState) ([]string, error) {
 	limit := 1000
 	var cursor *string
-	n := 0
+	var ids []string
 	for {
 		resp, err := c.ListTenantsWithResponse(ctx, &api.ListTenantsParams{Shard: &shard, State: &state, Limit: &limit, Cursor: cursor})
 		if err := g.check(resp, err, resp != nil && resp.JSON200 != nil); err != nil {
-			return 0, err
+			return nil, err
 		}
-		n += len(resp.JSON200.Items)
+		for _, t := range resp.JSON200.Items {
+			ids = append(ids, t.Id)
+		}
 		if cursor = resp.JSON200.NextCursor; cursor == nil {
-			return n, nil
+			return ids, nil
 		}
 	}
 }
