@@ -71,6 +71,9 @@ type MoveOutcome struct {
 	Path       string // "live" (logical replication) or "dump" (copied while paused); "" until chosen
 	PathReason string
 	PauseMs    int64 // once cut over
+	// CopiedBytes is how much of the tenant's rows (as COPY text) the
+	// copy has carried so far, recorded about once a second.
+	CopiedBytes int64
 }
 
 // OperationStep is one idempotent step of an operation.

@@ -634,6 +634,9 @@ type MigrationStatus struct {
 
 // MoveOutcome How a move carries the tenant's data, once it has chosen, and the write pause of its cutover.
 type MoveOutcome struct {
+	// CopiedBytes The tenant's rows copied so far, in bytes of COPY text, recorded about once a second and at the end of the copy.
+	CopiedBytes *int64 `json:"copiedBytes,omitempty"`
+
 	// Path `live`: logical replication while the tenant serves, then a
 	// pause of a fraction of a second. `dump`: the tenant is paused
 	// while its rows are copied, as its own role.

@@ -104,6 +104,10 @@ func toOperation(op *silo.Operation) Operation {
 			pause := m.PauseMs
 			out.Move.PauseMs = &pause
 		}
+		if m.CopiedBytes > 0 {
+			copied := m.CopiedBytes
+			out.Move.CopiedBytes = &copied
+		}
 	}
 	for _, st := range op.Steps {
 		step := OperationStep{

@@ -220,6 +220,32 @@ func (m *move) unlessFlipped(run func(context.Context) error) func(context.Conte
 	}
 }
 
+// copyProgress returns a progress function for copyData that records the
+// bytes copied in the operation's parameters (copiedBytes) at most once a
+// second, for those who follow the move (silo tenant move --wait), and
+// flush, which records the last count.
+func (m *move) copyProgress(ctx context.Context) (progress func(int64), flush func()) {
+	var last time.Time
+	var n, recorded int64
+	record := func() {
+		if err := m.setParams(ctx, map[string]any{"copiedBytes": n}); err != nil {
+			m.r.log.Debug("move: progress not recorded", "tenant", m.id, "err", err)
+		}
+		recorded, last = n, time.Now()
+	}
+	progress = func(copied int64) {
+		if n = copied; time.Since(last) >= time.Second {
+			record()
+		}
+	}
+	flush = func() {
+		if n != recorded {
+			record()
+		}
+	}
+	return progress, flush
+}
+
 // setParams records what the move learned, so a resumed run knows it.
 func (m *move) setParams(ctx context.Context, params map[string]any) error {
 	return m.r.store.SetOperationParams(ctx, nil, m.op.ID, params)
@@ -483,9 +509,11 @@ func (m *move) copyAtSlot(ctx context.Context) error {
 		return err
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copyData(ctx, sconn, dconn, snapshot, loggedTables); err != nil {
+	progress, flush := m.copyProgress(ctx)
+	if err := copyData(ctx, sconn, dconn, snapshot, loggedTables, progress); err != nil {
 		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
 	}
+	flush()
 	return nil
 }
 
@@ -787,6 +815,9 @@ func (r *Rebalancer) describeMove(ctx context.Context, op *silo.Operation) error
 	m.PathReason, _ = params["pathReason"].(string)
 	if v, ok := params["pauseMs"].(float64); ok {
 		m.PauseMs = int64(v)
+	}
+	if v, ok := params["copiedBytes"].(float64); ok {
+		m.CopiedBytes = int64(v)
 	}
 	op.Move = m
 	return nil

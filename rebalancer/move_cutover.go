@@ -99,7 +99,7 @@ func (m *move) liveCutover(ctx context.Context) error {
 	defer dconn.Close(context.WithoutCancel(ctx))
 	// Logical replication carries no unlogged table: their rows are copied
 	// now, paused.
-	if err := copyData(ctx, sconn, dconn, "", unloggedTables); err != nil {
+	if err := copyData(ctx, sconn, dconn, "", unloggedTables, nil); err != nil {
 		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's unlogged tables to shard %q: %v", m.id, m.to, err)
 	}
 	ph.mark("unlogged")
@@ -281,9 +281,11 @@ func (m *move) dumpCutover(ctx context.Context) error {
 		return err
 	}
 	defer dconn.Close(context.WithoutCancel(ctx))
-	if err := copyData(ctx, sconn, dconn, "", allTables); err != nil {
+	progress, flush := m.copyProgress(ctx)
+	if err := copyData(ctx, sconn, dconn, "", allTables, progress); err != nil {
 		return silo.WrapError(err, silo.EINTERNAL, "copy tenant %q's rows to shard %q: %v", m.id, m.to, err)
 	}
+	flush()
 	ph.mark("copied")
 	return m.verifyAndFlip(ctx, ph, sconn, dconn)
 }

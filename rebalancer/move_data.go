@@ -153,8 +153,9 @@ func dependencyOrder(oids []int64, names map[int64]string, needs map[int64][]int
 // is given (a replication slot's, so that the slot's changes follow the
 // copy exactly). The tenant's triggers on the target are disabled
 // (prepareTarget), so neither the TRUNCATE of an earlier attempt's rows
-// nor the rows fire them. set selects the tables.
-func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string, set tableSet) error {
+// nor the rows fire them. set selects the tables. progress, if not nil,
+// is told the bytes of COPY text carried so far, as they go.
+func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string, set tableSet, progress func(int64)) error {
 	if _, err := src.Exec(ctx, sameSettings); err != nil {
 		return err
 	}
@@ -181,8 +182,9 @@ func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string, set tabl
 		if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(tables, ", ")+" CASCADE"); err != nil {
 			return err
 		}
+		var copied int64
 		for _, table := range tables {
-			if err := copyTable(ctx, src, dst, table); err != nil {
+			if err := copyTable(ctx, src, dst, table, &copied, progress); err != nil {
 				return fmt.Errorf("table %s: %w", table, err)
 			}
 		}
@@ -190,12 +192,14 @@ func copyData(ctx context.Context, src, dst *pgx.Conn, snapshot string, set tabl
 	})
 }
 
-// copyTable streams one table's rows from src to dst.
-func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) error {
+// copyTable streams one table's rows from src to dst, adding the bytes to
+// *copied and telling progress.
+func copyTable(ctx context.Context, src, dst *pgx.Conn, table string, copied *int64, progress func(int64)) error {
 	r, w := io.Pipe()
 	out := make(chan error, 1)
 	go func() {
-		_, err := src.PgConn().CopyTo(ctx, w, "COPY "+table+" TO STDOUT")
+		cw := &copyCounter{w: w, n: copied, progress: progress}
+		_, err := src.PgConn().CopyTo(ctx, cw, "COPY "+table+" TO STDOUT")
 		w.CloseWithError(err)
 		out <- err
 	}()
@@ -205,6 +209,23 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) error {
 		err = oerr
 	}
 	return err
+}
+
+// copyCounter counts the bytes written through it into n, and tells
+// progress.
+type copyCounter struct {
+	w        io.Writer
+	n        *int64
+	progress func(int64)
+}
+
+func (c *copyCounter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	*c.n += int64(n)
+	if c.progress != nil {
+		c.progress(*c.n)
+	}
+	return n, err
 }
 
 // sequenceState is a sequence's state: the value it last gave out (or

@@ -140,8 +140,13 @@ func (p *opProgress) show(op api.Operation) {
 		}
 	}
 	line := fmt.Sprintf("%s of %s: %s", op.Kind, op.TenantId, step)
-	if m := op.Move; m != nil && m.Path != nil {
-		line += fmt.Sprintf(" [%s path]", *m.Path)
+	if m := op.Move; m != nil {
+		if m.Path != nil {
+			line += fmt.Sprintf(" [%s path]", *m.Path)
+		}
+		if m.CopiedBytes != nil {
+			line += ", " + size(*m.CopiedBytes) + " copied"
+		}
 	}
 	if p.tty {
 		fmt.Fprintf(p.w, "\r%s  %s\033[K", line, time.Since(p.start).Round(time.Second))

@@ -60,6 +60,18 @@ func TestDevWaitModel(t *testing.T) {
 	got, _, err = silo("query", "acme", "SELECT count(*) FROM memos", "-o", "json")
 	require.NoError(t, err)
 	require.Contains(t, got, "100")
+	// The move recorded how much it copied, which --wait shows as it goes.
+	got, _, err = silo("operation", "list", "--tenant", "acme", "--kind", "move", "-o", "json")
+	require.NoError(t, err)
+	var moves []api.Operation
+	require.NoError(t, json.Unmarshal([]byte(got), &moves), got)
+	require.Len(t, moves, 1)
+	got, _, err = silo("operation", "get", moves[0].Id, "-o", "json")
+	require.NoError(t, err)
+	first := operation(got)
+	require.NotNil(t, first.Move)
+	require.NotNil(t, first.Move.CopiedBytes, got)
+	require.GreaterOrEqual(t, *first.Move.CopiedBytes, int64(684), "memos alone are 684 bytes of COPY text")
 
 	// --wait-timeout ends the wait, not the move: exit status 4, and how
 	// to follow it; the move then ends on its own.
