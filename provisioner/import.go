@@ -50,6 +50,13 @@ func (p *Provisioner) Import(ctx context.Context, id string, archive io.Reader) 
 	params := map[string]any{"bytes": n, "schemaVersion": version}
 	var imported *silo.Tenant
 	err = p.store.Mutate(ctx, "tenant.import", "tenant/"+id, params, func(tx pgx.Tx) error {
+		// The tenant's row, locked until the import commits or rolls
+		// back: a suspend, a move's cutover or a delete waits for it. It
+		// is read once locked, so the shard, state and version are those
+		// the import runs against.
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE`, id); err != nil {
+			return shardmap.CatalogError(err, "lock tenant %q", id)
+		}
 		t, err := p.store.GetTenant(ctx, id)
 		if err != nil {
 			return err
@@ -60,11 +67,6 @@ func (p *Provisioner) Import(ctx context.Context, id string, archive io.Reader) 
 			return silo.Errorf(silo.ENOTFOUND, "tenant %q not found", id)
 		default:
 			return silo.Errorf(silo.ECONFLICT, "tenant %q is %s; import into an active tenant", id, t.State)
-		}
-		// The tenant's row, locked until the import commits or rolls
-		// back: a suspend, a move's cutover or a delete waits for it.
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE`, id); err != nil {
-			return shardmap.CatalogError(err, "lock tenant %q", id)
 		}
 		// A running operation of the tenant's, uncommitted: another one
 		// cannot start before the import ends, and one in progress
@@ -136,19 +138,29 @@ func (p *Provisioner) pgRestore() string {
 // version table, from the table's data in the archive (pg_restore prints
 // it as COPY text; no database is involved).
 func (p *Provisioner) archiveVersion(ctx context.Context, file string) (int64, error) {
-	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // pg_restore is killed if the output is cut short
 	cmd := exec.CommandContext(ctx, p.pgRestore(), "--data-only", "--table="+versionTable, "--file=-", file)
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	stderr := &capped{max: maxToolMessage}
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
 			return 0, silo.Errorf(silo.EINTERNAL, "pg_restore was not found (%s): install the PostgreSQL client tools", p.pgRestore())
 		}
-		return 0, silo.Errorf(silo.EINVALID, "the archive does not read: %s", oneLine(stderr.String()))
+		return 0, err
 	}
-	version, rows := int64(-1), false
-	in := false
-	for _, l := range strings.Split(stdout.String(), "\n") {
+	// The table's rows as COPY text, read within a bound: an archive may
+	// hold a compressed block that expands without end.
+	version, rows, in := int64(-1), false, false
+	sc := bufio.NewScanner(io.LimitReader(stdout, maxVersionText))
+	sc.Buffer(make([]byte, 0, 64<<10), 64<<10)
+	for sc.Scan() {
+		l := sc.Text()
 		switch {
 		case strings.HasPrefix(l, "COPY ") && strings.Contains(l, versionTable):
 			in = true
@@ -170,10 +182,54 @@ func (p *Provisioner) archiveVersion(ctx context.Context, file string) (int64, e
 			}
 		}
 	}
-	if !rows {
+	serr := sc.Err()
+	cancel()
+	werr := cmd.Wait()
+	switch {
+	case serr != nil || (werr != nil && ctx.Err() == nil && !rows):
+		return 0, silo.Errorf(silo.EINVALID, "the archive does not read: %s", toolMessage(stderr.String()))
+	case !rows:
 		return 0, silo.Errorf(silo.EINVALID, "the archive has no %s rows: it is not an export of a Silo tenant (restore another database with pg_restore through the wire-protocol endpoint)", versionTable)
+	case version < 0:
+		return 0, silo.Errorf(silo.EINVALID, "the archive's %s has no applied version", versionTable)
 	}
 	return version, nil
+}
+
+// Bounds on what the import reads of pg_restore: the version table's text,
+// and a message for the client and the audit log.
+const (
+	maxVersionText = 1 << 20
+	maxToolMessage = 4 << 10
+)
+
+// capped keeps the first max bytes written to it.
+type capped struct {
+	bytes.Buffer
+	max int
+}
+
+func (c *capped) Write(b []byte) (int, error) {
+	if room := c.max - c.Len(); room > 0 {
+		c.Buffer.Write(b[:min(len(b), room)])
+	}
+	return len(b), nil
+}
+
+// toolMessage is pg_restore's message on one line, without the lines that
+// quote the archive or its rows ("Command was:", a COPY's row in
+// "CONTEXT:", a key's values in "DETAIL:"): they would carry a tenant's
+// data into the audit log.
+func toolMessage(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "Command was:") || strings.HasPrefix(t, "CONTEXT:") || strings.HasPrefix(t, "DETAIL:") || strings.HasPrefix(t, "LINE ") || strings.HasPrefix(t, "^") {
+			continue
+		}
+		keep = append(keep, t)
+	}
+	return oneLine(strings.Join(keep, " "))
 }
 
 // restore runs pg_restore of file into the tenant's database as the
@@ -191,10 +247,10 @@ func (p *Provisioner) restore(ctx context.Context, t *silo.Tenant, file string) 
 	cmd := exec.CommandContext(ctx, p.pgRestore(), "--no-owner", "--no-privileges", "--clean", "--if-exists",
 		"--single-transaction", "--exit-on-error", "--dbname="+shardmap.Conninfo(cfg), file)
 	cmd.Env = []string{"PGPASSWORD=" + cfg.Password, "PATH=/usr/bin:/bin"}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &capped{max: maxToolMessage}
+	cmd.Stderr = stderr
 	if err := cmd.Run(); err != nil {
-		msg := oneLine(stderr.String())
+		msg := toolMessage(stderr.String())
 		if strings.Contains(msg, "could not connect") || strings.Contains(msg, "connection to server") && !strings.Contains(msg, "ERROR") {
 			return silo.WrapError(err, silo.EUNAVAILABLE, "import into tenant %q: %s", t.ID, msg)
 		}

@@ -145,7 +145,7 @@ func (s *Store) ListOperations(ctx context.Context, f OperationFilter, p silo.Pa
 		return none, silo.Errorf(silo.EMALFORMED, "state %q must be running, succeeded or failed", f.State)
 	}
 	if f.Kind != "" && !f.Kind.Valid() {
-		return none, silo.Errorf(silo.EMALFORMED, "kind %q must be create, suspend, resume, delete, purge or move", f.Kind)
+		return none, silo.Errorf(silo.EMALFORMED, "kind %q must be create, suspend, resume, delete, purge, move or import", f.Kind)
 	}
 
 	// Each filter given adds its own condition, so that every combination

@@ -55,7 +55,7 @@ func newOperationListCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&tenant, "tenant", "", "only this tenant's operations")
 	cmd.Flags().StringVar(&state, "state", "", "only operations in this state: running, succeeded or failed")
-	cmd.Flags().StringVar(&kind, "kind", "", "only operations of this kind: create, suspend, resume, delete, purge or move")
+	cmd.Flags().StringVar(&kind, "kind", "", "only operations of this kind: create, suspend, resume, delete, purge, move or import")
 	cmd.Flags().IntVar(&limit, "limit", shardmap.DefaultOperationPageLimit, "how many operations to show at most")
 	return cmd
 }
