@@ -430,42 +430,10 @@ func directPools(ctx context.Context, targets []benchTarget, maxConns int32) (ma
 // sessions each shard has, and stop returns the highest count seen on
 // any one shard.
 func peakConns(ctx context.Context, shardDSNs []string) (stop func() int) {
-	ctx, cancel := context.WithCancel(ctx)
-	var peak atomic.Int64
-	var wg sync.WaitGroup
-	for _, dsn := range shardDSNs {
-		wg.Go(func() {
-			conn, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				return
-			}
-			defer conn.Close(context.WithoutCancel(ctx))
-			t := time.NewTicker(50 * time.Millisecond)
-			defer t.Stop()
-			for {
-				var n int64
-				// Straight from pg_stat_get_activity: the pg_stat_activity
-				// view's join to pg_authid took 85 ms a sample with 1,000
-				// tenant roles, a core's worth of a shard's CPU taken from
-				// the modes measured.
-				if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_get_activity(NULL) a
-					WHERE a.backend_type = 'client backend'
-					AND a.datid IN (SELECT oid FROM pg_database WHERE datname LIKE 't\_%')`).Scan(&n); err == nil {
-					for old := peak.Load(); n > old && !peak.CompareAndSwap(old, n); old = peak.Load() {
-					}
-				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-			}
-		})
-	}
+	stopSampling := sampleSessions(ctx, shardDSNs, nil)
 	return func() int {
-		cancel()
-		wg.Wait()
-		return int(peak.Load())
+		peaks, _ := stopSampling()
+		return slices.Max(append(peaks, 0))
 	}
 }
 
