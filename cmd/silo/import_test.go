@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -26,27 +25,9 @@ func TestDevImport(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(binDir, "pg_restore")); err != nil {
 		t.Skipf("no pg_restore beside the server binaries in %s", binDir)
 	}
-	dir := devDir(t)
-	ctx := context.Background()
-	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "", "--shards", "2")
-	url, token := waitEnv(t, dir, stop)
-	silo := func(args ...string) (string, string, error) {
-		t.Helper()
-		return runSiloStderr(t, ctx, append(args, "--url", url, "--token", token)...)
-	}
-	tenant := func(s string) api.Tenant {
-		t.Helper()
-		var tn api.Tenant
-		require.NoError(t, json.Unmarshal([]byte(s), &tn), s)
-		return tn
-	}
-	query := func(id, sql string) string {
-		t.Helper()
-		got, stderr, err := silo("query", id, sql)
-		require.NoError(t, err, stderr)
-		return got
-	}
+	dir, stop, silo := startDevCLI(t)
+	tenant := func(s string) api.Tenant { t.Helper(); return fromJSON[api.Tenant](t, s) }
+	query := func(id, sql string) string { t.Helper(); return silosQuery(t, silo, id, sql) }
 
 	_, _, err = silo("tenant", "create", "acme", "--shard", "shard-1")
 	require.NoError(t, err)

@@ -363,3 +363,35 @@ func TestReadmeListsEverySetting(t *testing.T) {
 	walk(newRootCmd(io.Discard, io.Discard))
 	require.Greater(t, seen, 10)
 }
+
+// startDevCLI starts silo dev with two shards and no wire-protocol
+// endpoint in a directory of its own, and returns the directory, its stop
+// function, and a client command runner against it.
+func startDevCLI(t *testing.T) (dir string, stop func() error, silo func(args ...string) (string, string, error)) {
+	t.Helper()
+	dir = devDir(t)
+	var out, errOut syncBuffer
+	stop = background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "", "--shards", "2")
+	url, token := waitEnv(t, dir, stop)
+	silo = func(args ...string) (string, string, error) {
+		t.Helper()
+		return runSiloStderr(t, context.Background(), append(args, "--url", url, "--token", token)...)
+	}
+	return dir, stop, silo
+}
+
+// fromJSON decodes a command's JSON output.
+func fromJSON[T any](t *testing.T, s string) T {
+	t.Helper()
+	var v T
+	require.NoError(t, json.Unmarshal([]byte(s), &v), s)
+	return v
+}
+
+// silosQuery runs SQL on a tenant through silo query and returns its table.
+func silosQuery(t *testing.T, silo func(args ...string) (string, string, error), id, sql string) string {
+	t.Helper()
+	got, stderr, err := silo("query", id, sql)
+	require.NoError(t, err, stderr)
+	return got
+}

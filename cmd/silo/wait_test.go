@@ -19,27 +19,9 @@ import (
 // no tenant of the shard is active or moving.
 func TestDevWaitModel(t *testing.T) {
 	t.Parallel()
-	dir := devDir(t)
-	ctx := context.Background()
-	var out, errOut syncBuffer
-	stop := background(t, &out, &errOut, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--pg-listen", "", "--shards", "2")
-	url, token := waitEnv(t, dir, stop)
-	silo := func(args ...string) (string, string, error) {
-		t.Helper()
-		return runSiloStderr(t, ctx, append(args, "--url", url, "--token", token)...)
-	}
-	tenant := func(s string) api.Tenant {
-		t.Helper()
-		var tn api.Tenant
-		require.NoError(t, json.Unmarshal([]byte(s), &tn), s)
-		return tn
-	}
-	operation := func(s string) api.Operation {
-		t.Helper()
-		var op api.Operation
-		require.NoError(t, json.Unmarshal([]byte(s), &op), s)
-		return op
-	}
+	_, stop, silo := startDevCLI(t)
+	tenant := func(s string) api.Tenant { t.Helper(); return fromJSON[api.Tenant](t, s) }
+	operation := func(s string) api.Operation { t.Helper(); return fromJSON[api.Operation](t, s) }
 
 	// Create waits by default; the answer is the tenant, active.
 	got, _, err := silo("tenant", "create", "acme", "--shard", "shard-1", "-o", "json")
